@@ -1,0 +1,267 @@
+"""The ``podembed`` command line: parses arguments, wires library parts, sets the exit code.
+
+Exit codes: 0 done (dead-lettered chunks included), 1 failed, 2 bad usage or config,
+130 interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from pipeline.errors import PodembedError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _fail(exc: PodembedError) -> None:
+    click.echo(f"podembed: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into a one-line message and the documented exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PodembedError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("podembed: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD or an ISO timestamp)") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _load(config_path: str | None, executor: str | None) -> Any:
+    from pipeline.config import load_config, with_executor
+
+    config = load_config(config_path)
+    return with_executor(config, executor) if executor else config
+
+
+class _Bar:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="chunk", desc=desc, file=sys.stderr, disable=None, leave=False)
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.refresh()
+
+    def advance(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _sigterm_as_interrupt() -> None:
+    # Preemption and `kill` send SIGTERM: stop like Ctrl-C, keeping what is done.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
+    from pipeline.runner import Progress, RunOptions, run
+
+    config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))
+    opts = RunOptions(command=command, **opts_kwargs)
+    _sigterm_as_interrupt()
+
+    class Bar(Progress):
+        def __init__(self) -> None:
+            self.impl = _Bar(command)
+
+        def set_total(self, total: int) -> None:
+            self.impl.set_total(total)
+
+        def advance(self, n: int) -> None:
+            self.impl.advance(n)
+
+        def close(self) -> None:
+            self.impl.close()
+
+    report = run(config, opts, progress=Bar())
+    if report.status == "interrupted":
+        report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
+    click.echo(report.summary(), err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    if report.status == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)
+    if report.status != "completed":
+        sys.exit(EXIT_FAILED)
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON on stdout.")(fn)
+    fn = click.option("--limit", type=click.IntRange(min=1), help="Embed at most N chunks this run.")(fn)
+    fn = click.option(
+        "--executor", type=click.Choice(["local", "modal"]), help="Where the model runs (overrides config)."
+    )(fn)
+    fn = click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False),
+        help="TOML config (default: configs/local.toml).",
+    )(fn)
+    return fn
+
+
+def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--since", help="Only episodes published on or after this date (YYYY-MM-DD).")(fn)
+    fn = click.option("--podcast", "podcasts", multiple=True, help="Only this podcast (repeatable).")(fn)
+    fn = click.option("--episode", "episodes", multiple=True, help="Only this episode (repeatable).")(fn)
+    return fn
+
+
+def _selection(episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None) -> Any:
+    from pipeline.selection import Selection
+
+    return Selection(episode_ids=tuple(episodes), podcast_ids=tuple(podcasts), since=_parse_since(since))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="podembed")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+def cli(verbose: int) -> None:
+    """podembed: embed podcast transcript chunks with an INSTRUCTOR model, incrementally.
+
+    \b
+    Every run checkpoints: interrupt it and run the same command again to resume.
+    Default config: configs/local.toml (Parquet in data/, bundled MiniLM, this machine).
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command()
+@_common
+@click.option("--prune", is_flag=True, help="Delete vectors of chunks that left the source.")
+@click.option("--retry-failed", is_flag=True, help="Retry chunks the model failed on before.")
+@click.pass_context
+@_guard
+def backfill(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
+             as_json: bool, prune: bool, retry_failed: bool) -> None:
+    """Embed every chunk that is new, changed, or embedded by another model."""
+    _execute(ctx, "backfill", {"limit": limit, "prune": prune, "retry_failed": retry_failed}, as_json)
+
+
+@cli.command()
+@_common
+@_filters
+@click.option("--retry-failed", is_flag=True, help="Retry chunks the model failed on before.")
+@click.pass_context
+@_guard
+def reindex(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
+            as_json: bool, episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None,
+            retry_failed: bool) -> None:
+    """Re-embed everything, or the chunks selected by --episode/--podcast/--since, even if current."""
+    selection = _selection(episodes, podcasts, since)
+    _execute(ctx, "reindex", {"selection": selection, "force": True, "limit": limit,
+                              "retry_failed": retry_failed}, as_json)
+
+
+@cli.command()
+@_common
+@click.argument("episode_id")
+@click.pass_context
+@_guard
+def ingest(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
+           as_json: bool, episode_id: str) -> None:
+    """Embed one episode now (only what is new or changed in it)."""
+    selection = _selection((episode_id,), (), None)
+    _execute(ctx, "ingest", {"selection": selection, "limit": limit}, as_json)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option("--dead-letters", "show_dead", type=click.IntRange(min=0), default=0,
+              help="Also list the N newest dead letters.")
+@_guard
+def status(config_path: str | None, as_json: bool, show_dead: int) -> None:
+    """Coverage: total, current, stale, missing and dead-lettered chunks; the last runs."""
+    from pipeline.parts import open_parts
+    from pipeline.status import coverage
+
+    config = _load(config_path, None)
+    parts = open_parts(config)
+    try:
+        cov = coverage(config, parts)
+        dead = parts.checkpoint.list_dead_letters(show_dead) if show_dead else []
+    finally:
+        parts.close()
+    if as_json:
+        doc = cov.to_dict()
+        doc["dead_letters"] = [d.__dict__ if hasattr(d, "__dict__") else _slots(d) for d in dead]
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    click.echo(cov.summary())
+    for d in dead:
+        click.echo(f"  dead: {d.chunk_id} [{d.field}] {d.reason} (last seen {d.last_seen})")
+
+
+def _slots(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+@cli.command()
+@_common
+@_filters
+@click.option("--force", is_flag=True, help="Plan a reindex (everything selected), not a backfill.")
+@click.pass_context
+@_guard
+def plan(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
+         as_json: bool, episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None,
+         force: bool) -> None:
+    """Dry run: what would be embedded, how many tokens, estimated time and cost."""
+    from pipeline.parts import open_parts
+    from pipeline.planning import make_plan
+    from pipeline.runner import RunOptions
+
+    config = _load(config_path, executor)
+    opts = RunOptions(
+        command="reindex" if force else "backfill",
+        selection=_selection(episodes, podcasts, since), force=force, limit=limit,
+    )
+    parts = open_parts(config)
+    try:
+        result = make_plan(config, parts, opts)
+    finally:
+        parts.close()
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="podembed")
+
+
+if __name__ == "__main__":
+    main()

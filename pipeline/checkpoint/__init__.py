@@ -1,0 +1,1 @@
+"""Checkpoint stores: run ledger, shard states, the target lock and dead letters."""

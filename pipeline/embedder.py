@@ -1,0 +1,203 @@
+"""The INSTRUCTOR embedder: the one code path that turns texts into vectors.
+
+Both executors (in-process and Modal) call :class:`InstructorEmbedder`, so the
+instruction handling, the fingerprint and the non-finite guard are identical
+wherever a vector is computed. INSTRUCTOR semantics with sentence-transformers:
+
+1. the instruction is a ``prompt`` and is left out of the mean pooling
+   (``set_pooling_include_prompt(False)``: only automatic for the literal hub id, so
+   we set it always and check it);
+2. ``max_seq_length`` is set explicitly (INSTRUCTOR hard-codes 512);
+3. texts are stripped (INSTRUCTOR does, sentence-transformers does not);
+4. the instruction is prepended with no separator, and vectors are normalized.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline import model_cache
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+from pipeline.fingerprint import model_fingerprint, resolve_model_location
+
+log = logging.getLogger(__name__)
+
+#: Vectors whose norm is below this are treated as broken (a normalized vector has norm 1).
+MIN_NORM = 1e-3
+
+
+@dataclass(slots=True)
+class EmbedOutput:
+    """Vectors for one call, plus which rows are unusable and how long it took."""
+
+    vectors: np.ndarray
+    failed: dict[int, str] = field(default_factory=dict)
+    compute_s: float = 0.0
+    fp32_retries: int = 0
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means the GPU when there is one."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _load(location: str, max_seq_length: int) -> Any:
+    # Imported here: sentence-transformers costs seconds to import and the CLI must start fast.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = SentenceTransformer(location, device="cpu")
+    except OSError as exc:
+        raise ModelError(
+            f"model: cannot load {location!r}: {exc}. Offline, use a model folder "
+            "(model.path) or a package that bundles one (model.package)."
+        ) from None
+    model.max_seq_length = max_seq_length
+    model.set_pooling_include_prompt(False)
+    return model
+
+
+def check_instructor_semantics(model: Any) -> None:
+    """Fail unless every Pooling module leaves the instruction out (rule 1)."""
+    from sentence_transformers.models import Pooling
+
+    poolings = [m for m in model.modules() if isinstance(m, Pooling)]
+    if not poolings:
+        raise ModelError("model: has no Pooling module; INSTRUCTOR semantics need mean pooling")
+    for pooling in poolings:
+        if pooling.include_prompt:
+            raise ModelError("model: pooling still includes the instruction (include_prompt=True)")
+
+
+class InstructorEmbedder:
+    """Embeds texts exactly as INSTRUCTOR does, with a guard against NaN and zero vectors."""
+
+    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.location = resolve_model_location(cfg)
+        self.device = resolve_device(device or cfg.device)
+        if self.device.startswith("cpu") and cfg.precision != "fp32":
+            log.warning(
+                "model.precision=%s on CPU is far slower than fp32 here; use bf16 on GPUs only",
+                cfg.precision,
+            )
+        start = time.perf_counter()
+        self._key = (self.location, cfg.max_seq_length, self.device, cfg.precision)
+        self.model = model_cache.cached(self._key, self._load_for)
+        self.load_s = time.perf_counter() - start
+        check_instructor_semantics(self.model)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or (
+            self.model.get_sentence_embedding_dimension
+        )
+        dim = get_dim()
+        if dim != cfg.dimension:
+            raise ModelError(
+                f"model.dimension: config says {cfg.dimension} but {cfg.id} produces {dim}; "
+                "fix model.dimension"
+            )
+        self.fingerprint = model_fingerprint(cfg)
+        self._fp32: Any = None
+
+    def _load_for(self) -> Any:
+        model = _load(self.location, self.cfg.max_seq_length)
+        return self._place(model, self.device, self.cfg.precision)
+
+    @staticmethod
+    def _place(model: Any, device: str, precision: str) -> Any:
+        model.to(device)
+        if precision != "fp32":
+            model.to(_dtype(precision))
+        return model
+
+    def move_to(self, device: str) -> None:
+        """Move the loaded model to ``device`` (Modal: loaded on CPU for the snapshot)."""
+        device = resolve_device(device)
+        if device == self.device:
+            return
+        new_key = (self.location, self.cfg.max_seq_length, device, self.cfg.precision)
+        self._place(self.model, device, self.cfg.precision)
+        model_cache.rekey(self._key, new_key)
+        self._key, self.device = new_key, device
+        check_instructor_semantics(self.model)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (for token counting)."""
+        return self.model.tokenizer
+
+    def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = model.encode(
+                texts,
+                prompt=self.cfg.instruction,
+                normalize_embeddings=self.cfg.normalize,
+                batch_size=max(1, len(texts)),
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _fp32_model(self) -> Any:
+        if self.cfg.precision == "fp32":
+            return self.model
+        if self._fp32 is None:
+            key = (self.location, self.cfg.max_seq_length, self.device, "fp32")
+
+            def load() -> Any:
+                return self._place(_load(self.location, self.cfg.max_seq_length), self.device, "fp32")
+
+            self._fp32 = model_cache.cached(key, load)
+        return self._fp32
+
+    def embed(self, texts: list[str]) -> EmbedOutput:
+        """Embed ``texts`` in one forward pass. Rows listed in ``failed`` must not be stored."""
+        if not texts:
+            return EmbedOutput(np.zeros((0, self.cfg.dimension), dtype=np.float32))
+        stripped = [t.strip() for t in texts]
+        start = time.perf_counter()
+        vectors = self._encode(self.model, stripped)
+        retries = 0
+        bad = _bad_rows(vectors)
+        if bad and self.cfg.precision != "fp32":
+            # Reduced precision overflows on some inputs (T5 in fp16 does); fp32 is the fallback.
+            log.warning("%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), self.cfg.precision)
+            vectors = self._encode(self._fp32_model(), stripped)
+            retries = 1
+            bad = _bad_rows(vectors)
+        compute_s = time.perf_counter() - start
+        return EmbedOutput(vectors=vectors, failed=bad, compute_s=compute_s, fp32_retries=retries)
+
+
+def _bad_rows(vectors: np.ndarray) -> dict[int, str]:
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
+    bad: dict[int, str] = {}
+    for i in np.flatnonzero(~finite):
+        bad[int(i)] = "model produced a non-finite vector (NaN/inf), also in fp32"
+    for i in np.flatnonzero(finite & (norms < MIN_NORM)):
+        bad[int(i)] = "model produced a zero vector, also in fp32"
+    return bad

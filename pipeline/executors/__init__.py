@@ -1,0 +1,1 @@
+"""Executors: where the model runs (in this process, or on Modal GPUs)."""

@@ -1,0 +1,40 @@
+"""The executor interface: a stream of batches in, a stream of results out (any order)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+from pipeline.config import ModelConfig
+from pipeline.records import Batch, BatchResult
+
+
+class Executor(ABC):
+    """Runs the embedder on batches.
+
+    ``embed`` pulls batches lazily from the iterable (so the runner can keep reading
+    while results flow) and yields exactly one :class:`BatchResult` per batch, in any
+    order. A batch that fails entirely yields a result with ``error`` set rather than
+    raising, so one bad batch never stops a run.
+    """
+
+    Options: ClassVar[type]
+    #: What the device-seconds in reports are seconds of ("cpu", "A10G", ...).
+    device_label: str = "cpu"
+
+    @classmethod
+    @abstractmethod
+    def open(cls, options: Any, model: ModelConfig) -> Executor:
+        """Prepare (but do not necessarily load the model yet)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """The model fingerprint vectors from this executor carry."""
+
+    @abstractmethod
+    def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
+        """Embed every batch; yield one result per batch, in any order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release devices and remote handles."""

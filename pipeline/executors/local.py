@@ -1,0 +1,121 @@
+"""The in-process executor: the model runs in this process (CPU, or a local GPU)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ModelConfig
+from pipeline.embedder import InstructorEmbedder
+from pipeline.executors.base import Executor
+from pipeline.fingerprint import model_fingerprint
+from pipeline.records import Batch, BatchResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LocalOptions:
+    """``[executor]`` options for ``kind = "local"``."""
+
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores)
+
+
+class LocalExecutor(Executor):
+    """Embeds batches one after another in the calling thread."""
+
+    Options = LocalOptions
+
+    def __init__(self, options: LocalOptions, model: ModelConfig) -> None:
+        self.options = options
+        self.model_cfg = model
+        self._embedder: InstructorEmbedder | None = None
+        self._pending_load_s = 0.0
+        self.device_label = "cpu" if model.device in ("cpu", "auto") else model.device
+
+    @classmethod
+    def open(cls, options: LocalOptions, model: ModelConfig) -> LocalExecutor:
+        """No work until the first batch (or the tokenizer) is needed."""
+        return cls(options, model)
+
+    @property
+    def embedder(self) -> InstructorEmbedder:
+        """The loaded model (loaded once per process, see ``model_cache``)."""
+        if self._embedder is None:
+            if self.options.threads > 0:
+                import torch
+
+                torch.set_num_threads(self.options.threads)
+            self._embedder = InstructorEmbedder(self.model_cfg)
+            self._pending_load_s = self._embedder.load_s
+            self.device_label = self._embedder.device
+        return self._embedder
+
+    def fingerprint(self) -> str:
+        """Computed from the config alone; equal to the loaded embedder's."""
+        return model_fingerprint(self.model_cfg)
+
+    def tokenizer(self) -> Any:
+        """The model's own tokenizer (loads the model: it is needed right after anyway)."""
+        return self.embedder.tokenizer
+
+    def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
+        """Embed each batch in order; failures become results, never exceptions."""
+        for batch in batches:
+            result = self._embed(batch)
+            result.load_s, self._pending_load_s = self._pending_load_s, 0.0
+            yield result
+
+    def _embed(self, batch: Batch, split: bool = True) -> BatchResult:
+        embedder = self.embedder
+        try:
+            out = embedder.embed(batch.texts)
+        except Exception as exc:  # an OOM or a tokenizer crash must not stop the run
+            if split and len(batch.texts) > 1:
+                log.warning("batch %s failed (%s); retrying in halves", batch.batch_id, exc)
+                return self._split(batch)
+            return BatchResult(
+                batch_id=batch.batch_id,
+                chunk_ids=batch.chunk_ids,
+                vectors=np.zeros((len(batch.chunk_ids), self.model_cfg.dimension), np.float32),
+                error=f"embedding failed: {type(exc).__name__}: {exc}",
+            )
+        return BatchResult(
+            batch_id=batch.batch_id,
+            chunk_ids=batch.chunk_ids,
+            vectors=out.vectors,
+            failed={batch.chunk_ids[i]: reason for i, reason in out.failed.items()},
+            compute_s=out.compute_s,
+            fp32_retries=out.fp32_retries,
+        )
+
+    def _split(self, batch: Batch) -> BatchResult:
+        mid = len(batch.texts) // 2
+        halves = [
+            Batch(
+                batch_id=f"{batch.batch_id}/{i}",
+                chunk_ids=batch.chunk_ids[sl],
+                texts=batch.texts[sl],
+                token_counts=batch.token_counts[sl],
+                padded_tokens=0,
+            )
+            for i, sl in enumerate((slice(0, mid), slice(mid, None)))
+        ]
+        results = [self._embed(h, split=False) for h in halves]
+        failed: dict[str, str] = {}
+        for r in results:
+            failed.update(r.failed)
+            if r.error:
+                failed.update(dict.fromkeys(r.chunk_ids, r.error))
+        return BatchResult(
+            batch_id=batch.batch_id,
+            chunk_ids=batch.chunk_ids,
+            vectors=np.concatenate([r.vectors for r in results]),
+            failed=failed,
+            compute_s=sum(r.compute_s for r in results),
+            fp32_retries=sum(r.fp32_retries for r in results),
+        )

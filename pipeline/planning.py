@@ -1,0 +1,121 @@
+"""``plan``: what a run would do, how many tokens it is, and what it would cost. Embeds nothing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.fingerprint import model_fingerprint
+from pipeline.parts import Parts
+from pipeline.prepare import Preparer
+from pipeline.runner import RunOptions
+from pipeline.tokens import TokenCounter
+
+# A cold container (image pull, snapshot restore) before the first batch, per device.
+COLD_START_S = 15.0
+
+
+@dataclass(slots=True)
+class Plan:
+    """The dry-run answer."""
+
+    command: str
+    selection: str
+    fingerprint: str
+    shards: int = 0
+    seen: int = 0
+    to_embed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    invalid: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    padding_ratio: float = 1.0
+    batches: int = 0
+    tokens_per_second: float = 0.0
+    speed_from: str = ""
+    devices: int = 1
+    device: str = ""
+    est_device_s: float = 0.0
+    est_wall_s: float = 0.0
+    hourly_usd: float = 0.0
+    est_cost_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """Human-readable lines."""
+        why = ", ".join(f"{n} {r}" for r, n in sorted(self.reasons.items())) or "nothing"
+        return "\n".join(
+            [
+                f"plan: {self.command} ({self.selection}) with {self.fingerprint}",
+                f"  {self.seen} chunks in {self.shards} shards: {self.to_embed} to embed ({why}), "
+                f"{self.skipped} current, {self.invalid} invalid, {self.truncated} would be truncated",
+                f"  {self.tokens} tokens in {self.batches} batches, padding ratio {self.padding_ratio:.3f}",
+                f"  at {self.tokens_per_second:.0f} padded tokens/s per {self.device} ({self.speed_from}):",
+                f"  ~{self.est_device_s:.0f} device-seconds, ~{self.est_wall_s:.0f}s on {self.devices} "
+                f"device(s), ~${self.est_cost_usd:.4f} at ${self.hourly_usd:.2f}/h",
+            ]
+        )
+
+
+def _measured_speed(config: Config, parts: Parts, fingerprint: str) -> float | None:
+    """Padded tokens per device-second of the last completed run with this model."""
+    for run in parts.checkpoint.last_runs(20):
+        rep = run.get("report") or {}
+        if (
+            run.get("status") == "completed"
+            and rep.get("model_fingerprint") == fingerprint
+            and rep.get("executor") == config.executor.kind
+            and rep.get("device_s", 0) > 1.0
+            and rep.get("padded_tokens", 0) > 0
+        ):
+            return float(rep["padded_tokens"]) / float(rep["device_s"])
+    return None
+
+
+def make_plan(config: Config, parts: Parts, opts: RunOptions, counter: TokenCounter | None = None) -> Plan:
+    """Read the selection, decide what needs embedding, batch it, and estimate time and cost."""
+    fp = model_fingerprint(config.model)
+    counter = counter or TokenCounter(config.model)
+    plan = Plan(command=opts.command, selection=opts.selection.describe(), fingerprint=fp)
+    preparer = Preparer(
+        config, parts.source, parts.sink, parts.checkpoint, counter, fp, opts.selection,
+        run_id="plan", force=opts.force, retry_failed=opts.retry_failed, limit=opts.limit,
+        duplicates=parts.source.duplicate_ids(opts.selection),
+    )
+    reasons: Counter[str] = Counter()
+    preparer.on_decision = lambda chunk, d: reasons.update([d.reason]) if d.needs_work else None
+    shards = parts.source.plan(opts.selection)
+    plan.shards = len(shards)
+    for shard in shards:
+        p = preparer.prepare(shard)
+        plan.seen += p.counts.seen
+        plan.to_embed += len(p.chunks)
+        plan.skipped += p.counts.skipped + p.counts.skipped_failed
+        plan.invalid += len(p.dead_letters)
+        plan.truncated += p.counts.truncated
+        plan.tokens += p.tokens
+        plan.padded_tokens += p.padded_tokens
+        plan.batches += len(p.batches)
+    plan.reasons = dict(reasons)
+    plan.padding_ratio = round(plan.padded_tokens / plan.tokens, 4) if plan.tokens else 1.0
+    measured = _measured_speed(config, parts, fp)
+    if measured:
+        plan.tokens_per_second, plan.speed_from = measured, "measured by the last completed run"
+    else:
+        plan.tokens_per_second, plan.speed_from = config.cost.tokens_per_second, "cost.tokens_per_second"
+    plan.device = config.cost.device
+    plan.devices = max(1, min(config.cost.devices, plan.batches or 1))
+    compute = plan.padded_tokens / plan.tokens_per_second
+    cold = COLD_START_S * plan.devices if config.executor.kind != "local" and plan.batches else 0.0
+    plan.est_device_s = round(compute + cold, 1)
+    plan.est_wall_s = round(compute / plan.devices + (COLD_START_S if cold else 0.0), 1)
+    plan.hourly_usd = config.cost.hourly_usd
+    plan.est_cost_usd = round(plan.est_device_s / 3600 * config.cost.hourly_usd, 4)
+    return plan

@@ -1,0 +1,182 @@
+"""Preparing a shard: read, validate, decide what needs embedding, count tokens, batch.
+
+Shared by runs, ``plan`` (which stops here) and ``status``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.batching import Item, make_batches
+from pipeline.checkpoint.base import CheckpointStore
+from pipeline.config import Config
+from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
+from pipeline.report import Counts
+from pipeline.selection import Selection
+from pipeline.sinks.base import Sink
+from pipeline.sources.base import Source
+from pipeline.tokens import TokenCounter
+from pipeline.validation import validate
+
+# A dead letter left by validation is re-checked every run; one left by the model is
+# retried only when the text changes (or with --retry-failed).
+MODEL_FAILURE_FIELD = "embedding"
+
+
+@dataclass(slots=True)
+class Prepared:
+    """One shard, ready for an executor."""
+
+    shard: ShardSpec
+    chunks: dict[str, Chunk]
+    batches: list[Batch]
+    dead_letters: list[DeadLetter]
+    counts: Counts
+    tokens: int = 0
+    padded_tokens: int = 0
+    complete: bool = True  # False when --limit left part of the shard for later
+    previously_failed: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Decision:
+    """Why a valid chunk is or is not embedded."""
+
+    needs_work: bool
+    reason: str  # new | changed | other_model | forced | current | failed_before
+
+
+def decide(
+    chunk: Chunk,
+    state: StoredState | None,
+    fingerprint: str,
+    force: bool,
+    run_id: str,
+) -> Decision:
+    """The incremental rule: new, changed text, or another model's vector means work."""
+    if force:
+        # A forced run resumed after a crash skips what this very run already wrote.
+        if state and state.run_id == run_id and state.text_sha256 == chunk.sha256:
+            return Decision(False, "current")
+        return Decision(True, "forced")
+    if state is None:
+        return Decision(True, "new")
+    if state.text_sha256 != chunk.sha256:
+        return Decision(True, "changed")
+    if state.model_fingerprint != fingerprint:
+        return Decision(True, "other_model")
+    return Decision(False, "current")
+
+
+class Preparer:
+    """Turns shards into :class:`Prepared` work for one run."""
+
+    def __init__(
+        self,
+        config: Config,
+        source: Source,
+        sink: Sink,
+        checkpoint: CheckpointStore,
+        counter: TokenCounter | Callable[[], TokenCounter] | None,
+        fingerprint: str,
+        selection: Selection,
+        run_id: str,
+        *,
+        force: bool = False,
+        retry_failed: bool = False,
+        limit: int | None = None,
+        duplicates: dict[str, int] | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.sink = sink
+        self.checkpoint = checkpoint
+        # A factory defers loading the tokenizer (or the model) until a shard needs it:
+        # a run with nothing to embed then starts and ends in seconds.
+        self._counter: Any = counter
+        self.fingerprint = fingerprint
+        self.selection = selection
+        self.run_id = run_id
+        self.force = force
+        self.retry_failed = retry_failed
+        self.remaining = limit
+        self.duplicates = duplicates or {}
+        self.on_decision: Callable[[Chunk, Decision], None] | None = None
+
+    def counter(self) -> TokenCounter:
+        """The token counter, created on first use."""
+        if not isinstance(self._counter, TokenCounter):
+            self._counter = self._counter()
+        return self._counter
+
+    def prepare(self, shard: ShardSpec) -> Prepared:
+        """Read one shard and decide, chunk by chunk, what to embed."""
+        counts = Counts()
+        valid: list[Chunk] = []
+        dead: list[DeadLetter] = []
+        for record in self.source.read(shard, self.selection):
+            counts.seen += 1
+            result = validate(record, self.duplicates)
+            if isinstance(result, DeadLetter):
+                dead.append(result)
+            else:
+                valid.append(result)
+        counts.dead_lettered = len(dead)
+        states = self.sink.lookup(valid) if valid else {}
+        failures = self.checkpoint.dead_letters([c.chunk_id for c in valid]) if valid else {}
+        todo: list[Chunk] = []
+        previously_failed: set[str] = set()
+        for chunk in valid:
+            decision = decide(chunk, states.get(chunk.chunk_id), self.fingerprint, self.force, self.run_id)
+            failure = failures.get(chunk.chunk_id)
+            if failure is not None:
+                previously_failed.add(chunk.chunk_id)
+            if (
+                decision.needs_work
+                and failure is not None
+                and failure.field == MODEL_FAILURE_FIELD
+                and failure.text_sha256 == chunk.sha256
+                and not self.retry_failed
+            ):
+                decision = Decision(False, "failed_before")
+            if self.on_decision is not None:
+                self.on_decision(chunk, decision)
+            if not decision.needs_work:
+                if decision.reason == "failed_before":
+                    counts.skipped_failed += 1
+                else:
+                    counts.skipped += 1
+                continue
+            todo.append(chunk)
+        complete = True
+        if self.remaining is not None:
+            if len(todo) > self.remaining:
+                counts.deferred += len(todo) - self.remaining
+                # Deterministic choice so a resumed --limit run picks the same chunks.
+                todo = sorted(todo, key=lambda c: c.chunk_id)[: self.remaining]
+                complete = False
+            self.remaining -= len(todo)
+        prepared = Prepared(
+            shard=shard,
+            chunks={c.chunk_id: c for c in todo},
+            batches=[],
+            dead_letters=dead,
+            counts=counts,
+            complete=complete,
+            previously_failed=previously_failed,
+        )
+        if todo and self._counter is not None:
+            stripped = [c.text.strip() for c in todo]
+            token_counts = self.counter().count(stripped)
+            items = [
+                Item(c.chunk_id, t, tc.tokens)
+                for c, t, tc in zip(todo, stripped, token_counts, strict=True)
+            ]
+            counts.truncated = sum(tc.truncated for tc in token_counts)
+            b = self.config.batching
+            prepared.batches = make_batches(items, b.token_budget, b.max_batch_size, shard.shard_id)
+            prepared.tokens = sum(it.tokens for it in items)
+            prepared.padded_tokens = sum(batch.padded_tokens for batch in prepared.batches)
+        return prepared

@@ -1,0 +1,139 @@
+"""The run report: counts, speed, device time and its cost, for every run."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(slots=True)
+class Counts:
+    """What happened to the chunks a run looked at."""
+
+    seen: int = 0
+    skipped: int = 0  # already current in the sink
+    skipped_failed: int = 0  # dead-lettered before, text unchanged (use --retry-failed)
+    embedded: int = 0
+    dead_lettered: int = 0
+    truncated: int = 0
+    removed: int = 0  # in the sink but no longer in the source
+    pruned: int = 0
+    deferred: int = 0  # left for a later run by --limit
+
+    def add(self, other: Counts) -> None:
+        """Add ``other`` into this."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class RunReport:
+    """Everything a run did, written as JSON under the report folder."""
+
+    run_id: str
+    command: str
+    status: str
+    selection: str
+    source: str
+    sink: str
+    executor: str
+    model_fingerprint: str
+    instruction: str
+    query_instruction: str
+    started_at: str
+    finished_at: str = ""
+    resumed: bool = False
+    counts: Counts = field(default_factory=Counts)
+    shards_total: int = 0
+    shards_done: int = 0
+    shards_skipped_done: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    padding_ratio: float = 1.0
+    batches: int = 0
+    fp32_retries: int = 0
+    wall_s: float = 0.0
+    embed_s: float = 0.0
+    chunks_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    device: str = "cpu"
+    device_s: float = 0.0
+    model_load_s: float = 0.0
+    hourly_usd: float = 0.0
+    cost_usd: float = 0.0
+    error: str | None = None
+    resume_hint: str | None = None
+
+    def finalize(self) -> None:
+        """Derive rates and cost from the raw figures."""
+        self.padding_ratio = round(self.padded_tokens / self.tokens, 4) if self.tokens else 1.0
+        basis = self.embed_s or self.wall_s
+        self.chunks_per_s = round(self.counts.embedded / basis, 2) if basis else 0.0
+        self.tokens_per_s = round(self.tokens / basis, 1) if basis else 0.0
+        self.cost_usd = round(self.device_s / 3600.0 * self.hourly_usd, 6)
+        for name in ("wall_s", "embed_s", "device_s", "model_load_s"):
+            setattr(self, name, round(getattr(self, name), 3))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A few lines for stderr."""
+        c = self.counts
+        lines = [
+            f"run {self.run_id} ({self.command}, {self.selection}): {self.status}"
+            + (" [resumed]" if self.resumed else ""),
+            f"  chunks: {c.seen} seen, {c.embedded} embedded, {c.skipped} already current, "
+            f"{c.dead_lettered} dead-lettered, {c.skipped_failed} failed before (unchanged), "
+            f"{c.truncated} truncated",
+        ]
+        if c.removed or c.pruned:
+            lines.append(f"  removed from source: {c.removed} (pruned from sink: {c.pruned})")
+        if c.deferred:
+            lines.append(f"  deferred by --limit: {c.deferred}")
+        lines.append(
+            f"  tokens: {self.tokens} in {self.batches} batches, padding ratio {self.padding_ratio:.3f}"
+        )
+        lines.append(
+            f"  time: {self.wall_s:.1f}s wall, {self.embed_s:.1f}s embedding, "
+            f"{self.chunks_per_s:.1f} chunks/s, {self.tokens_per_s:.0f} tokens/s"
+        )
+        lines.append(
+            f"  device: {self.device_s:.1f} {self.device}-seconds = ${self.cost_usd:.4f} "
+            f"at ${self.hourly_usd:.2f}/h"
+        )
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.resume_hint:
+            lines.append(f"  {self.resume_hint}")
+        return "\n".join(lines)
+
+
+def write_report(report: RunReport, directory: str | os.PathLike[str]) -> Path:
+    """Write ``<dir>/<run_id>.json`` atomically; returns the path."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{report.run_id}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_reports(directory: str | os.PathLike[str], limit: int = 5) -> list[dict[str, Any]]:
+    """The newest run reports in ``directory`` (newest first)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    files = sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    out = []
+    for p in files[:limit]:
+        try:
+            out.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out

@@ -1,0 +1,448 @@
+"""A run, start to end: plan shards, then read, embed and write in overlapping stages.
+
+Three threads, joined by bounded queues so memory stays flat:
+
+- the *reader* prepares shards (read, validate, decide, count tokens, batch);
+- the *main thread* feeds batches to the executor and routes results back to shards;
+- the *writer* writes each finished shard's vectors and dead letters, then marks the
+  shard done in the checkpoint store.
+
+The executor never waits on disk, and a shard is marked done only after its vectors
+are durably written. A crash at any point leaves either a done shard or one that the
+next run redoes; sink writes are keyed upserts, so redoing never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.executors.base import Executor
+from pipeline.parts import Parts, open_executor, open_parts
+from pipeline.prepare import MODEL_FAILURE_FIELD, Prepared, Preparer
+from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
+from pipeline.report import RunReport, write_report
+from pipeline.selection import Selection
+from pipeline.tokens import TokenCounter
+
+log = logging.getLogger(__name__)
+
+PRUNE_PAGE = 10_000
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """What the user asked for."""
+
+    command: str = "backfill"  # backfill | reindex | ingest
+    selection: Selection = field(default_factory=Selection)
+    force: bool = False
+    limit: int | None = None
+    retry_failed: bool = False
+    prune: bool = False
+
+
+class Progress:
+    """Progress callbacks (the CLI draws a bar; the library stays silent)."""
+
+    def set_total(self, total: int) -> None:
+        """Chunks expected in this run."""
+
+    def advance(self, n: int) -> None:
+        """``n`` more chunks are settled (embedded, skipped or dead-lettered)."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+def new_run_id() -> str:
+    """Sortable, unique: ``20261128T193200Z-1a2b3c``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def plan_key(opts: RunOptions, fingerprint: str, source_version: str, sink: str) -> str:
+    """Runs with the same key are the same work: an unfinished one is resumed."""
+    doc = "|".join(
+        [opts.command, opts.selection.key(), str(opts.force), fingerprint, source_version, sink]
+    )
+    return hashlib.sha256(doc.encode()).hexdigest()[:24]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A shard whose batches are with the executor."""
+
+    prepared: Prepared
+    remaining: int
+    records: list[VectorRecord] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    pass
+
+
+class Runner:
+    """Runs one command against opened parts with an executor."""
+
+    def __init__(
+        self,
+        config: Config,
+        parts: Parts,
+        executor: Executor,
+        opts: RunOptions,
+        progress: Progress | None = None,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        self.config = config
+        self.parts = parts
+        self.executor = executor
+        self.opts = opts
+        self.progress = progress or Progress()
+        self.token_counter = token_counter
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------------ stages
+    def _reader(self, preparer: Preparer, shards: list[Any], out: queue.Queue[Any]) -> None:
+        try:
+            for shard in shards:
+                if self._stop.is_set():
+                    break
+                prepared = preparer.prepare(shard)
+                self._put(out, prepared)
+        except BaseException as exc:  # surfaced by the main thread
+            self._fail(exc)
+        finally:
+            self._put(out, None, force=True)
+
+    def _put(self, q: queue.Queue[Any], item: Any, force: bool = False) -> None:
+        while True:
+            if self._stop.is_set() and not force:
+                return
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if force and self._stop.is_set():
+                    # Nobody will drain it; drop the oldest to make room for the sentinel.
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self._stop.set()
+
+    def _writer(self, inbox: queue.Queue[Any], report: RunReport) -> None:
+        sink, checkpoint = self.parts.sink, self.parts.checkpoint
+        while True:
+            item = inbox.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so producers never block
+            flight: _InFlight = item
+            p = flight.prepared
+            try:
+                if flight.records:
+                    sink.write(flight.records)
+                dead = p.dead_letters + flight.dead
+                if dead:
+                    checkpoint.add_dead_letters(report.run_id, dead)
+                fixed = [r.chunk_id for r in flight.records if r.chunk_id in p.previously_failed]
+                if fixed:
+                    checkpoint.clear_dead_letters(fixed)
+                counts = p.counts
+                counts.embedded = len(flight.records)
+                counts.dead_lettered = len(dead)
+                finished = p.complete and flight.remaining == 0
+                if finished:
+                    checkpoint.mark_shard_done(
+                        report.run_id,
+                        p.shard.shard_id,
+                        {"embedded": counts.embedded, "dead_lettered": counts.dead_lettered},
+                    )
+                checkpoint.heartbeat()
+                with self._lock:
+                    report.counts.add(counts)
+                    report.shards_done += int(finished)
+                self.progress.advance(counts.seen)
+            except BaseException as exc:
+                self._fail(exc)
+
+    # --------------------------------------------------------------- main loop
+    def _absorb(self, flight: _InFlight, result: BatchResult, fingerprint: str, run_id: str) -> None:
+        chunks = flight.prepared.chunks
+        now = datetime.now(UTC)
+        instruction = self.config.model.instruction
+        for row, cid in enumerate(result.chunk_ids):
+            chunk = chunks[cid]
+            reason = result.error or result.failed.get(cid)
+            if reason is not None:
+                flight.dead.append(
+                    DeadLetter(
+                        chunk_id=cid,
+                        field=MODEL_FAILURE_FIELD,
+                        reason=reason,
+                        episode_id=chunk.episode_id,
+                        text_sha256=chunk.sha256,
+                    )
+                )
+                continue
+            flight.records.append(
+                VectorRecord(
+                    chunk_id=cid,
+                    episode_id=chunk.episode_id,
+                    embedding=result.vectors[row],
+                    text_sha256=chunk.sha256,
+                    model_fingerprint=fingerprint,
+                    instruction=instruction,
+                    embedded_at=now,
+                    run_id=run_id,
+                    text=chunk.text,
+                )
+            )
+
+    def run(self) -> RunReport:
+        """Execute the run; always returns a report (status says how it ended)."""
+        cfg, opts, parts = self.config, self.opts, self.parts
+        started = time.perf_counter()
+        fingerprint = self.executor.fingerprint()
+        run_id = new_run_id()
+        report = RunReport(
+            run_id=run_id,
+            command=opts.command,
+            status="running",
+            selection=opts.selection.describe(),
+            source=parts.source.describe(),
+            sink=parts.sink.describe(),
+            executor=cfg.executor.kind,
+            model_fingerprint=fingerprint,
+            instruction=cfg.model.instruction,
+            query_instruction=cfg.model.query_instruction,
+            started_at=datetime.now(UTC).isoformat(),
+            device=self.executor.device_label,
+            hourly_usd=cfg.cost.hourly_usd,
+        )
+        checkpoint = parts.checkpoint
+        checkpoint.acquire(f"{socket.gethostname()}:{os.getpid()}:{run_id}")
+        try:
+            self._run_locked(report, fingerprint, started)
+        finally:
+            checkpoint.release()
+        return report
+
+    def _run_locked(self, report: RunReport, fingerprint: str, started: float) -> None:
+        cfg, opts, parts = self.config, self.opts, self.parts
+        checkpoint = parts.checkpoint
+        shards = parts.source.plan(opts.selection)
+        key = plan_key(opts, fingerprint, parts.source.version(), parts.sink.describe())
+        resumed = checkpoint.find_resumable(key)
+        done: set[str] = set()
+        if resumed is not None:
+            report.run_id, report.resumed = resumed, True
+            done = checkpoint.done_shards(resumed)
+        run_id = report.run_id
+        checkpoint.start_run(
+            run_id, key, opts.command,
+            {"selection": report.selection, "fingerprint": fingerprint, "force": opts.force,
+             "shards": len(shards), "started_at": report.started_at},
+        )
+        report.shards_total = len(shards)
+        report.shards_skipped_done = sum(s.shard_id in done for s in shards)
+        todo = [s for s in shards if s.shard_id not in done]
+        self.progress.set_total(sum(s.estimated_chunks for s in todo))
+        status = "failed"
+        try:
+            duplicates = parts.source.duplicate_ids(opts.selection)
+            counter = self.token_counter or (
+                lambda: TokenCounter(cfg.model, _executor_tokenizer(self.executor))
+            )
+            preparer = Preparer(
+                cfg, parts.source, parts.sink, checkpoint, counter, fingerprint,
+                opts.selection, run_id, force=opts.force, retry_failed=opts.retry_failed,
+                limit=opts.limit, duplicates=duplicates,
+            )
+            status = self._pipeline(preparer, todo, report, fingerprint, run_id)
+            if status == "completed" and opts.selection.is_everything:
+                self._removed(report)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except BaseException as exc:
+            self._fail(exc)
+            status = "failed"
+        finally:
+            report.status = status
+            if self._error is not None:
+                report.error = _describe(self._error)
+            report.wall_s = time.perf_counter() - started
+            report.finished_at = datetime.now(UTC).isoformat()
+            report.finalize()
+            try:
+                checkpoint.finish_run(run_id, status, report.to_dict())
+            finally:
+                write_report(report, cfg.report.dir)
+                self.progress.close()
+
+    def _pipeline(
+        self, preparer: Preparer, shards: list[Any], report: RunReport, fingerprint: str, run_id: str
+    ) -> str:
+        depth = self.config.batching.queue_depth
+        prepared_q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        write_q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        reader = threading.Thread(
+            target=self._reader, args=(preparer, shards, prepared_q), name="podembed-reader", daemon=True
+        )
+        writer = threading.Thread(
+            target=self._writer, args=(write_q, report), name="podembed-writer", daemon=True
+        )
+        in_flight: dict[str, _InFlight] = {}
+
+        def batches() -> Iterator[Batch]:
+            while not self._stop.is_set():
+                try:
+                    item = prepared_q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                prepared: Prepared = item
+                with self._lock:
+                    report.tokens += prepared.tokens
+                    report.padded_tokens += prepared.padded_tokens
+                    report.batches += len(prepared.batches)
+                flight = _InFlight(prepared, remaining=len(prepared.batches))
+                if not prepared.batches:
+                    self._put(write_q, flight)
+                    continue
+                for batch in prepared.batches:
+                    in_flight[batch.batch_id] = flight
+                for batch in prepared.batches:
+                    if self._stop.is_set():
+                        return
+                    yield batch
+
+        reader.start()
+        writer.start()
+        status = "completed"
+        embed_start = time.perf_counter()
+        try:
+            for result in self.executor.embed(batches()):
+                flight = in_flight.pop(result.batch_id, None)
+                if flight is None:
+                    log.warning("result for unknown or repeated batch %s ignored", result.batch_id)
+                    continue
+                self._absorb(flight, result, fingerprint, run_id)
+                report.device_s += result.compute_s + result.load_s
+                report.model_load_s += result.load_s
+                report.fp32_retries += result.fp32_retries
+                flight.remaining -= 1
+                if flight.remaining == 0:
+                    self._put(write_q, flight)
+                if self._stop.is_set():
+                    break
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._flush_partial(in_flight, write_q)
+        finally:
+            report.embed_s = time.perf_counter() - embed_start
+            if status != "interrupted":
+                # Partial shards (stopped by an error) still write what they computed.
+                self._flush_partial(in_flight, write_q)
+            self._stop.set()
+            self._put(write_q, None, force=True)
+            writer.join()
+            reader.join(timeout=5)
+        if self._error is not None:
+            raise self._error
+        return status
+
+    def _flush_partial(self, in_flight: dict[str, _InFlight], write_q: queue.Queue[Any]) -> None:
+        """Hand what is already embedded to the writer; those shards stay not-done."""
+        seen: set[int] = set()
+        for flight in in_flight.values():
+            if id(flight) in seen:
+                continue
+            seen.add(id(flight))
+            flight.prepared.complete = False
+            settled = len(flight.records) + len(flight.dead)
+            flight.prepared.counts.deferred += len(flight.prepared.chunks) - settled
+            try:
+                write_q.put(flight, timeout=60)
+            except queue.Full:
+                log.error("writer is stuck; %d embedded vectors dropped", len(flight.records))
+        in_flight.clear()
+
+    def _removed(self, report: RunReport) -> None:
+        """Chunks stored in the sink but gone from the source: reported, deleted with --prune."""
+        source, sink = self.parts.source, self.parts.sink
+        page: list[str] = []
+        removed: list[str] = []
+
+        def check() -> None:
+            existing = source.existing_ids(page)
+            removed.extend(cid for cid in page if cid not in existing)
+            page.clear()
+
+        for state in sink.iter_states():
+            page.append(state.chunk_id)
+            if len(page) >= PRUNE_PAGE:
+                check()
+        if page:
+            check()
+        report.counts.removed = len(removed)
+        if self.opts.prune and removed:
+            report.counts.pruned = sink.delete(removed)
+
+
+def _executor_tokenizer(executor: Executor) -> Any:
+    get = getattr(executor, "tokenizer", None)
+    return get() if callable(get) else None
+
+
+def _describe(exc: BaseException) -> str:
+    from pipeline.errors import PodembedError
+
+    if isinstance(exc, PodembedError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run(
+    config: Config,
+    opts: RunOptions,
+    *,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    on_parts: Callable[[Parts], None] | None = None,
+) -> RunReport:
+    """Open everything the config names, run ``opts``, close everything; returns the report."""
+    parts = open_parts(config)
+    try:
+        if on_parts is not None:
+            on_parts(parts)
+        own_executor = executor is None
+        ex = executor or open_executor(config)
+        try:
+            return Runner(config, parts, ex, opts, progress).run()
+        finally:
+            if own_executor:
+                ex.close()
+    finally:
+        parts.close()

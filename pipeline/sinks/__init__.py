@@ -1,0 +1,1 @@
+"""Sinks: where vectors are written (see ``base.Sink``)."""

@@ -1,0 +1,406 @@
+"""Writing vectors to MongoDB, in place on the chunk documents or into a collection of their own.
+
+Document layout (both modes)::
+
+    <vector_field>: BinData subtype 9 float32 vector (Binary.from_vector), or an array of doubles
+    <meta_field>:   { model_fingerprint, instruction, text_sha256, dimension, dtype,
+                      embedded_at, run_id, episode_id }
+
+``mode = "in_place"`` (default): ``collection`` is the chunk collection; a vector is
+``$set`` on the chunk's own document (found by ``id_field``, in whatever BSON type the
+id is stored: string, ObjectId, integer, UUID). Other fields are never touched and no
+document is ever created.
+
+``mode = "collection"``: ``collection`` holds one document per chunk,
+``_id`` = the chunk id (string), ``episode_id`` beside the vector; ``chunks_collection``
+names the chunk collection the texts are checked against.
+
+**Conditional writes.** A vector must never be stamped on a text it was not computed from.
+
+- In place, every ``UpdateOne`` filters on the chunk id *and* ``text_field`` equal to the
+  exact text that was embedded (``VectorRecord.text``). The check and the write are one
+  atomic single-document update on the server: if another writer changed the text at
+  any moment before, the update matches nothing and the stale vector is dropped (counted
+  in ``stale_skipped``); the next incremental run sees the new text's hash and embeds it.
+- In a separate collection no single-document operation spans both collections, so
+  the sink checks before and after: it reads the chunks' current texts and writes only
+  vectors whose text is unchanged, then reads the texts again and deletes any vector it
+  has just written whose text changed in between (the delete is conditional on that
+  vector's hash and run id, so it never removes a newer vector). A text changed after
+  that second read is an ordinary later edit, which the stored ``text_sha256`` reveals
+  and the next run fixes.
+
+Writes are unordered ``bulk_write``s of ``UpdateOne`` ``$set``s keyed by chunk id:
+idempotent, so a retried or repeated batch overwrites and never adds. ``lookup`` and
+``iter_states`` project only the metadata: vectors never cross the wire to be compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.errors import ConfigError, TargetError
+from pipeline.mongo_common import (
+    Connection,
+    ConnectionOptions,
+    check_field,
+    check_name,
+    connect,
+    ensure_index,
+    get_path,
+    id_filter,
+    id_to_str,
+    one_id_filter,
+    pages,
+    retrying,
+)
+from pipeline.records import Chunk, StoredState, VectorRecord
+from pipeline.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+LOOKUP_PAGE = 5000
+
+
+@dataclass(slots=True)
+class MongoSinkOptions(ConnectionOptions):
+    """``[sink]`` options for ``kind = "mongo"``."""
+
+    database: str = ""
+    # in_place: the chunk collection; collection mode: the vectors collection.
+    collection: str = ""
+    mode: Literal["in_place", "collection"] = "in_place"
+    # Collection mode only: the chunk collection whose texts writes are checked against.
+    chunks_collection: str = ""
+    # Fields of the chunk documents: their id and their text (writes are conditional on it).
+    id_field: str = "_id"
+    text_field: str = "text"
+    # Where the vector and its metadata go.
+    vector_field: str = "embedding"
+    meta_field: str = "embedding_meta"
+    # "binary": BSON float32 vector (BinData subtype 9, what Atlas Vector Search indexes);
+    # "array": array of doubles (about 3x larger).
+    vector_format: Literal["binary", "array"] = "binary"
+    # Updates per bulk_write.
+    write_batch: int = 500
+    # Create the indexes status queries need if missing.
+    create_indexes: bool = True
+
+    def validate(self, prefix: str) -> None:
+        """Names, field paths and sizes."""
+        self.validate_connection(prefix)
+        check_name(self.database, f"{prefix}.database", "database name")
+        check_name(self.collection, f"{prefix}.collection", "collection name")
+        if self.mode == "collection":
+            if not self.chunks_collection:
+                raise ConfigError(
+                    f"{prefix}.chunks_collection: required when {prefix}.mode = \"collection\" "
+                    "(the chunk collection whose texts vector writes are checked against)"
+                )
+            check_name(self.chunks_collection, f"{prefix}.chunks_collection", "collection name")
+            if self.chunks_collection == self.collection:
+                raise ConfigError(
+                    f"{prefix}.collection: must differ from {prefix}.chunks_collection in "
+                    "collection mode (use mode = \"in_place\" to write onto the chunks)"
+                )
+        elif self.chunks_collection:
+            raise ConfigError(f"{prefix}.chunks_collection: only used with mode = \"collection\"")
+        for key in ("id_field", "text_field", "vector_field", "meta_field"):
+            check_field(getattr(self, key), f"{prefix}.{key}")
+        clash = {self.vector_field, self.meta_field} & {self.id_field, self.text_field, "_id"}
+        if clash or self.vector_field == self.meta_field:
+            raise ConfigError(
+                f"{prefix}.vector_field / {prefix}.meta_field: must differ from each other "
+                "and from the id and text fields"
+            )
+        if self.write_batch < 1:
+            raise ConfigError(f"{prefix}.write_batch: must be at least 1")
+
+
+def encode_vector(vector: np.ndarray, fmt: str) -> Any:
+    """A float32 vector as BSON: a binary vector (default) or a list of doubles."""
+    from bson.binary import Binary, BinaryVectorDtype
+
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if fmt == "array":
+        return [float(x) for x in v]
+    return Binary.from_vector(v, BinaryVectorDtype.FLOAT32)
+
+
+def decode_vector(value: Any) -> np.ndarray:
+    """A stored vector (binary vector or array) back as float32."""
+    from bson.binary import Binary
+
+    if isinstance(value, Binary) and value.subtype == 9:
+        return np.asarray(value.as_vector().data, dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+class MongoSink(Sink):
+    """Vectors in MongoDB (see the module docstring for the layout and guarantees)."""
+
+    Options = MongoSinkOptions
+
+    def __init__(self, options: MongoSinkOptions, dimension: int, conn: Connection) -> None:
+        self.options = options
+        self.dimension = dimension
+        self.conn = conn
+        db = conn.client[options.database]
+        self.target = db[options.collection]
+        self.in_place = options.mode == "in_place"
+        self.chunks = self.target if self.in_place else db[options.chunks_collection]
+        # Where a chunk's vector document is found: its own id field in place, _id otherwise.
+        self.key_field = options.id_field if self.in_place else "_id"
+        self.meta = options.meta_field
+        self._lock = threading.Lock()
+        self.stale_skipped = 0  # vectors dropped because the text changed meanwhile
+        self.missing_skipped = 0  # vectors dropped because the chunk document is gone
+        self.written = 0
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, options: MongoSinkOptions, dimension: int) -> MongoSink:
+        """Connect (failing fast if the server is down) and create indexes."""
+        conn = connect(options, "sink")
+        try:
+            sink = cls(options, dimension, conn)
+            if options.create_indexes:
+                sink._indexes()
+        except BaseException:
+            conn.close()
+            raise
+        return sink
+
+    def _indexes(self) -> None:
+        o = self.options
+        # Status counts coverage per fingerprint; the partial-free sparse index stays
+        # small on a chunk collection where most documents may still lack a vector.
+        ensure_index(self.conn, self.target, [(f"{self.meta}.model_fingerprint", 1)], sparse=True)
+        if self.in_place and o.id_field != "_id":
+            ensure_index(self.conn, self.target, [(o.id_field, 1)])
+        if not self.in_place:
+            ensure_index(self.conn, self.target, [("episode_id", 1)])
+            if o.id_field != "_id":
+                ensure_index(self.conn, self.chunks, [(o.id_field, 1)])
+
+    def describe(self) -> str:
+        """Namespace, mode and field; never the password."""
+        from pipeline.sources.mongo import _hosts
+
+        o = self.options
+        where = f"mongodb:{_hosts(self.conn.safe)}/{o.database}.{o.collection}"
+        if self.in_place:
+            return f"{where} (in place, {o.vector_field})"
+        return f"{where} (vectors of {o.database}.{o.chunks_collection}, {o.vector_field})"
+
+    # ------------------------------------------------------------------ reading state
+    def _projection(self) -> dict[str, int]:
+        proj = {self.key_field: 1, self.meta: 1}
+        if not self.in_place:
+            proj["episode_id"] = 1
+        return proj
+
+    def _state(self, doc: dict[str, Any]) -> StoredState | None:
+        meta = doc.get(self.meta) if "." not in self.meta else get_path(doc, self.meta)
+        if not isinstance(meta, dict) or "text_sha256" not in meta:
+            return None
+        cid = id_to_str(get_path(doc, self.key_field))
+        return StoredState(
+            chunk_id=str(cid),
+            text_sha256=str(meta.get("text_sha256", "")),
+            model_fingerprint=str(meta.get("model_fingerprint", "")),
+            run_id=str(meta.get("run_id", "")),
+            episode_id=meta.get("episode_id") or doc.get("episode_id"),
+        )
+
+    def lookup(self, chunks: list[Chunk]) -> dict[str, StoredState]:
+        """Stored hash, fingerprint and run of these chunks (metadata only, no vectors)."""
+        out: dict[str, StoredState] = {}
+        ids = [c.chunk_id for c in chunks]
+        for page in pages(ids, LOOKUP_PAGE):
+            flt = {**id_filter(self.key_field, page), self.meta: {"$exists": True}}
+            docs = retrying(
+                self.conn, "looking up stored vectors",
+                lambda f=flt: list(self.target.find(f, self._projection())),
+            )
+            for doc in docs:
+                state = self._state(doc)
+                if state is not None:
+                    out[state.chunk_id] = state
+        return out
+
+    def iter_states(self) -> Iterator[StoredState]:
+        """Every stored vector's state, streamed (metadata only)."""
+        cursor = self.target.find({self.meta: {"$exists": True}}, self._projection()).batch_size(5000)
+        from pipeline.mongo_common import guarded
+
+        with guarded(self.conn, "listing stored vectors"), cursor:
+            for doc in cursor:
+                state = self._state(doc)
+                if state is not None:
+                    yield state
+
+    def read_vectors(self, chunk_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Stored vectors as float32 (for tests, checks and small exports)."""
+        flt: dict[str, Any] = {self.options.vector_field: {"$exists": True}}
+        if chunk_ids is not None:
+            flt.update(id_filter(self.key_field, list(chunk_ids)))
+        proj = {self.key_field: 1, self.options.vector_field: 1}
+        docs = retrying(self.conn, "reading vectors", lambda: list(self.target.find(flt, proj)))
+        return {
+            str(id_to_str(get_path(d, self.key_field))): decode_vector(get_path(d, self.options.vector_field))
+            for d in docs
+        }
+
+    # ------------------------------------------------------------------ writing
+    def _document(self, r: VectorRecord) -> dict[str, Any]:
+        vec = np.asarray(r.embedding, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dimension:
+            raise TargetError(
+                f"sink: vector for {r.chunk_id} has {vec.shape[0]} dimensions, the sink "
+                f"expects {self.dimension} (model.dimension)"
+            )
+        if not np.all(np.isfinite(vec)):
+            raise TargetError(f"sink: refusing to write a non-finite vector for {r.chunk_id}")
+        meta = {
+            "model_fingerprint": r.model_fingerprint,
+            "instruction": r.instruction,
+            "text_sha256": r.text_sha256,
+            "dimension": int(vec.shape[0]),
+            "dtype": "float32",
+            "embedded_at": r.embedded_at,
+            "run_id": r.run_id,
+            "episode_id": r.episode_id,
+        }
+        doc = {self.options.vector_field: encode_vector(vec, self.options.vector_format), self.meta: meta}
+        if not self.in_place:
+            doc["episode_id"] = r.episode_id
+        return doc
+
+    def _bulk(self, ops: list[Any], what: str) -> Any:
+        return retrying(self.conn, what, lambda: self.target.bulk_write(ops, ordered=False))
+
+    def write(self, records: list[VectorRecord]) -> int:
+        """Write the vectors whose text is unchanged; returns how many were written."""
+        from pymongo import UpdateOne
+
+        # One record per chunk id (the last wins), so a repeated batch cannot double-count.
+        unique = list({r.chunk_id: r for r in records}.values())
+        written = 0
+        for page in pages(unique, self.options.write_batch):
+            if self.in_place:
+                ops = [
+                    UpdateOne(
+                        {**one_id_filter(self.options.id_field, r.chunk_id), self.options.text_field: r.text},
+                        {"$set": self._document(r)},
+                    )
+                    for r in page
+                ]
+                result = self._bulk(ops, "writing vectors")
+                n = int(result.matched_count)
+                if n < len(page):
+                    self._count_skips(page, n)
+                written += n
+            else:
+                written += self._write_collection(page, UpdateOne)
+        with self._lock:
+            self.written += written
+        return written
+
+    def _count_skips(self, page: list[VectorRecord], matched: int) -> None:
+        """Find out why some in-place updates matched nothing: text changed, or chunk gone."""
+        ids = [r.chunk_id for r in page]
+        current = self._current_texts(ids)
+        stale = [r.chunk_id for r in page if r.chunk_id in current and current[r.chunk_id] != r.text]
+        gone = [r.chunk_id for r in page if r.chunk_id not in current]
+        with self._lock:
+            self.stale_skipped += len(stale)
+            self.missing_skipped += len(gone)
+        if stale:
+            log.warning(
+                "%d vector(s) not written: the text changed while they were embedded "
+                "(e.g. %s); the next run embeds the new text", len(stale), stale[0],
+            )
+        if gone:
+            log.warning("%d vector(s) not written: chunk document deleted (e.g. %s)", len(gone), gone[0])
+
+    def _current_texts(self, chunk_ids: list[str]) -> dict[str, Any]:
+        o = self.options
+        flt = id_filter(o.id_field, chunk_ids)
+        docs = retrying(
+            self.conn, "reading current texts",
+            lambda: list(self.chunks.find(flt, {o.id_field: 1, o.text_field: 1})),
+        )
+        return {str(id_to_str(get_path(d, o.id_field))): get_path(d, o.text_field) for d in docs}
+
+    def _write_collection(self, page: list[VectorRecord], update_one: Any) -> int:
+        before = self._current_texts([r.chunk_id for r in page])
+        fresh = [r for r in page if before.get(r.chunk_id) == r.text]
+        stale = [r.chunk_id for r in page if r.chunk_id in before and before[r.chunk_id] != r.text]
+        gone = [r.chunk_id for r in page if r.chunk_id not in before]
+        if fresh:
+            ops = [update_one({"_id": r.chunk_id}, {"$set": self._document(r)}, upsert=True) for r in fresh]
+            self._bulk(ops, "writing vectors")
+            after = self._current_texts([r.chunk_id for r in fresh])
+            changed = [r for r in fresh if after.get(r.chunk_id) != r.text]
+            if changed:
+                m = self.meta
+                flt = {
+                    "$or": [
+                        {"_id": r.chunk_id, f"{m}.text_sha256": r.text_sha256, f"{m}.run_id": r.run_id}
+                        for r in changed
+                    ]
+                }
+                retrying(self.conn, "withdrawing stale vectors", lambda: self.target.delete_many(flt))
+                stale += [r.chunk_id for r in changed if r.chunk_id in after]
+                gone += [r.chunk_id for r in changed if r.chunk_id not in after]
+                fresh = [r for r in fresh if after.get(r.chunk_id) == r.text]
+        with self._lock:
+            self.stale_skipped += len(stale)
+            self.missing_skipped += len(gone)
+        if stale:
+            log.warning(
+                "%d vector(s) not written: the text changed while they were embedded "
+                "(e.g. %s); the next run embeds the new text", len(stale), stale[0],
+            )
+        return len(fresh)
+
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        """Remove these chunks' vectors (in place: unset the fields; the chunk stays)."""
+        o = self.options
+        removed = 0
+        for page in pages(list(chunk_ids), LOOKUP_PAGE):
+            flt = id_filter(self.key_field, page)
+            if self.in_place:
+                flt[self.meta] = {"$exists": True}
+                res = retrying(
+                    self.conn, "removing vectors",
+                    lambda f=flt: self.target.update_many(
+                        f, {"$unset": {o.vector_field: "", self.meta: ""}}
+                    ),
+                )
+                removed += int(res.modified_count)
+            else:
+                res = retrying(self.conn, "removing vectors", lambda f=flt: self.target.delete_many(f))
+                removed += int(res.deleted_count)
+        return removed
+
+    # ------------------------------------------------------------------ status helpers
+    def coverage(self) -> dict[str, int]:
+        """Stored vectors per model fingerprint, counted by the server."""
+        pipeline = [
+            {"$match": {self.meta: {"$exists": True}}},
+            {"$group": {"_id": f"${self.meta}.model_fingerprint", "n": {"$sum": 1}}},
+        ]
+        rows = retrying(self.conn, "counting vectors", lambda: list(self.target.aggregate(pipeline)))
+        return {str(r["_id"]): int(r["n"]) for r in rows}
+
+    def close(self) -> None:
+        """Release the shared client."""
+        self.conn.close()

@@ -1,0 +1,1 @@
+"""Sources: where transcript chunks are read from (see ``base.Source``)."""

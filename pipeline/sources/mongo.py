@@ -1,0 +1,477 @@
+"""Reading chunks from a MongoDB collection.
+
+- **Projection.** Only the mapped fields travel; vectors stored on the same documents
+  (an in-place sink) are never read by the source.
+- **Shards by episode.** ``plan`` groups the selected documents by episode on the
+  server (one aggregation: episode id -> count) and packs consecutive episodes into
+  shards of about ``window_chunks`` chunks. An episode larger than that is split into
+  ``_id`` ranges. With ``shard_by = "id"`` (no usable episode field, or a huge number
+  of one-chunk episodes) shards are plain ``_id`` ranges of ``window_chunks`` documents.
+  A shard's id is a digest of its episodes, their chunk counts and its id bounds, so
+  an episode that gains chunks lands in a new shard that the next run redoes.
+- **Typed locators.** Episode values and ``_id`` bounds are kept in the locator as
+  canonical extended JSON (``{"$oid": ...}``), so ObjectId, integer or string keys all
+  round-trip exactly while the locator stays plain JSON.
+- **Server-side filters.** The configured ``query``, the shard and the run's
+  :class:`~pipeline.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
+  are one ``$and`` filter evaluated by the server.
+- **Batched, retried reading.** A shard is fetched by one cursor (``batch_size``
+  documents per round trip) as a unit: after a network fault or a step-down the
+  query is retried whole, so no record is ever yielded twice or skipped. A shard is
+  at most about ``window_chunks`` documents, which the run holds in memory anyway.
+- **Ids.** ObjectId and UUID ids become their string form as chunk ids; writing back
+  matches every BSON type a string may stand for (see ``mongo_common.id_candidates``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.config import FieldMap
+from pipeline.errors import ConfigError, SourceError
+from pipeline.mongo_common import (
+    Connection,
+    ConnectionOptions,
+    check_field,
+    check_name,
+    connect,
+    ensure_index,
+    from_ejson,
+    get_path,
+    id_candidates,
+    id_filter,
+    id_to_str,
+    pages,
+    retrying,
+    to_ejson,
+)
+from pipeline.records import RawRecord, ShardSpec
+from pipeline.selection import Selection
+from pipeline.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+ID_PAGE = 10_000  # ids per $in query
+SAMPLE_DOCS = 50  # documents inspected at open to check the field mapping
+
+
+@dataclass(slots=True)
+class MongoSourceOptions(ConnectionOptions):
+    """``[source]`` options for ``kind = "mongo"``."""
+
+    database: str = ""
+    collection: str = ""
+    # An extra filter every read applies, e.g. { status = "published" } (MongoDB query syntax).
+    query: dict[str, Any] = field(default_factory=dict)
+    # Documents per page of a shard's cursor.
+    batch_size: int = 1000
+    # "episode": shards are groups of whole episodes; "id": shards are _id ranges.
+    shard_by: Literal["episode", "id"] = "episode"
+    # Create the indexes reads need (episode field, published_at) if missing.
+    create_indexes: bool = True
+
+    def validate(self, prefix: str) -> None:
+        """Names must be set and sizes positive."""
+        self.validate_connection(prefix)
+        check_name(self.database, f"{prefix}.database", "database name")
+        check_name(self.collection, f"{prefix}.collection", "collection name")
+        if self.batch_size < 1:
+            raise ConfigError(f"{prefix}.batch_size: must be at least 1")
+        for key in self.query:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"{prefix}.query: keys must be field names or operators")
+
+
+def _and(*parts: dict[str, Any]) -> dict[str, Any]:
+    kept = [p for p in parts if p]
+    if not kept:
+        return {}
+    return kept[0] if len(kept) == 1 else {"$and": kept}
+
+
+def _in(field_path: str, values: Iterable[str]) -> dict[str, Any]:
+    typed: list[Any] = []
+    for v in values:
+        typed.extend(id_candidates(v))
+    return {field_path: {"$in": typed}}
+
+
+class MongoSource(Source):
+    """Chunks from one MongoDB collection."""
+
+    Options = MongoSourceOptions
+
+    def __init__(
+        self, options: MongoSourceOptions, fields: FieldMap, window_chunks: int, conn: Connection
+    ) -> None:
+        self.options = options
+        self.fields = fields
+        self.window = max(1, window_chunks)
+        self.conn = conn
+        self.mapping = fields.mapped()  # our name -> document field path
+        self.collection = conn.client[options.database][options.collection]
+        self.projection = {path: 1 for path in self.mapping.values()}
+        self.projection["_id"] = 1
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, options: MongoSourceOptions, fields: FieldMap, window_chunks: int) -> MongoSource:
+        """Connect, check the collection exists and that documents carry the mapped fields."""
+        for ours, path in fields.mapped().items():
+            check_field(path, f"source.fields.{ours}")
+        conn = connect(options, "source")
+        try:
+            source = cls(options, fields, window_chunks, conn)
+            source._check()
+            if options.create_indexes:
+                source._indexes()
+        except BaseException:
+            conn.close()
+            raise
+        return source
+
+    def _check(self) -> None:
+        opts = self.options
+        db = self.conn.client[opts.database]
+        names = retrying(
+            self.conn, "listing collections",
+            lambda: db.list_collection_names(filter={"name": opts.collection}),
+        )
+        if opts.collection not in names:
+            raise SourceError(
+                f"source.collection: no collection {opts.collection!r} in database "
+                f"{opts.database!r} at {self.conn.safe}; check source.database/source.collection "
+                "(load the sample corpus with `podembed load-sample`)"
+            )
+        sample = retrying(
+            self.conn, "sampling documents",
+            lambda: list(self.collection.find(self.options.query, self.projection).limit(SAMPLE_DOCS)),
+        )
+        if not sample:
+            return  # an empty collection is fine: nothing to do yet
+        for ours in ("chunk_id", "episode_id", "text"):
+            path = self.mapping[ours]
+            if path == "_id":
+                continue
+            if all(get_path(doc, path) is None for doc in sample):
+                raise SourceError(
+                    f"source.fields.{ours}: field {path!r} not found in the first {len(sample)} "
+                    f"documents of {opts.database}.{opts.collection}; set source.fields.{ours} "
+                    "to the field that holds it"
+                )
+
+    def _indexes(self) -> None:
+        wanted = []
+        if self.options.shard_by == "episode":
+            wanted.append(self.mapping["episode_id"])
+        if self.mapping.get("chunk_id", "_id") != "_id":
+            wanted.append(self.mapping["chunk_id"])
+        if "published_at" in self.mapping:
+            wanted.append(self.mapping["published_at"])
+        for path in wanted:
+            ensure_index(self.conn, self.collection, [(path, 1)])
+
+    def describe(self) -> str:
+        """Host and namespace, never the password."""
+        o = self.options
+        return f"mongodb:{_hosts(self.conn.safe)}/{o.database}.{o.collection}"
+
+    def version(self) -> str:
+        """Identifies *what* is read (namespace, query, fields, sharding), not its content.
+
+        MongoDB has no cheap content version. Shard ids carry the chunk count of each
+        episode, so a resumed run redoes a shard whose episodes gained or lost chunks;
+        a text edited in place is caught by the next incremental run (its hash differs).
+        """
+        o = self.options
+        doc = {
+            "ns": f"{o.database}.{o.collection}",
+            "query": to_ejson(o.query),
+            "fields": self.mapping,
+            "shard_by": o.shard_by,
+            "window": self.window,
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ----------------------------------------------------------------- filters
+    def _selection_filter(self, selection: Selection) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
+        if selection.episode_ids:
+            parts.append(_in(self.mapping["episode_id"], selection.episode_ids))
+        if selection.podcast_ids:
+            if "podcast_id" not in self.mapping:
+                raise SourceError("--podcast needs a podcast field: set source.fields.podcast_id")
+            parts.append(_in(self.mapping["podcast_id"], selection.podcast_ids))
+        if selection.since is not None:
+            if "published_at" not in self.mapping:
+                raise SourceError("--since needs a date field: set source.fields.published_at")
+            parts.append({self.mapping["published_at"]: {"$gte": selection.since}})
+        return _and(*parts)
+
+    def _base_filter(self, selection: Selection) -> dict[str, Any]:
+        return _and(self.options.query, self._selection_filter(selection))
+
+    @staticmethod
+    def _range_filter(locator: dict[str, Any]) -> dict[str, Any]:
+        lo, hi = locator.get("id_gte"), locator.get("id_lt")
+        return _and(
+            _at_or_after(from_ejson(lo)) if lo is not None else {},
+            _before(from_ejson(hi)) if hi is not None else {},
+        )
+
+    def _shard_filter(self, locator: dict[str, Any]) -> dict[str, Any]:
+        parts = []
+        if "episodes" in locator:
+            values = [from_ejson(v) for v in locator["episodes"]]
+            parts.append({self.mapping["episode_id"]: {"$in": values}})
+        parts.append(self._range_filter(locator))
+        return _and(*parts)
+
+    # ----------------------------------------------------------------- planning
+    def plan(self, selection: Selection) -> list[ShardSpec]:
+        """Shards of whole episodes (or ``_id`` ranges) of about ``window_chunks`` chunks."""
+        base = self._base_filter(selection)
+        if self.options.shard_by == "id":
+            return [self._spec({}, b, n) for b, n in self._id_ranges(base)]
+        episode_path = self.mapping["episode_id"]
+        pipeline = [
+            {"$match": base} if base else {"$match": {}},
+            {"$group": {"_id": f"${episode_path}", "n": {"$sum": 1}}},
+            {"$sort": {"_id": 1}},
+        ]
+        groups = retrying(
+            self.conn, "planning shards by episode",
+            lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
+        )
+        shards: list[ShardSpec] = []
+        pending: list[tuple[Any, int]] = []
+        pending_n = 0
+
+        def flush() -> None:
+            nonlocal pending, pending_n
+            if pending:
+                shards.append(
+                    self._spec(
+                        {"episodes": [to_ejson(e) for e, _ in pending]},
+                        {"counts": [n for _, n in pending]},
+                        pending_n,
+                    )
+                )
+            pending, pending_n = [], 0
+
+        for g in groups:
+            episode, n = g["_id"], int(g["n"])
+            if n > self.window:
+                flush()
+                # One large episode: split it into _id ranges so memory stays bounded.
+                ep_filter = _and(base, {episode_path: episode})
+                for bounds, count in self._id_ranges(ep_filter):
+                    shards.append(
+                        self._spec({"episodes": [to_ejson(episode)], **bounds}, {"counts": [count]}, count)
+                    )
+                continue
+            if pending_n + n > self.window:
+                flush()
+            pending.append((episode, n))
+            pending_n += n
+        flush()
+        return shards
+
+    def _spec(self, locator: dict[str, Any], extra: dict[str, Any], n: int) -> ShardSpec:
+        ident = json.dumps({"loc": locator, **extra}, sort_keys=True)
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        prefix = "ep" if "episodes" in locator else "ids"
+        return ShardSpec(shard_id=f"{prefix}-{digest}", locator=locator, estimated_chunks=n)
+
+    def _id_ranges(self, flt: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
+        """Cut the matching documents into ``_id`` ranges of ``window_chunks`` (reads ids only).
+
+        The first range is open below and the last open above, so documents inserted
+        later outside the planned span still belong to a shard.
+        """
+        starts: list[Any] = []
+        counts: list[int] = []
+        last: Any = None
+        while True:
+            page_filter = _and(flt, _after(last)) if starts else flt
+            docs = retrying(
+                self.conn, "planning shards by _id",
+                lambda pf=page_filter: list(
+                    self.collection.find(pf, {"_id": 1}).sort("_id", 1).limit(self.window)
+                ),
+            )
+            if not docs:
+                break
+            starts.append(docs[0]["_id"])
+            counts.append(len(docs))
+            last = docs[-1]["_id"]
+            if len(docs) < self.window:
+                break
+        ranges = []
+        for i, n in enumerate(counts):
+            lo = to_ejson(starts[i]) if i > 0 else None
+            hi = to_ejson(starts[i + 1]) if i + 1 < len(starts) else None
+            ranges.append(({"id_gte": lo, "id_lt": hi}, n))
+        return ranges
+
+    # ------------------------------------------------------------------ reading
+    def read(self, shard: ShardSpec, selection: Selection) -> Iterator[RawRecord]:
+        """The shard's documents (mapped fields only), fetched by one batched cursor.
+
+        The shard is fetched whole (it is at most about ``window_chunks`` documents,
+        which the run holds in memory anyway) so that a transient fault simply retries
+        the query: no record is ever yielded twice or skipped.
+        """
+        flt = _and(self._base_filter(selection), self._shard_filter(shard.locator))
+        o = self.options
+        docs = retrying(
+            self.conn, f"reading shard {shard.shard_id}",
+            lambda: list(self.collection.find(flt, self.projection).sort("_id", 1).batch_size(o.batch_size)),
+        )
+        where = f"{o.database}.{o.collection}"
+        for doc in docs:
+            yield self._record(doc, where)
+
+    def _record(self, doc: dict[str, Any], where: str) -> RawRecord:
+        fields = {ours: get_path(doc, path) for ours, path in self.mapping.items()}
+        fields["chunk_id"] = id_to_str(fields.get("chunk_id"))
+        if fields.get("episode_id") is not None:
+            fields["episode_id"] = id_to_str(fields["episode_id"])
+        if fields.get("podcast_id") is not None:
+            fields["podcast_id"] = id_to_str(fields["podcast_id"])
+        return RawRecord(fields=fields, position=f"{where} _id={id_to_str(doc['_id'])!s}")
+
+    # -------------------------------------------------------------- id queries
+    def duplicate_ids(self, selection: Selection) -> dict[str, int]:
+        """Chunk ids on more than one selected document (none when the id is ``_id``)."""
+        path = self.mapping["chunk_id"]
+        if path == "_id":
+            return {}
+        base = self._base_filter(selection)
+        pipeline = [
+            {"$match": base},
+            {"$group": {"_id": f"${path}", "n": {"$sum": 1}}},
+            {"$match": {"n": {"$gt": 1}}},
+        ]
+        rows = retrying(
+            self.conn, "finding duplicate chunk ids",
+            lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
+        )
+        return {str(id_to_str(r["_id"])): int(r["n"]) for r in rows if r["_id"] is not None}
+
+    def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
+        """Which of these ids are on a document the configured ``query`` still selects."""
+        path = self.mapping["chunk_id"]
+        found: set[str] = set()
+        for page in pages(list(chunk_ids), ID_PAGE):
+            flt = _and(self.options.query, id_filter(path, page))
+            docs = retrying(
+                self.conn, "checking which chunks exist",
+                lambda f=flt: list(self.collection.find(f, {path: 1, "_id": 1})),
+            )
+            for doc in docs:
+                found.add(str(id_to_str(get_path(doc, path))))
+        return found
+
+    def count(self, selection: Selection | None = None) -> int:
+        """Documents the selection matches (for status)."""
+        flt = self._base_filter(selection or Selection())
+        return retrying(self.conn, "counting chunks", lambda: self.collection.count_documents(flt))
+
+    def close(self) -> None:
+        """Release the shared client."""
+        self.conn.close()
+
+
+# BSON comparison order of _id types, as $type codes. Range operators only compare
+# values of one type ("type bracketing"), so an _id range that may span types is
+# written as "greater within this type, or any type that sorts after it".
+_BRACKETS: list[list[int]] = [
+    [-1],  # minKey
+    [10],  # null
+    [1, 16, 18, 19],  # numbers
+    [2, 14],  # string, symbol
+    [3],  # object
+    [4],  # array
+    [5],  # binData
+    [7],  # objectId
+    [8],  # bool
+    [9],  # date
+    [17],  # timestamp
+    [11],  # regex
+    [127],  # maxKey
+]
+
+
+def _bracket(value: Any) -> int:
+    """Index in :data:`_BRACKETS` of a Python value decoded from BSON."""
+    import datetime as _dt
+    import re as _re
+    import uuid as _uuid
+
+    from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+
+    if isinstance(value, MinKey):
+        return 0
+    if value is None:
+        return 1
+    if isinstance(value, bool):
+        return 8
+    if isinstance(value, int | float | Int64 | Decimal128):
+        return 2
+    if isinstance(value, str):
+        return 3
+    if isinstance(value, dict):
+        return 4
+    if isinstance(value, list | tuple):
+        return 5
+    if isinstance(value, bytes | _uuid.UUID):
+        return 6
+    if isinstance(value, ObjectId):
+        return 7
+    if isinstance(value, Timestamp):
+        return 10
+    if isinstance(value, _dt.datetime):
+        return 9
+    if isinstance(value, Regex | _re.Pattern):
+        return 11
+    if isinstance(value, MaxKey):
+        return 12
+    return 6  # Binary and other binary-like values
+
+
+def _types(brackets: range) -> list[int]:
+    return [code for i in brackets for code in _BRACKETS[i]]
+
+
+def _typed_cmp(op: str, value: Any, others: list[int]) -> dict[str, Any]:
+    if not others:
+        return {"_id": {op: value}}
+    return {"$or": [{"_id": {op: value}}, {"_id": {"$type": others}}]}
+
+
+def _after(value: Any) -> dict[str, Any]:
+    """``_id`` sorts strictly after ``value`` (across types)."""
+    return _typed_cmp("$gt", value, _types(range(_bracket(value) + 1, len(_BRACKETS))))
+
+
+def _at_or_after(value: Any) -> dict[str, Any]:
+    """``_id`` sorts at or after ``value`` (across types)."""
+    return _typed_cmp("$gte", value, _types(range(_bracket(value) + 1, len(_BRACKETS))))
+
+
+def _before(value: Any) -> dict[str, Any]:
+    """``_id`` sorts strictly before ``value`` (across types)."""
+    return _typed_cmp("$lt", value, _types(range(0, _bracket(value))))
+
+
+def _hosts(safe_uri: str) -> str:
+    """``host1,host2`` part of a (redacted) URI."""
+    rest = safe_uri.split("://", 1)[-1]
+    rest = rest.rsplit("@", 1)[-1]
+    return rest.split("/", 1)[0].split("?", 1)[0]

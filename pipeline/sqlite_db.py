@@ -1,0 +1,51 @@
+"""A small thread-safe SQLite wrapper shared by the local sink manifest and checkpoint store."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import TargetError
+
+
+class Database:
+    """One connection, serialised by a lock; WAL so readers never block on the writer."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed ledger entry survives power loss, like the renamed files it describes.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(schema)
+        except (sqlite3.Error, OSError) as exc:
+            raise TargetError(f"cannot open {path}: {exc}") from None
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run statements atomically."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        """Fetch all rows of one statement."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,114 @@
+"""Coverage of a target: how many chunks have a current vector, which are stale or missing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.fingerprint import model_fingerprint
+from pipeline.parts import Parts
+from pipeline.prepare import Preparer
+from pipeline.report import read_reports
+from pipeline.selection import Selection
+
+
+@dataclass(slots=True)
+class Coverage:
+    """What ``podembed status`` shows."""
+
+    source: str
+    sink: str
+    fingerprint: str
+    total: int = 0  # records in the source
+    valid: int = 0
+    current: int = 0
+    stale_text: int = 0  # vector stored, text changed since
+    other_model: int = 0  # vector stored by another model/instruction
+    missing: int = 0  # valid chunk, no vector
+    invalid: int = 0  # fails validation (would be dead-lettered)
+    dead_lettered: int = 0  # stored dead letters
+    removed: int = 0  # vectors whose chunk left the source
+    fingerprints: dict[str, int] = field(default_factory=dict)
+    last_runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stale(self) -> int:
+        """Vectors that exist but are out of date."""
+        return self.stale_text + self.other_model
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["stale"] = self.stale
+        return d
+
+    def summary(self) -> str:
+        """Human-readable lines."""
+        pct = (100.0 * self.current / self.valid) if self.valid else 100.0
+        lines = [
+            f"source: {self.source}",
+            f"sink:   {self.sink}",
+            f"model:  {self.fingerprint}",
+            f"chunks: {self.total} in source, {self.valid} valid",
+            f"  current:       {self.current} ({pct:.1f}%)",
+            f"  stale:         {self.stale} ({self.stale_text} text changed, "
+            f"{self.other_model} other model)",
+            f"  missing:       {self.missing}",
+            f"  invalid:       {self.invalid}",
+            f"  dead-lettered: {self.dead_lettered}",
+            f"  removed from source but still stored: {self.removed}",
+        ]
+        if len(self.fingerprints) > 1 or (self.fingerprints and self.fingerprint not in self.fingerprints):
+            lines.append("stored vectors by model fingerprint:")
+            lines += [f"  {fp}: {n}" for fp, n in sorted(self.fingerprints.items())]
+        if self.last_runs:
+            lines.append("last runs:")
+            for r in self.last_runs:
+                rep = r.get("report") or r
+                counts = rep.get("counts", {})
+                lines.append(
+                    f"  {r.get('run_id')} {r.get('command')} {r.get('status')} "
+                    f"embedded={counts.get('embedded', '?')} dead={counts.get('dead_lettered', '?')} "
+                    f"started={r.get('started_at')}"
+                )
+        return "\n".join(lines)
+
+
+def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
+    """Scan the source and the sink's state (no vectors, no model) and classify every chunk."""
+    fp = model_fingerprint(config.model)
+    cov = Coverage(source=parts.source.describe(), sink=parts.sink.describe(), fingerprint=fp)
+    selection = Selection()
+    preparer = Preparer(
+        config, parts.source, parts.sink, parts.checkpoint, None, fp, selection, run_id="status",
+        duplicates=parts.source.duplicate_ids(selection),
+    )
+    reasons: Counter[str] = Counter()
+    preparer.on_decision = lambda chunk, decision: reasons.update([decision.reason])
+    for shard in parts.source.plan(selection):
+        prepared = preparer.prepare(shard)
+        cov.total += prepared.counts.seen
+        cov.invalid += len(prepared.dead_letters)
+    cov.valid = cov.total - cov.invalid
+    cov.current = reasons["current"]
+    cov.stale_text = reasons["changed"]
+    cov.other_model = reasons["other_model"]
+    cov.missing = reasons["new"] + reasons["failed_before"]
+    cov.dead_lettered = parts.checkpoint.count_dead_letters()
+    fps: Counter[str] = Counter()
+    page: list[str] = []
+    for state in parts.sink.iter_states():
+        fps[state.model_fingerprint] += 1
+        page.append(state.chunk_id)
+        if len(page) >= 10_000:
+            cov.removed += len(page) - len(parts.source.existing_ids(page))
+            page.clear()
+    if page:
+        cov.removed += len(page) - len(parts.source.existing_ids(page))
+    cov.fingerprints = dict(fps)
+    cov.last_runs = parts.checkpoint.last_runs(runs) or read_reports(config.report.dir, runs)
+    return cov
