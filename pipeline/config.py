@@ -56,9 +56,7 @@ class ModelConfig:
     package: str = ""
     path: str = ""
     instruction: str = "Represent the podcast transcript for retrieval:"
-    query_instruction: str = (
-        "Represent the podcast question for retrieving relevant transcript passages:"
-    )
+    query_instruction: str = "Represent the podcast question for retrieving relevant transcript passages:"
     max_seq_length: int = 512
     normalize: bool = True
     precision: Precision = "fp32"
@@ -167,9 +165,7 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
     """Validate a parsed TOML document and return a :class:`Config`."""
     unknown = sorted(set(raw) - _TOP_LEVEL)
     if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: unknown section (allowed: {', '.join(sorted(_TOP_LEVEL))})"
-        )
+        raise ConfigError(f"{unknown[0]}: unknown section (allowed: {', '.join(sorted(_TOP_LEVEL))})")
     for required in ("source", "sink", "model"):
         if required not in raw:
             raise ConfigError(f"[{required}]: section is missing")
@@ -225,5 +221,8 @@ def secret_from_env(var: str, what: str) -> str:
     """Read a secret from the environment, or fail with a message that says which variable."""
     value = os.environ.get(var, "")
     if not value:
-        raise ConfigError(f"{what}: environment variable {var} is not set (export it; secrets are never read from the config file)")
+        raise ConfigError(
+            f"{what}: environment variable {var} is not set "
+            "(export it; secrets are never read from the config file)"
+        )
     return value

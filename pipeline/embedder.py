@@ -184,7 +184,9 @@ class InstructorEmbedder:
         bad = _bad_rows(vectors)
         if bad and self.cfg.precision != "fp32":
             # Reduced precision overflows on some inputs (T5 in fp16 does); fp32 is the fallback.
-            log.warning("%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), self.cfg.precision)
+            log.warning(
+                "%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), self.cfg.precision
+            )
             vectors = self._encode(self._fp32_model(), stripped)
             retries = 1
             bad = _bad_rows(vectors)

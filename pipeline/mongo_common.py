@@ -115,21 +115,35 @@ def scrub(text: str, uri: str | None = None) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that scrubs URIs and known secrets from every record."""
+    """A logging filter that scrubs URIs and the registered secrets from every record."""
 
-    def __init__(self, uri: str | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.uri = uri
+        self.uris: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a broken format string is not our problem here
             return True
-        clean = scrub(message, self.uri)
+        clean = scrub(message)
+        for uri in list(self.uris):
+            clean = scrub(clean, uri)
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+_log_filter = RedactingFilter()
+
+
+def protect_logs(uri: str) -> None:
+    """Scrub ``uri``'s secrets from every log record that reaches the root logger's handlers
+    (pymongo's own debug logs included)."""
+    _log_filter.uris.add(uri)
+    for handler in logging.getLogger().handlers:
+        if _log_filter not in handler.filters:
+            handler.addFilter(_log_filter)
 
 
 # --------------------------------------------------------------------------- options
@@ -224,6 +238,7 @@ def connect(options: ConnectionOptions, what: str) -> Connection:
 
     uri = secret_from_env(options.uri_env, f"{what}.uri_env")
     safe = redact_uri(uri)
+    protect_logs(uri)
     timeout = options.server_selection_timeout_ms
     key = (uri, timeout)
     with _clients_lock:
@@ -312,7 +327,7 @@ def retrying(conn: Connection, what: str, fn: Callable[[], T]) -> T:
         for attempt in Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_delay(conn.retry_s),
-            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.5),
             before_sleep=note,
             reraise=True,
         ):

@@ -85,8 +85,17 @@ def make_plan(config: Config, parts: Parts, opts: RunOptions, counter: TokenCoun
     counter = counter or TokenCounter(config.model)
     plan = Plan(command=opts.command, selection=opts.selection.describe(), fingerprint=fp)
     preparer = Preparer(
-        config, parts.source, parts.sink, parts.checkpoint, counter, fp, opts.selection,
-        run_id="plan", force=opts.force, retry_failed=opts.retry_failed, limit=opts.limit,
+        config,
+        parts.source,
+        parts.sink,
+        parts.checkpoint,
+        counter,
+        fp,
+        opts.selection,
+        run_id="plan",
+        force=opts.force,
+        retry_failed=opts.retry_failed,
+        limit=opts.limit,
         duplicates=parts.source.duplicate_ids(opts.selection),
     )
     reasons: Counter[str] = Counter()

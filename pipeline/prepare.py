@@ -171,8 +171,7 @@ class Preparer:
             stripped = [c.text.strip() for c in todo]
             token_counts = self.counter().count(stripped)
             items = [
-                Item(c.chunk_id, t, tc.tokens)
-                for c, t, tc in zip(todo, stripped, token_counts, strict=True)
+                Item(c.chunk_id, t, tc.tokens) for c, t, tc in zip(todo, stripped, token_counts, strict=True)
             ]
             counts.truncated = sum(tc.truncated for tc in token_counts)
             b = self.config.batching

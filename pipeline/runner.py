@@ -14,6 +14,7 @@ next run redoes; sink writes are keyed upserts, so redoing never duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -73,9 +74,7 @@ def new_run_id() -> str:
 
 def plan_key(opts: RunOptions, fingerprint: str, source_version: str, sink: str) -> str:
     """Runs with the same key are the same work: an unfinished one is resumed."""
-    doc = "|".join(
-        [opts.command, opts.selection.key(), str(opts.force), fingerprint, source_version, sink]
-    )
+    doc = "|".join([opts.command, opts.selection.key(), str(opts.force), fingerprint, source_version, sink])
     return hashlib.sha256(doc.encode()).hexdigest()[:24]
 
 
@@ -138,10 +137,8 @@ class Runner:
             except queue.Full:
                 if force and self._stop.is_set():
                     # Nobody will drain it; drop the oldest to make room for the sentinel.
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         q.get_nowait()
-                    except queue.Empty:
-                        pass
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -260,9 +257,16 @@ class Runner:
             done = checkpoint.done_shards(resumed)
         run_id = report.run_id
         checkpoint.start_run(
-            run_id, key, opts.command,
-            {"selection": report.selection, "fingerprint": fingerprint, "force": opts.force,
-             "shards": len(shards), "started_at": report.started_at},
+            run_id,
+            key,
+            opts.command,
+            {
+                "selection": report.selection,
+                "fingerprint": fingerprint,
+                "force": opts.force,
+                "shards": len(shards),
+                "started_at": report.started_at,
+            },
         )
         report.shards_total = len(shards)
         report.shards_skipped_done = sum(s.shard_id in done for s in shards)
@@ -275,9 +279,18 @@ class Runner:
                 lambda: TokenCounter(cfg.model, _executor_tokenizer(self.executor))
             )
             preparer = Preparer(
-                cfg, parts.source, parts.sink, checkpoint, counter, fingerprint,
-                opts.selection, run_id, force=opts.force, retry_failed=opts.retry_failed,
-                limit=opts.limit, duplicates=duplicates,
+                cfg,
+                parts.source,
+                parts.sink,
+                checkpoint,
+                counter,
+                fingerprint,
+                opts.selection,
+                run_id,
+                force=opts.force,
+                retry_failed=opts.retry_failed,
+                limit=opts.limit,
+                duplicates=duplicates,
             )
             status = self._pipeline(preparer, todo, report, fingerprint, run_id)
             if status == "completed" and opts.selection.is_everything:

@@ -86,9 +86,7 @@ def from_table(cls: type[T], table: dict[str, Any], prefix: str) -> T:
     unknown = sorted(set(table) - set(fields))
     if unknown:
         allowed = ", ".join(sorted(fields))
-        raise ConfigError(
-            f"{prefix}.{unknown[0]}: unknown key (allowed in [{prefix}]: {allowed})"
-        )
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (allowed in [{prefix}]: {allowed})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"

@@ -55,8 +55,7 @@ class Coverage:
             f"model:  {self.fingerprint}",
             f"chunks: {self.total} in source, {self.valid} valid",
             f"  current:       {self.current} ({pct:.1f}%)",
-            f"  stale:         {self.stale} ({self.stale_text} text changed, "
-            f"{self.other_model} other model)",
+            f"  stale:         {self.stale} ({self.stale_text} text changed, {self.other_model} other model)",
             f"  missing:       {self.missing}",
             f"  invalid:       {self.invalid}",
             f"  dead-lettered: {self.dead_lettered}",
@@ -84,7 +83,14 @@ def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
     cov = Coverage(source=parts.source.describe(), sink=parts.sink.describe(), fingerprint=fp)
     selection = Selection()
     preparer = Preparer(
-        config, parts.source, parts.sink, parts.checkpoint, None, fp, selection, run_id="status",
+        config,
+        parts.source,
+        parts.sink,
+        parts.checkpoint,
+        None,
+        fp,
+        selection,
+        run_id="status",
         duplicates=parts.source.duplicate_ids(selection),
     )
     reasons: Counter[str] = Counter()

@@ -22,7 +22,8 @@ Like the files on the hub, the saved Pooling layer keeps ``include_prompt=True``
 by default: callers must call ``model.set_pooling_include_prompt(False)``, as
 they must for the real model loaded from a local path.
 
-sentence-transformers and transformers are imported lazily (seconds of CPU).
+torch, transformers and sentence-transformers are imported lazily (seconds of CPU), so
+importing this module is cheap. ``dtype`` arguments take a ``torch.dtype`` or its name.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
@@ -72,8 +72,8 @@ EXTRA_IDS = 100
 MAX_TRAINED_PIECES = 8000
 """Upper bound on the SentencePiece vocabulary trained.
 
-The real T5 vocabulary has 32,000 pieces; the built-in corpus supports about 1,850,
-so every shape gets that many trained pieces, and the embedding matrix is sized to
+The real T5 vocabulary has 32,000 pieces; the built-in corpus supports about 4,500, so
+:data:`INSTRUCTOR_XL` gets that many trained pieces and an embedding matrix sized to
 ``T5Shape.vocab_size`` regardless (speed does not depend on unused rows)."""
 
 MAX_SEQ_LENGTH = 512
@@ -141,11 +141,11 @@ TINY = T5Shape(
     num_heads=4,
     d_kv=16,
     d_ff=128,
-    vocab_size=2048,
+    vocab_size=4096,
     out_dim=32,
     feed_forward_proj="gated-gelu",
 )
-"""The same layout in miniature (about 0.2 M parameters), for fast tests."""
+"""The same layout in miniature (0.35 M parameters, 3,996 trained pieces), for fast tests."""
 
 
 def _tokenizer_pieces(vocab_size: int) -> int:
@@ -193,7 +193,8 @@ def t5_config(shape: T5Shape) -> T5Config:
 
 # --------------------------------------------------------------------------- corpus
 
-# Roughly frequency-ordered common spoken-English words (rank drives a Zipf law below).
+# About 2,500 English words: the most common spoken words roughly by frequency, then a wider
+# vocabulary (news, business, tech, sport, culture, names). Rank drives the sampling weights.
 _WORDS = """
 the of and to a in is that it for you was with on as have but be they at this he not are by
 from we or his had I one all what there can an were your which their when she if said do
@@ -269,6 +270,133 @@ doesn't didn't can't couldn't won't wouldn't shouldn't isn't aren't wasn't weren
 hasn't hadn't I'm I've I'll I'd you're you've you'll you'd he's she's it's we're we've we'll
 they're they've they'll that's there's here's what's who's let's gonna wanna gotta kinda
 sorta
+represent represents representing representation transcript transcripts retrieval retrieve
+retrieving retrieved supporting document documents query queries passage passages sentence
+sentences paragraph summary summarize classify classification cluster clustering similar
+similarity relevant relevance domain task instruction instructions text title article
+articles ability academic accept accepted access accident according account accounts achieve
+achieved acknowledge act action actions active activity actors actual adapt add added adding
+addition additional address administration admit adult advance advantage adventure
+advertising advice affect affected afford age agency agenda agent agents aggressive ago
+agreement ahead aid aim air airline airport alcohol alive allow allowed allowing alone
+alternative ambition amount analysis analyst analyze ancient anger angle announce announced
+annual apartment apparently appeal appearance application applications apply appreciate
+approach approve argue argument arm arms arrive arrived artists aside aspect assume attack
+attempt attend attention attitude attorney attract authority average avoid award aware
+awareness background balance ball ban banks bar base based basic basis battle beach bear
+beat beauty bed behavior belief benefit benefits bet bias bill billion billions biology
+birth birthday black blame blind block blog blood blue board boat born borrow bottle bottom
+boundary box brand brands bread breaking breath bridge brief bright brilliant broad broken
+brown budget bug building buildings bunch burn bus buying cable calendar camera camp campus
+cancer candidate capable capacity capital capture card cards career careful carefully cash
+cast category cause caused celebrate cell center central chain chair chairman challenge
+challenges champion channel chapter character characters charge charity chart chat check
+chemical chicken chief childhood chip chips circle citizens civil claim claims class classes
+classic clean climb clinic clock closed cloud club clue code collapse colleague colleagues
+collect collection color column combination comedy comfortable command comment comments
+commercial commission commit commitment committee common communication compare comparison
+compete competition competitive complain complete concept concern concerned concert
+conclusion condition conditions confidence confident conflict confused congress connect
+connected connection conscious consequence conservative consistent constant constantly
+construction consumer consumers contact content contest context contract contrast contribute
+control controversial convince cook cookie cooking copy core corner corporate correct costs
+couch count counter couple courage course court cousin crash creative credit crew crime
+criminal crisis critic critical criticism crowd cry cultural cup curious current cycle daily
+damage dance danger dark database date dating dead deadline dealing death debate debt
+decades decent decisions deep deeply defense define degree delay deliver delivery demand
+democracy democrat democrats depend depends depression describe description desert deserve
+design designed desire desk despite destroy detail details detect determine device devices
+difference difficult digital direct direction directly dirty disagree disaster discover
+discovery discuss discussed discussion discussing display distance district dive divide
+documentary domestic double doubt downtown dozen draft drama dream dreams dress drink drive
+driver driving drop dry due earn earth easily east economics edge edit edition education
+effect effective effort efforts eight elected electric electricity element elite else email
+emergency emotional emphasis employee employees employer empty encourage enemy engage engine
+engineering enjoy enormous ensure enter entertainment entire entirely environment
+environmental equal equipment error escape essay essentially establish estate estimate
+ethical evaluate events evidence evil evolution exact examine excellent exchange exciting
+excuse executive exist existence expand expansion experiment expert experts explore exposure
+express extend extra extreme extremely facility factor factors factory fail failed failure
+fair fake familiar fantastic far farm farmer fashion fat fault favor favorite fear feature
+features federal fee feedback female fiction field fight fighting file files fill final
+finance fine finger finish fire firm fish fit five fix flag flat flavor flight floor flow
+fly focus folks foot foreign forest forever forget forgot form formal format former forward
+foundation frame framework frankly freedom frequently fresh friendly front fuel fun function
+fund funding funds furniture gain gallery gap garage garden gas gate gather gear gender
+general generation generous genius gentle genuine gift girl glad glass gold golf gorgeous
+governor grab grade grand grandfather grandmother grant graph grass grateful gray green
+grocery ground growth guarantee guard guess guide guilty gun hair half hall handle hang harm
+hearing heat heavy height hell hello hero hide highly hill hire historical hobby hole
+holiday honest honor horse hotel household housing huge humor hundred hungry hunt hurt ice
+identify identity ignore illegal illness image images immigrant immigration impact implement
+imply importance impress impression improve improvement incentive incident income increase
+increased increasingly incredibly independent index indicate individual individuals
+inflation influence inform information initial injury inner innocent input insight insist
+inspire instance institution insurance intelligence intelligent intend intense intention
+interest interested interests internal introduce invest investment investor invite involve
+involved island item items jail joke journal journalist journey joy judgment jump junior
+jury justice key kick king knee knowledge lab label labor lack lady lake land landscape
+laptop largely laugh launch lay layer leader leaders leadership lecture legal legend
+legislation length letter liberal library license lifestyle light limit limited line link
+list listen literature loan location lock logic lonely loose lots loud lovely luck lucky
+machine machines magazine magic mail mainly maintain majority male manage management manager
+map mark marketing marriage married mass massive master match material materials math matter
+matters maximum mayor meal meaning measure meat mechanism medical medium member members
+memory mention mentioned mess message metal method military milk million millions minister
+minor minority miss mission mix mobile model models moderate modern moments monitor mood
+moral mortgage mostly motion motivation mountain mouth movement multiple murder muscle
+museum mystery narrative nation native naturally nearby necessarily necessary neck negative
+negotiate nerve nervous network neutral newspaper normal normally north nose note notice
+notion novel nowhere nuclear object objective obligation observe obtain obvious occasion
+occur ocean odd offense offensive official officials oil online operate operation opinion
+opponent opposite option options order ordinary organization organize origin original
+outcome overall owner pace pack package page pain paint painting pair panel panic paper
+parent park parking participate particular partly passion passionate password path pattern
+pause peak per perfect perfectly perform performance period permission permit perspective
+phase philosophy photo phrase pick picture pie pilot pitch plane plant plastic plate
+platform pleasure plenty plot pocket poem poet poetry politics poll pool pop population
+position positive possibility post potential potentially poverty practical practice pray
+prayer predict prefer pregnant prepare present presentation preserve press pretend prevent
+previous pride priest primary prime prince principle print prior priority prison privacy
+prize procedure proceed production profession professional professor profile profit progress
+promise promote proof proper properly property proposal propose protect protection protest
+proud prove provider psychology punch purchase pure purpose push quality quarter queen quick
+quiet quit quote race racism radio rain range rank rare rarely rate rates rating reaction
+reading ready reality reasonable recall receive recent recipe recognize recommend recover
+recovery reduce reference reflect reform refuse regard region regular regulation regulations
+reject relate related relation relatively release relief religious rely remarkable remote
+remove rent repeat replace reply reporter republican reputation request rescue resident
+resist resolve resource resources respect respond response responsibility responsible rest
+result retire retirement return reveal revenue review revolution reward ride ring rise river
+robot rock role roll romantic roof root rough round route routine row royal rural rush
+safety salary sale sales salt sample satisfy save saving scale scandal scene schedule
+scholar screen script sea search seat secret secretary section sector secure security seek
+select selection self senior sense sensitive separate sequence session setting settle seven
+severe sex shake shape share sharp shift shock shoot shop shopping shot shoulder shout sight
+sign signal significant silence silly silver sing single site situation size skin sky slide
+slightly smart smell smile smoke snow soft soil solar solid solution solve somehow somewhere
+sorry soul sound source south space speaker speaking specific speech speed spirit split
+sponsor spot spread square stable staff stage stake standard star stare statement station
+status steal step stick stock stomach stone store storm straight stream strength stretch
+strike string structure struggle studio style subject submit success suffer sugar suit sun
+super supply suppose surface surgery surprise surprised survey survive suspect sweet swim
+switch symbol table tackle talent target taste teach teaching tear technical technique
+teenager telephone temperature tend tension term terms test testing thank thanks theater
+theme therapy thick thin threat throw ticket tiny tip tone tool tools tooth top topic topics
+total touch tough tour tourist track trade tradition traditional traffic tragedy train
+training transfer transition transport trauma treat treatment tree trend trial trick trouble
+truck trust tune twelve twenty typical typically ultimately uncle understanding unemployment
+union unique unit universe unknown unusual upset urban urge usual vaccine valley valuable
+value variety various vehicle version veteran victim video view viewer village violence
+violent virus visible vision visit visitor vital volume volunteer wage wake wall warn
+warning wash waste wave wealth weapon wear web wedding weekly welcome west western wheel
+wide willing wind window wing winner wise wish witness wonderful wood worker workers
+workshop worried worry worth yard yellow yield youth zone Monday Tuesday Wednesday Thursday
+Friday Saturday Sunday January February March April May June July August September October
+November December America American Americans Europe European China Chinese Japan India
+Africa Canada Mexico Russia Ukraine Germany France England British London Paris California
+Texas Florida Chicago Boston Washington Ohio Google Apple Amazon Microsoft Facebook Twitter
+YouTube Netflix Spotify Instagram TikTok Tesla Elon Musk Trump Biden Obama Congress Senate
 """
 
 
@@ -391,21 +519,33 @@ def _template_sentence(rng: random.Random) -> str:
     return text + pick(_ENDINGS)
 
 
-def _zipf_sentence(rng: random.Random, words: list[str], weights: list[float]) -> str:
-    """A run of 6-30 words drawn by a Zipf law over ``words`` (vocabulary coverage)."""
-    text = " ".join(rng.choices(words, weights=weights, k=rng.randint(6, 30)))
-    return text[0].upper() + text[1:] + rng.choice((*_ENDINGS, ","))
+def _word_sentence(rng: random.Random, words: list[str], weights: list[float]) -> str:
+    """A run of 6-30 words drawn from ``words`` by ``weights``, 10% of them capitalised."""
+    drawn = rng.choices(words, weights=weights, k=rng.randint(6, 30))
+    text = " ".join(w[:1].upper() + w[1:] if rng.random() < 0.1 else w for w in drawn)
+    return text[:1].upper() + text[1:] + rng.choice(_ENDINGS)
 
 
-def corpus(num_sentences: int = 8000, seed: int = _CORPUS_SEED) -> list[str]:
+# Every character a transcript commonly holds, so that none of them maps to <unk>.
+_CHARACTERS = (
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz 0123456789 "
+    ". , ; : ! ? ' \" ( ) [ ] { } - _ + = * & % $ # @ / \\ | < > ~ ^ ` "
+    "\u2019 \u2018 \u201c \u201d \u2014 \u2013 \u2026 "
+    "\u00e9 \u00e8 \u00e0 \u00f1 \u00fc \u00f6 \u00e7 \u20ac \u00a3"
+)
+
+
+def corpus(num_sentences: int = 10000, seed: int = _CORPUS_SEED) -> list[str]:
     """Return a deterministic corpus of spoken-English-like podcast transcript text.
 
     Half the sentences follow templates of conversational speech (fillers, contractions,
-    numbers, years); the other half draw about 1,000 common words by a Zipf law, so that
-    each becomes a single token of a tokenizer trained on the corpus.
+    numbers, years); the other half draw from about 2,500 English words, the common ones
+    more often (weight ``(rank + 30) ** -0.5``: flat enough that every word recurs), so that
+    a tokenizer trained on the corpus keeps most words whole. A last line holds every
+    character transcripts commonly contain.
 
     Args:
-        num_sentences: Number of sentences.
+        num_sentences: Number of generated sentences.
         seed: Seed of the generator (the corpus is a pure function of both arguments).
 
     Returns:
@@ -413,13 +553,12 @@ def corpus(num_sentences: int = 8000, seed: int = _CORPUS_SEED) -> list[str]:
     """
     rng = random.Random(seed)
     words = list(dict.fromkeys(_WORDS.split()))
-    weights = [1.0 / (rank + 10) for rank in range(len(words))]
-    sentences = []
-    for i in range(num_sentences):
-        if i % 2:
-            sentences.append(_zipf_sentence(rng, words, weights))
-        else:
-            sentences.append(_template_sentence(rng))
+    weights = [(rank + 30) ** -0.5 for rank in range(len(words))]
+    sentences = [
+        _word_sentence(rng, words, weights) if i % 2 else _template_sentence(rng)
+        for i in range(num_sentences)
+    ]
+    sentences.append(_CHARACTERS)
     return sentences
 
 
@@ -433,13 +572,14 @@ def build_tokenizer(vocab_size: int, directory: str | os.PathLike[str]) -> PreTr
     T5's ``spiece.model``; the transformers ``T5Tokenizer`` built from it adds the 100
     ``<extra_id_N>`` sentinels after the pieces (``<extra_id_0>`` last, as in T5) and appends
     ``</s>`` to every sequence. Common English words are one token; rare ones split into
-    pieces (about 1.2-1.4 tokens a word on conversational English).
+    pieces: about 1.2-1.4 tokens a word on conversational English, more on jargon (1.5 on a
+    mixed sample); the real 32k T5 vocabulary keeps more rare words whole.
 
     Args:
         vocab_size: Rows of the model's embedding matrix. The tokenizer's length (trained
             pieces + sentinels) never exceeds it; at most ``vocab_size - 100`` pieces, capped
             at :data:`MAX_TRAINED_PIECES`, are asked for, fewer if the corpus cannot support
-            them (about 1,850 are trained).
+            them (4,503 pieces at most).
         directory: Where ``spiece.model``, ``tokenizer.json`` and ``tokenizer_config.json``
             are written (created if missing).
 
@@ -488,9 +628,23 @@ def build_tokenizer(vocab_size: int, directory: str | os.PathLike[str]) -> PreTr
 # --------------------------------------------------------------------------- model
 
 
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32`` for ``torch.float32``, ``"float32"`` or ``"torch.float32"``."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"not a floating-point torch dtype: {dtype!r}")
+    return resolved
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Temporarily set torch's default floating dtype (new parameters are made in it)."""
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -523,6 +677,7 @@ def _random_encoder(shape: T5Shape, device: torch.device, dtype: torch.dtype) ->
     needed), so the XL shape takes about a second on a GPU; on CPU, T5's normal
     initialisation of 1.2 B parameters takes about 30 s on two cores.
     """
+    import torch
     from transformers import T5EncoderModel
 
     with torch.device(device), _default_dtype(dtype):
@@ -547,6 +702,7 @@ def _assemble(
     its model (``Transformer.model``, also exposed as ``auto_model``); the module derives
     nothing else from the weights it loaded.
     """
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import (
         Dense,
@@ -576,6 +732,8 @@ def _assemble(
 
 def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """A scope whose seeding does not disturb the caller's RNG state (CPU and ``device``)."""
+    import torch
+
     devices = []
     if device.type == "cuda":
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -585,7 +743,7 @@ def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 def build_in_memory(
     shape: T5Shape = INSTRUCTOR_XL,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "float32",
     *,
     seed: int = 0,
     include_prompt: bool = True,
@@ -610,7 +768,10 @@ def build_in_memory(
     Returns:
         A ``SentenceTransformer`` in eval mode on ``device``, ``max_seq_length`` 512.
     """
+    import torch
+
     device = torch.device(device)
+    dtype = _as_dtype(dtype)
     with contextlib.ExitStack() as stack:
         if tokenizer_dir is None:
             tokenizer_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="podembed-tok-"))
@@ -625,12 +786,12 @@ def build_in_memory(
 # --------------------------------------------------------------------------- on disk
 
 
-def _marker(shape: T5Shape, seed: int, dtype: torch.dtype, include_prompt: bool) -> dict[str, Any]:
+def _marker(shape: T5Shape, seed: int, dtype: torch.dtype | str, include_prompt: bool) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "shape": asdict(shape),
         "seed": seed,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(_as_dtype(dtype)).removeprefix("torch."),
         "include_prompt": include_prompt,
     }
 
@@ -639,7 +800,7 @@ def is_complete(
     path: str | os.PathLike[str],
     shape: T5Shape = TINY,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "float32",
     include_prompt: bool = True,
 ) -> bool:
     """Tell whether ``path`` holds a finished model built by :func:`build_model` with these
@@ -661,7 +822,7 @@ def build_model(
     path: str | os.PathLike[str],
     shape: T5Shape = TINY,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "float32",
     *,
     include_prompt: bool = True,
 ) -> Path:
@@ -698,11 +859,10 @@ def build_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
     try:
-        cpu = torch.device("cpu")
         built = staging / "model"
         work = staging / "work"  # the tokenizer's spiece.model must outlive the save
         model = build_in_memory(
-            shape, cpu, dtype, seed=seed, include_prompt=include_prompt, tokenizer_dir=work
+            shape, "cpu", dtype, seed=seed, include_prompt=include_prompt, tokenizer_dir=work
         )
         with _quiet_transformers():
             model.save(str(built), create_model_card=False)
@@ -711,7 +871,8 @@ def build_model(
         marker = _marker(shape, seed, dtype, include_prompt)
         marker["encoder_parameters"] = shape.encoder_parameters()
         (built / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        _install(built, target)
+        if not is_complete(target, shape, seed, dtype, include_prompt):  # a concurrent builder won
+            _install(built, target)
         if not is_complete(target, shape, seed, dtype, include_prompt):
             raise RuntimeError(f"{target} was replaced concurrently by a different build")
     finally:

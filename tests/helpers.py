@@ -33,8 +33,9 @@ def sample_rows(n: int | None = None, episodes: int | None = None) -> list[dict[
     return rows[:n] if n is not None else rows
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]], row_group_size: int = 16,
-               schema: pa.Schema | None = None) -> Path:
+def write_rows(
+    path: Path, rows: list[dict[str, Any]], row_group_size: int = 16, schema: pa.Schema | None = None
+) -> Path:
     """Write rows as Parquet with small row groups (so shards are many)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=schema or pq.read_schema(SAMPLE))
@@ -55,8 +56,7 @@ def make_config(
         "source": {"kind": "parquet", "path": str(source), "fields": dict(fields or {})},
         "sink": {"kind": "parquet", "path": str(out)},
         "model": dict(model or MINILM),
-        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32,
-                     **(batching or {})},
+        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32, **(batching or {})},
         "executor": {"kind": "local"},
         "cost": {"device": "cpu", "hourly_usd": 1.10},
         "report": {"dir": str(out / "runs")},

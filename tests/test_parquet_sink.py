@@ -50,7 +50,9 @@ def test_a_chunk_moved_to_another_episode_keeps_exactly_one_vector(tmp_path: Pat
     assert sorted(raw_rows_in_files(tmp_path / "out")) == ["c1", "c2"]
     table = read_vectors(tmp_path / "out")
     assert dict(zip(table["chunk_id"].to_pylist(), table["episode_id"].to_pylist(), strict=True)) == {
-        "c1": "ep-new", "c2": "ep-old"}
+        "c1": "ep-new",
+        "c2": "ep-old",
+    }
     sink.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -164,8 +163,12 @@ class SqliteCheckpointStore(CheckpointStore):
         )
         return [
             {
-                "run_id": r[0], "command": r[1], "status": r[2], "started_at": r[3],
-                "finished_at": r[4], "report": json.loads(r[5]) if r[5] else None,
+                "run_id": r[0],
+                "command": r[1],
+                "status": r[2],
+                "started_at": r[3],
+                "finished_at": r[4],
+                "report": json.loads(r[5]) if r[5] else None,
             }
             for r in rows
         ]
@@ -183,8 +186,7 @@ class SqliteCheckpointStore(CheckpointStore):
                 "text_sha256=excluded.text_sha256, episode_id=excluded.episode_id, "
                 "position=excluded.position",
                 [
-                    (d.chunk_id, d.field, d.reason, run_id, now, now, d.text_sha256, d.episode_id,
-                     d.position)
+                    (d.chunk_id, d.field, d.reason, run_id, now, now, d.text_sha256, d.episode_id, d.position)
                     for d in letters
                 ],
             )
@@ -225,4 +227,3 @@ class SqliteCheckpointStore(CheckpointStore):
         """Release the lock (if still held) and close the database."""
         self.release()
         self.db.close()
-

@@ -251,8 +251,14 @@ class ParquetSink(Sink):
                 "episode_id=excluded.episode_id, text_sha256=excluded.text_sha256, "
                 "model_fingerprint=excluded.model_fingerprint, run_id=excluded.run_id",
                 [
-                    (r.chunk_id, episode_file_name(r.episode_id), r.episode_id, r.text_sha256,
-                     r.model_fingerprint, r.run_id)
+                    (
+                        r.chunk_id,
+                        episode_file_name(r.episode_id),
+                        r.episode_id,
+                        r.text_sha256,
+                        r.model_fingerprint,
+                        r.run_id,
+                    )
                     for r in latest.values()
                 ],
             )

@@ -126,9 +126,13 @@ class ParquetSource(Source):
 
         for ours, wanted in (("episode_id", selection.episode_ids), ("podcast_id", selection.podcast_ids)):
             s = stats(ours)
-            if wanted and s is not None and isinstance(s.min, str):
-                if not any(s.min <= w <= s.max for w in wanted):
-                    return False
+            if (
+                wanted
+                and s is not None
+                and isinstance(s.min, str)
+                and not any(s.min <= w <= s.max for w in wanted)
+            ):
+                return False
         if selection.since is not None:
             s = stats("published_at")
             if s is not None and hasattr(s.max, "tzinfo"):
@@ -180,11 +184,21 @@ class ParquetSource(Source):
             return new if m is None else pc.and_(m, new)
 
         if selection.episode_ids:
-            mask = both(mask, pc.is_in(table["episode_id"].cast(pa.string(), safe=False),
-                                       pa.array(selection.episode_ids, pa.string())))
+            mask = both(
+                mask,
+                pc.is_in(
+                    table["episode_id"].cast(pa.string(), safe=False),
+                    pa.array(selection.episode_ids, pa.string()),
+                ),
+            )
         if selection.podcast_ids:
-            mask = both(mask, pc.is_in(table["podcast_id"].cast(pa.string(), safe=False),
-                                       pa.array(selection.podcast_ids, pa.string())))
+            mask = both(
+                mask,
+                pc.is_in(
+                    table["podcast_id"].cast(pa.string(), safe=False),
+                    pa.array(selection.podcast_ids, pa.string()),
+                ),
+            )
         if selection.since is not None:
             col = table["published_at"]
             since = pa.scalar(selection.since, type=pa.timestamp("us", tz="UTC"))
@@ -247,9 +261,7 @@ class ParquetSource(Source):
         counts = pc.value_counts(self._id_column())
         values, freq = counts.field("values"), counts.field("counts")
         dup = pc.greater(freq, 1)
-        return dict(
-            zip(pc.filter(values, dup).to_pylist(), pc.filter(freq, dup).to_pylist(), strict=True)
-        )
+        return dict(zip(pc.filter(values, dup).to_pylist(), pc.filter(freq, dup).to_pylist(), strict=True))
 
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
         """Which of ``chunk_ids`` are in the source."""
@@ -262,4 +274,3 @@ class ParquetSource(Source):
     def close(self) -> None:
         """Drop the cached id column."""
         self._ids = None
-
