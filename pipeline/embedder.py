@@ -81,7 +81,10 @@ def _load(location: str, max_seq_length: int) -> Any:
 
 def check_instructor_semantics(model: Any) -> None:
     """Fail unless every Pooling module leaves the instruction out (rule 1)."""
-    from sentence_transformers.models import Pooling
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Pooling
 
     poolings = [m for m in model.modules() if isinstance(m, Pooling)]
     if not poolings:
@@ -147,7 +150,7 @@ class InstructorEmbedder:
         """The model's tokenizer (for token counting)."""
         return self.model.tokenizer
 
-    def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
+    def _encode(self, model: Any, texts: list[str], reduced_precision: bool = False) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
@@ -159,7 +162,13 @@ class InstructorEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        return np.ascontiguousarray(out, dtype=np.float32)
+        vectors = np.ascontiguousarray(out, dtype=np.float32)
+        if self.cfg.normalize and reduced_precision:
+            # Normalized in bf16/fp16, norms are off by up to ~3e-3: normalize again in fp32.
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vectors = np.where(norms > 0, vectors / norms, vectors).astype(np.float32)
+        return vectors
 
     def _fp32_model(self) -> Any:
         if self.cfg.precision == "fp32":
@@ -179,7 +188,7 @@ class InstructorEmbedder:
             return EmbedOutput(np.zeros((0, self.cfg.dimension), dtype=np.float32))
         stripped = [t.strip() for t in texts]
         start = time.perf_counter()
-        vectors = self._encode(self.model, stripped)
+        vectors = self._encode(self.model, stripped, reduced_precision=self.cfg.precision != "fp32")
         retries = 0
         bad = _bad_rows(vectors)
         if bad and self.cfg.precision != "fp32":
