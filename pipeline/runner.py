@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.errors import PodembedError
 from pipeline.executors.base import Executor
 from pipeline.parts import Parts, open_executor, open_parts
 from pipeline.prepare import MODEL_FAILURE_FIELD, Prepared, Preparer
@@ -243,6 +244,10 @@ class Runner:
             self._run_locked(report, fingerprint, started)
         finally:
             checkpoint.release()
+        if isinstance(self._error, PodembedError) and self._error.exit_code == 2:
+            # A config, source or model problem: the report is written, but the caller
+            # should see the actionable error (and the CLI exit with 2).
+            raise self._error
         return report
 
     def _run_locked(self, report: RunReport, fingerprint: str, started: float) -> None:
@@ -430,8 +435,6 @@ def _executor_tokenizer(executor: Executor) -> Any:
 
 
 def _describe(exc: BaseException) -> str:
-    from pipeline.errors import PodembedError
-
     if isinstance(exc, PodembedError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

