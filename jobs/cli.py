@@ -194,9 +194,34 @@ def reindex(ctx: click.Context, config_path: str | None, executor: str | None, l
 @_guard
 def ingest(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
            as_json: bool, episode_id: str) -> None:
-    """Embed one episode now (only what is new or changed in it)."""
+    """Embed one episode now (only what is new or changed in it).
+
+    With the Modal executor this starts the deployed ingest_episode and prints its call id.
+    """
+    config = _load(config_path, executor)
+    if config.executor.kind == "modal":
+        _ingest_on_modal(config, episode_id, limit, as_json)
+        return
     selection = _selection((episode_id,), (), None)
     _execute(ctx, "ingest", {"selection": selection, "limit": limit}, as_json)
+
+
+# Modal: `podembed ingest EPISODE --executor modal` starts the deployed ingest_episode
+# (jobs/modal_app.py) and returns at once; the run report lands in the ledger and Volume.
+def _ingest_on_modal(config: Any, episode_id: str, limit: int | None, as_json: bool) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.executors.modal import trigger_ingest
+
+    if limit is not None:
+        raise ConfigError("--limit: not supported when the ingest runs on Modal")
+    call_id = trigger_ingest(config, episode_id)
+    if as_json:
+        click.echo(json.dumps({"episode_id": episode_id, "call_id": call_id,
+                               "app": config.executor.options.app_name}))
+        return
+    click.echo(f"ingest of {episode_id} started on Modal (app {config.executor.options.app_name}); "
+               f"its report: `podembed status` once it is done", err=True)
+    click.echo(call_id)
 
 
 @cli.command()
@@ -256,6 +281,31 @@ def plan(ctx: click.Context, config_path: str | None, executor: str | None, limi
     finally:
         parts.close()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+
+
+# --- MongoDB: load the sample corpus into a collection (issue 3) --------------------------
+@cli.command("load-sample")
+@click.option("--mongo-uri-env", default="PODEMBED_MONGO_URI", show_default=True,
+              help="Environment variable that holds the MongoDB URI.")
+@click.option("--mongo-uri", default=None,
+              help="The URI itself, for a local server (a password here shows in `ps`; "
+                   "prefer --mongo-uri-env). Never printed.")
+@click.option("--database", default="podcasts", show_default=True)
+@click.option("--collection", default="chunks", show_default=True)
+@click.option("--path", default="data/sample_chunks.parquet", show_default=True,
+              type=click.Path(dir_okay=False), help="Parquet file of chunks to load.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Load only the first N chunks.")
+@_guard
+def load_sample(mongo_uri_env: str, mongo_uri: str | None, database: str, collection: str,
+                path: str, limit: int | None) -> None:
+    """Load the sample corpus into a MongoDB collection (idempotent upsert, _id = chunk_id)."""
+    import os
+
+    from pipeline.mongo_sample import load_sample as load
+
+    if mongo_uri:
+        os.environ[mongo_uri_env] = mongo_uri
+    click.echo(load(database, collection, mongo_uri_env, path, limit).summary())
 
 
 def main() -> None:

@@ -38,9 +38,15 @@ def make_batches(n_batches: int, size: int, prefix: str = "b") -> list[Batch]:
     out = []
     for b in range(n_batches):
         ids = [f"{prefix}{b}-c{i}" for i in range(size)]
-        out.append(Batch(batch_id=f"{prefix}{b}", chunk_ids=ids,
-                         texts=[f"text of {c}" for c in ids], token_counts=[5] * size,
-                         padded_tokens=5 * size))
+        out.append(
+            Batch(
+                batch_id=f"{prefix}{b}",
+                chunk_ids=ids,
+                texts=[f"text of {c}" for c in ids],
+                token_counts=[5] * size,
+                padded_tokens=5 * size,
+            )
+        )
     return out
 
 
@@ -52,10 +58,18 @@ Rule = Callable[[dict[str, Any], int], str | None]
 class FakeMap:
     """A stand-in for ``Embedder().embed.map`` with timings a test can add up."""
 
-    def __init__(self, dim: int = 8, rule: Rule | None = None, workers: int = 3, seed: int = 0,
-                 fingerprint: str = "fake/fp", compute_s: float = 0.25, load_s: float = 3.0,
-                 failed_rows: Callable[[str], str | None] | None = None,
-                 die_after: int | None = None) -> None:
+    def __init__(
+        self,
+        dim: int = 8,
+        rule: Rule | None = None,
+        workers: int = 3,
+        seed: int = 0,
+        fingerprint: str = "fake/fp",
+        compute_s: float = 0.25,
+        load_s: float = 3.0,
+        failed_rows: Callable[[str], str | None] | None = None,
+        die_after: int | None = None,
+    ) -> None:
         self.dim = dim
         self.rule = rule or (lambda payload, attempt: None)
         self.workers = workers
@@ -93,10 +107,17 @@ class FakeMap:
             self.reported_compute_s += compute_s
             self.reported_load_s += load_s
         result: dict[str, Any] = {
-            "batch_id": payload["batch_id"], "chunk_ids": payload["chunk_ids"],
-            "fingerprint": self.fingerprint, "container": f"ta-fake-{worker}",
-            "compute_s": compute_s, "load_s": load_s, "fp32_retries": 0, "dim": self.dim,
-            "failed": {}, "vectors": b"", "error": None,
+            "batch_id": payload["batch_id"],
+            "chunk_ids": payload["chunk_ids"],
+            "fingerprint": self.fingerprint,
+            "container": f"ta-fake-{worker}",
+            "compute_s": compute_s,
+            "load_s": load_s,
+            "fp32_retries": 0,
+            "dim": self.dim,
+            "failed": {},
+            "vectors": b"",
+            "error": None,
         }
         if outcome == "error":
             result["error"] = f"CUDA out of memory on {payload['batch_id']}"
@@ -107,8 +128,9 @@ class FakeMap:
         return result
 
     # -- the map
-    def __call__(self, inputs: Any, *, order_outputs: bool = True,
-                 return_exceptions: bool = False) -> Iterator[Any]:
+    def __call__(
+        self, inputs: Any, *, order_outputs: bool = True, return_exceptions: bool = False
+    ) -> Iterator[Any]:
         assert order_outputs is False, "the executor must not ask for ordered outputs"
         assert return_exceptions is True, "the executor must ask for exceptions in the stream"
         self.map_calls += 1
@@ -168,8 +190,7 @@ def local_map(call: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[...,
     """A ``.map()`` stand-in that runs ``call`` (e.g. ``Embedder(...).embed.local``) on
     each input as it arrives and answers pairs in swapped order (out of order)."""
 
-    def map_fn(inputs: Any, *, order_outputs: bool = True,
-               return_exceptions: bool = False) -> Iterator[Any]:
+    def map_fn(inputs: Any, *, order_outputs: bool = True, return_exceptions: bool = False) -> Iterator[Any]:
         assert order_outputs is False and return_exceptions is True
         held = None
         for payload in inputs:
@@ -199,7 +220,7 @@ path = "{src.as_posix()}"
 
 [sink]
 kind = "parquet"
-path = "{(tmp / 'out').as_posix()}"
+path = "{(tmp / "out").as_posix()}"
 
 [model]
 id = "all-MiniLM-L6-v2"
@@ -225,7 +246,7 @@ device = "A10G"
 hourly_usd = 1.10
 
 [report]
-dir = "{(tmp / 'out' / 'runs').as_posix()}"
+dir = "{(tmp / "out" / "runs").as_posix()}"
 """,
         encoding="utf-8",
     )

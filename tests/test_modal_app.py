@@ -21,9 +21,7 @@ from pipeline.runner import RunOptions, run
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 from tests.modal_fixtures import local_map, modal_minilm_config
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The Embedder.embed function is executing locally:UserWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore:The Embedder.embed function is executing locally:UserWarning")
 
 TEXTS = [
     "  So the telescope arrived on a Tuesday, and honestly we were not ready for it.  ",
@@ -74,8 +72,11 @@ def test_the_deployment_refuses_a_non_modal_or_fp16_t5_config(tmp_path: Path, mi
     with pytest.raises(ConfigError, match=r'kind = "modal"'):
         modal_app.read_config(local)
     t5 = tmp_path / "t5.toml"
-    t5.write_text(text.replace('id = "all-MiniLM-L6-v2"', 'id = "hkunlp/instructor-xl"')
-                  .replace('precision = "fp32"', 'precision = "fp16"'))
+    t5.write_text(
+        text.replace('id = "all-MiniLM-L6-v2"', 'id = "hkunlp/instructor-xl"').replace(
+            'precision = "fp32"', 'precision = "fp16"'
+        )
+    )
     with pytest.raises(ConfigError, match="fp16 is not allowed"):
         modal_app.read_config(t5)
 
@@ -109,15 +110,16 @@ def test_embedder_class_reports_a_bad_batch_instead_of_raising(embedder_obj) -> 
 
 
 # -------------------------------------------------- the jobs, through the real runner
-def test_modal_executor_through_the_runner_matches_the_local_executor(
-    tmp_path: Path, embedder_obj
-) -> None:
+def test_modal_executor_through_the_runner_matches_the_local_executor(tmp_path: Path, embedder_obj) -> None:
     src = write_rows(tmp_path / "chunks.parquet", sample_rows(episodes=2))
     batching = {"window_chunks": 32, "token_budget": 2048, "max_batch_size": 16}
     local_cfg = make_config(src, tmp_path / "out-local", batching=batching)
-    modal_cfg = make_config(src, tmp_path / "out-modal", batching=batching,
-                            executor={"kind": "modal", "max_containers": 2,
-                                      "inflight_per_container": 2})
+    modal_cfg = make_config(
+        src,
+        tmp_path / "out-modal",
+        batching=batching,
+        executor={"kind": "modal", "max_containers": 2, "inflight_per_container": 2},
+    )
     timings: list[float] = []
 
     def call(payload: dict) -> dict:
@@ -167,8 +169,18 @@ def trigger_env(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return spawned
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer wrong", "Basic s3cret-token",
-                                    "Bearer s3cret-token-and-more", "s3cret-token"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer wrong",
+        "Basic s3cret-token",
+        "Bearer s3cret-token-and-more",
+        "s3cret-token",
+    ],
+)
 def test_trigger_refuses_a_missing_or_wrong_token(trigger_env: list[str], header: str | None) -> None:
     with pytest.raises(Exception) as exc:
         modal_app.trigger.local({"episode_id": "ep-1"}, authorization=header)

@@ -97,8 +97,13 @@ def test_failures_are_split_once_then_dead_lettered_with_a_reason() -> None:
             return "error"  # cannot be split: retried once as it is
         return None
 
-    fake = FakeMap(dim=DIM, rule=rule, workers=3, seed=7,
-                   failed_rows=lambda cid: "model produced a non-finite vector" if cid == "b5-c1" else None)
+    fake = FakeMap(
+        dim=DIM,
+        rule=rule,
+        workers=3,
+        seed=7,
+        failed_rows=lambda cid: "model produced a non-finite vector" if cid == "b5-c1" else None,
+    )
     ex = _executor(fake)
     results = list(ex.embed(batches))
     good, failed = _check_accounting(batches, results)
@@ -240,8 +245,7 @@ def test_without_credentials_the_modal_path_fails_at_once(no_modal_login) -> Non
     _assert_login_help(str(exc.value))
     from tests.helpers import make_config
 
-    config = make_config(no_modal_login / "in.parquet", no_modal_login / "out",
-                         executor={"kind": "modal"})
+    config = make_config(no_modal_login / "in.parquet", no_modal_login / "out", executor={"kind": "modal"})
     with pytest.raises(ConfigError) as exc:
         trigger_ingest(config, "ep-1")
     _assert_login_help(str(exc.value))
@@ -291,8 +295,9 @@ def test_cli_without_credentials_prints_how_to_log_in(no_modal_login) -> None:
 def test_trigger_ingest_spawns_the_deployed_function(tmp_path) -> None:
     from tests.helpers import make_config
 
-    config = make_config(tmp_path / "in.parquet", tmp_path / "out",
-                         executor={"kind": "modal", "app_name": "podembed-test"})
+    config = make_config(
+        tmp_path / "in.parquet", tmp_path / "out", executor={"kind": "modal", "app_name": "podembed-test"}
+    )
     seen = []
 
     class Call:
@@ -342,8 +347,9 @@ def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkey
     _assert_login_help(result.output)
 
     calls = []
-    monkeypatch.setattr(modal_executor, "trigger_ingest",
-                        lambda config, episode: calls.append(episode) or "fc-9")
+    monkeypatch.setattr(
+        modal_executor, "trigger_ingest", lambda config, episode: calls.append(episode) or "fc-9"
+    )
     result = CliRunner().invoke(cli, ["ingest", "ep-9", "--config", prod, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"episode_id": "ep-9", "call_id": "fc-9", "app": "podembed"}

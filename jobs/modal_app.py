@@ -1,0 +1,332 @@
+"""podembed on Modal, top to bottom: what gets deployed, and why.
+
+    modal deploy jobs/modal_app.py                       # deploy (configs/production.toml)
+    modal run jobs/modal_app.py::download_weights        # once: weights into the Volume
+
+1. The app reads its settings from the podembed config (``PODEMBED_CONFIG``, default
+   ``configs/production.toml``): GPU type, container limit, schedule, names.
+2. The image: Debian slim, pinned packages, the project's own code and configs.
+3. A Volume caches the model weights (``HF_HOME`` lives on it); ``download_weights``
+   fills it once, so no container downloads 5 GB at start-up.
+4. Secrets: the MongoDB URI, and the bearer token of the web trigger.
+5. ``Embedder``: the GPU class. It loads the model on CPU into a memory snapshot, moves it
+   to the GPU on restore, and embeds one batch per call with the same
+   ``InstructorEmbedder`` as the local executor (same INSTRUCTOR code path, same
+   fingerprint, same non-finite guard).
+6. Jobs: the nightly backfill (``modal.Cron``) and ``ingest_episode(episode_id)`` run the
+   ordinary podembed runner in a CPU container, fanning batches out to ``Embedder``.
+   Their run reports go to the ledger (``podembed status`` shows them) and, as JSON, to
+   a reports Volume.
+7. ``trigger``: a web endpoint (POST ``{"episode_id": ...}`` with ``Authorization: Bearer
+   <token>``) that spawns ``ingest_episode`` and answers with the call id.
+
+Everything here is importable offline and without a Modal token (tests call the
+functions with ``.local()``).
+"""
+
+# No `from __future__ import annotations`: Modal reads the class parameter's type (str)
+# and FastAPI the endpoint's annotations at definition time.
+import dataclasses
+import hmac
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import modal
+
+from pipeline.config import Config, ReportConfig, load_config
+from pipeline.errors import ConfigError
+from pipeline.executors.modal import (
+    EMBEDDER_CLASS,
+    ModalExecutor,
+    ModalOptions,
+    check_model_for_gpu,
+    embed_payload,
+)
+
+try:  # in the image; the machine that deploys does not need FastAPI
+    from fastapi import Header, HTTPException
+except ImportError:  # pragma: no cover - depends on the local environment
+
+    class HTTPException(Exception):  # type: ignore[no-redef]
+        """Stand-in with FastAPI's shape, so the endpoint can be called locally."""
+
+        def __init__(
+            self, status_code: int, detail: Any = None, headers: dict[str, str] | None = None
+        ) -> None:
+            super().__init__(status_code, detail)
+            self.status_code, self.detail, self.headers = status_code, detail, headers
+
+    def Header(default: Any = None, **_: Any) -> Any:  # type: ignore[no-redef]
+        """Stand-in: without FastAPI the header value is passed as a plain argument."""
+        return default
+
+
+log = logging.getLogger("podembed.modal")
+
+# ----------------------------------------------------------------------------------------
+# 1. Settings, from the podembed config. The image ships the chosen file at a fixed path
+#    and points PODEMBED_CONFIG at it, so containers read exactly what was deployed.
+# ----------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+REMOTE_CONFIG = "/root/podembed.toml"
+CONFIG_PATH = os.environ.get("PODEMBED_CONFIG") or str(REPO / "configs" / "production.toml")
+
+
+def read_config(path: str | os.PathLike[str]) -> Config:
+    """The whole config, validated; the deployment needs ``[executor] kind = "modal"``."""
+    config = load_config(path)
+    if config.executor.kind != "modal":
+        raise ConfigError(
+            f"{path}: [executor] kind is {config.executor.kind!r}; jobs/modal_app.py deploys "
+            'configs whose [executor] kind = "modal" (set PODEMBED_CONFIG to one)'
+        )
+    check_model_for_gpu(config.model)  # T5 never runs in fp16
+    return config
+
+
+CONFIG = read_config(CONFIG_PATH)
+OPTIONS: ModalOptions = CONFIG.executor.options
+MODEL = CONFIG.model
+
+app = modal.App(OPTIONS.app_name)
+
+# ----------------------------------------------------------------------------------------
+# 2. The image: pinned versions (the CUDA build of torch comes from PyPI on Linux), then the
+#    project's own packages and configs, added last so code edits do not rebuild the layers.
+# ----------------------------------------------------------------------------------------
+HF_HOME = "/hf-cache"
+REPORTS_MOUNT = "/reports"
+PINNED = [
+    "torch==2.13.0",
+    "sentence-transformers==6.2.0",
+    "transformers==5.24.0",
+    "huggingface_hub==2.4.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "sentencepiece==0.2.3",
+    "numpy==2.4.6",
+    "pyarrow==26.0.1",
+    "pymongo==4.20.1",
+    "click==8.5.1",
+    "tqdm==4.70.1",
+    "tenacity==9.2.1",
+    "fastapi[standard]==0.163.2",
+]
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install(*PINNED)
+    .env(
+        {
+            "HF_HOME": HF_HOME,
+            "PODEMBED_CONFIG": REMOTE_CONFIG,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+    )
+    .add_local_dir(REPO / "configs", "/root/configs")
+    .add_local_file(CONFIG_PATH, REMOTE_CONFIG)
+    .add_local_python_source("pipeline", "jobs")
+)
+
+# ----------------------------------------------------------------------------------------
+# 3. The weights Volume. Containers mount it read-only and never go to the hub
+#    (HF_HUB_OFFLINE): a missing download fails loudly instead of pulling 5 GB per start.
+# ----------------------------------------------------------------------------------------
+weights = modal.Volume.from_name(OPTIONS.weights_volume, create_if_missing=True)
+reports = modal.Volume.from_name(OPTIONS.reports_volume, create_if_missing=True)
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+@app.function(image=image, volumes={HF_HOME: weights}, timeout=3600)
+def download_weights() -> str:
+    """Fill the weights Volume once: ``modal run jobs/modal_app.py::download_weights``."""
+    if MODEL.package or MODEL.path:
+        return f"{MODEL.id}: loaded from model.package/model.path, nothing to download"
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(MODEL.id)
+    weights.commit()
+    return f"{MODEL.id} cached in Volume {OPTIONS.weights_volume!r} at {path}"
+
+
+# ----------------------------------------------------------------------------------------
+# 4. Secrets. The MongoDB URI is attached only where the config reads MongoDB, under the
+#    variable name the config gives (uri_env); the trigger token only to the endpoint.
+# ----------------------------------------------------------------------------------------
+def _mongo_env_names(config: Config) -> list[str]:
+    names = {getattr(s.options, "uri_env", "") for s in (config.source, config.sink, config.checkpoint)}
+    return sorted(n for n in names if n)
+
+
+MONGO_ENV = _mongo_env_names(CONFIG)
+job_secrets = [modal.Secret.from_name(OPTIONS.mongo_secret, required_keys=MONGO_ENV)] if MONGO_ENV else []
+trigger_secret = modal.Secret.from_name(OPTIONS.trigger_secret, required_keys=[OPTIONS.token_env])
+
+# ----------------------------------------------------------------------------------------
+# 5. The GPU embedder. One model load per container: on CPU inside the memory snapshot,
+#    then onto the GPU when the container is restored. One batch per call.
+# ----------------------------------------------------------------------------------------
+EMBEDDER_SETTINGS: dict[str, Any] = {
+    "gpu": OPTIONS.gpu,
+    "max_containers": min(OPTIONS.max_containers, 10),
+    "scaledown_window": OPTIONS.scaledown_window_s,
+    "timeout": OPTIONS.batch_timeout_s,
+    "startup_timeout": OPTIONS.startup_timeout_s,
+    "retries": modal.Retries(max_retries=OPTIONS.retries, backoff_coefficient=2.0, initial_delay=1.0),
+    "enable_memory_snapshot": True,
+    "cpu": 2.0,
+    "memory": 12 * 1024,  # MiB: fp32 weights are read, then kept in the configured precision
+}
+
+
+@app.cls(image=image, volumes={HF_HOME: weights.read_only()}, env=OFFLINE, **EMBEDDER_SETTINGS)
+class Embedder:
+    """``Embedder().embed.map(payloads)``: float32 vectors as bytes, timings, fingerprint."""
+
+    # Which config's [model] to embed with; "" = the deployed one. Tests pass a MiniLM config.
+    config_path: str = modal.parameter(default="")
+
+    @modal.enter(snap=True)
+    def load(self) -> None:
+        """Load on CPU; this state is what the memory snapshot holds."""
+        from pipeline.embedder import InstructorEmbedder
+
+        start = time.perf_counter()
+        self.model_cfg = read_config(self.config_path or CONFIG_PATH).model
+        quiet = logging.getLogger("pipeline.embedder")
+        level, quiet.level = quiet.level, logging.ERROR  # bf16 on CPU is fine for a snapshot
+        try:
+            self.embedder = InstructorEmbedder(self.model_cfg, device="cpu")
+        finally:
+            quiet.level = level
+        self.load_s = time.perf_counter() - start
+        self.loaded_in = os.environ.get("MODAL_TASK_ID", "")
+
+    @modal.enter(snap=False)
+    def to_device(self) -> None:
+        """After a restore (or a cold start): onto the GPU, and warm its kernels up."""
+        start = time.perf_counter()
+        self.embedder.move_to(self.model_cfg.device)  # "auto": the GPU
+        self.embedder.embed(["warm-up"])
+        move_s = time.perf_counter() - start
+        # A container restored from the snapshot has a new task id and did not load the
+        # weights itself: it reports only its own start-up work. Reported once, with the
+        # container's first batch, so run reports count each container's load once.
+        restored = os.environ.get("MODAL_TASK_ID", "") != self.loaded_in
+        self.unreported_load_s = move_s + (0.0 if restored else self.load_s)
+
+    @modal.method()
+    def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One batch: ``{"batch_id", "chunk_ids", "texts"}`` in; vectors (float32 bytes),
+        ``failed`` rows, ``compute_s``/``load_s``, fingerprint out. A bad batch comes back
+        with ``error`` set; it never raises for one."""
+        load_s, self.unreported_load_s = self.unreported_load_s, 0.0
+        return embed_payload(self.embedder, payload, load_s)
+
+
+# ----------------------------------------------------------------------------------------
+# 6. Jobs: the ordinary runner in a CPU container, with the Modal executor fanning out to
+#    Embedder. The ledger (MongoDB in production) records each run with its report, where
+#    `podembed status` finds it; the JSON report also goes to the reports Volume.
+# ----------------------------------------------------------------------------------------
+def report_dir(configured: str) -> str:
+    """``[report] dir`` inside the reports Volume (same relative layout as on a laptop)."""
+    return str(Path(REPORTS_MOUNT) / configured.lstrip("/"))
+
+
+def run_job(command: str, episode_ids: tuple[str, ...] = (), map_fn: Any = None) -> dict[str, Any]:
+    """Run ``podembed <command>`` here with the Modal executor; returns the run report.
+
+    ``map_fn`` stands in for ``Embedder().embed.map`` (tests run this offline)."""
+    from pipeline.runner import RunOptions, run
+    from pipeline.selection import Selection
+
+    config = read_config(CONFIG_PATH)
+    config = dataclasses.replace(config, report=ReportConfig(dir=report_dir(config.report.dir)))
+    executor = ModalExecutor(config.executor.options, config.model, map_fn=map_fn or Embedder().embed.map)
+    try:
+        report = run(
+            config,
+            RunOptions(command=command, selection=Selection(episode_ids=episode_ids)),
+            executor=executor,
+        )
+    finally:
+        executor.close()
+        if not modal.is_local():
+            reports.commit()  # make the JSON report visible outside this container
+    log.info("%s", report.summary())
+    return report.to_dict()
+
+
+JOB_SETTINGS: dict[str, Any] = {
+    "image": image,
+    "secrets": job_secrets,
+    "volumes": {HF_HOME: weights.read_only(), REPORTS_MOUNT: reports},
+    "env": OFFLINE,  # the tokenizer (for token counts) comes from the weights Volume
+}
+SCHEDULE = modal.Cron(OPTIONS.schedule, timezone="UTC") if OPTIONS.schedule else None
+
+
+@app.function(schedule=SCHEDULE, timeout=OPTIONS.backfill_timeout_s, **JOB_SETTINGS)
+def nightly_backfill() -> dict[str, Any]:
+    """The scheduled backfill: new, changed and re-modelled chunks of the whole source."""
+    return run_job("backfill")
+
+
+@app.function(timeout=OPTIONS.ingest_timeout_s, **JOB_SETTINGS)
+def ingest_episode(episode_id: str) -> dict[str, Any]:
+    """Embed one episode now (what is new or changed in it); returns the run report."""
+    return run_job("ingest", (episode_id,))
+
+
+# ----------------------------------------------------------------------------------------
+# 7. The web trigger: POST {"episode_id": "..."} with "Authorization: Bearer <token>".
+#    The token comes from a Secret and is compared in constant time.
+# ----------------------------------------------------------------------------------------
+def bearer_token_ok(authorization: Any, expected: str) -> bool:
+    """True only for ``Bearer <expected>``; constant-time comparison."""
+    if not expected or not isinstance(authorization, str):
+        return False
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode("utf-8"), expected.encode("utf-8"))
+
+
+def spawn_ingest(episode_id: str) -> str:
+    """Start ``ingest_episode`` without waiting; the Modal call id."""
+    return ingest_episode.spawn(episode_id).object_id
+
+
+@app.function(image=image, secrets=[trigger_secret])
+@modal.fastapi_endpoint(method="POST", docs=False)
+def trigger(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    """Authenticated per-episode trigger; answers ``{"call_id", "episode_id"}``."""
+    expected = os.environ.get(OPTIONS.token_env, "")
+    if not expected:
+        log.error("trigger: %s is not set in Secret %r", OPTIONS.token_env, OPTIONS.trigger_secret)
+        raise HTTPException(status_code=503, detail="trigger token not configured")
+    if not bearer_token_ok(authorization, expected):
+        raise HTTPException(
+            status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    episode_id = body.get("episode_id") if isinstance(body, dict) else None
+    if not isinstance(episode_id, str) or not episode_id.strip():
+        raise HTTPException(status_code=422, detail='body must be {"episode_id": "<id>"}')
+    episode_id = episode_id.strip()
+    return {"call_id": spawn_ingest(episode_id), "episode_id": episode_id}
+
+
+__all__ = [
+    "EMBEDDER_CLASS",
+    "Embedder",
+    "app",
+    "download_weights",
+    "ingest_episode",
+    "nightly_backfill",
+    "trigger",
+]
