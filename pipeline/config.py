@@ -171,12 +171,18 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
             raise ConfigError(f"[{required}]: section is missing")
     source_table = dict(raw["source"])
     fields_table = source_table.pop("fields", {})
+    source = _section("source", source_table)
+    fields_map = from_table(FieldMap, fields_table, "source.fields")
     sink = _section("sink", raw["sink"])
+    # A sink that writes onto the source's own records checks the field names agree.
+    check = getattr(sink.options, "check_fields", None)
+    if callable(check):
+        check(fields_map, source.kind, "sink")
     # The checkpoint store lives with the sink unless told otherwise.
     default_checkpoint = {"parquet": "sqlite"}.get(sink.kind, sink.kind)
     return Config(
-        source=_section("source", source_table),
-        fields=from_table(FieldMap, fields_table, "source.fields"),
+        source=source,
+        fields=fields_map,
         sink=sink,
         checkpoint=_section("checkpoint", raw.get("checkpoint"), default_checkpoint),
         executor=_section("executor", raw.get("executor"), "local"),

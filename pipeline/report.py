@@ -17,6 +17,7 @@ class Counts:
     skipped: int = 0  # already current in the sink
     skipped_failed: int = 0  # dead-lettered before, text unchanged (use --retry-failed)
     embedded: int = 0
+    stale_dropped: int = 0  # embedded, but the text changed before the write: not stored
     dead_lettered: int = 0
     truncated: int = 0
     removed: int = 0  # in the sink but no longer in the source
@@ -91,6 +92,8 @@ class RunReport:
             f"{c.dead_lettered} dead-lettered, {c.skipped_failed} failed before (unchanged), "
             f"{c.truncated} truncated",
         ]
+        if c.stale_dropped:
+            lines.append(f"  text changed while embedding (not stored, next run redoes): {c.stale_dropped}")
         if c.removed or c.pruned:
             lines.append(f"  removed from source: {c.removed} (pruned from sink: {c.pruned})")
         if c.deferred:

@@ -158,8 +158,7 @@ class Runner:
             flight: _InFlight = item
             p = flight.prepared
             try:
-                if flight.records:
-                    sink.write(flight.records)
+                written = sink.write(flight.records) if flight.records else 0
                 dead = p.dead_letters + flight.dead
                 if dead:
                     checkpoint.add_dead_letters(report.run_id, dead)
@@ -167,7 +166,8 @@ class Runner:
                 if fixed:
                     checkpoint.clear_dead_letters(fixed)
                 counts = p.counts
-                counts.embedded = len(flight.records)
+                counts.embedded = written
+                counts.stale_dropped = len(flight.records) - written
                 counts.dead_lettered = len(dead)
                 finished = p.complete and flight.remaining == 0
                 if finished:

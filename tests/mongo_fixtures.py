@@ -63,7 +63,9 @@ class MongoEnv:
 
 
 @pytest.fixture
-def mongo(mongo_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[MongoEnv]:
+def mongo(
+    mongo_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[MongoEnv]:
     """A fresh database per test; ``URI_ENV`` holds the server's URI."""
     from pymongo import MongoClient
 

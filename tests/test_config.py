@@ -102,3 +102,16 @@ def test_secret_comes_from_the_environment_and_is_not_echoed(monkeypatch: pytest
         secret_from_env("PODEMBED_TEST_URI", "source.uri_env")
     monkeypatch.setenv("PODEMBED_TEST_URI", "mongodb://u:hunter2@h")
     assert secret_from_env("PODEMBED_TEST_URI", "source.uri_env").endswith("@h")
+
+
+def test_in_place_mongo_sink_must_name_the_sources_id_and_text_fields() -> None:
+    raw = {
+        "source": {"kind": "mongo", "uri_env": "X", "database": "d", "collection": "c",
+                   "fields": {"chunk_id": "segment_id"}},
+        "sink": {"kind": "mongo", "uri_env": "X", "database": "d", "collection": "c"},
+        "model": {"id": "m", "dimension": 8},
+    }
+    with pytest.raises(ConfigError, match=r"sink\.id_field: is '_id' but source\.fields\.chunk_id"):
+        parse_config(raw)
+    raw["sink"]["id_field"] = "segment_id"
+    assert parse_config(raw).sink.options.id_field == "segment_id"

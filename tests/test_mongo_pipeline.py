@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.mongo_fixtures are redefined as arguments)
 """MongoDB source -> MongoDB sink, end to end in this process, over TCP to a real server.
 
 The server is SecantusDB (MongoDB wire protocol on WiredTiger); the model is the tiny
@@ -85,23 +86,25 @@ def _snapshot(env: MongoEnv) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- backfill
 
 
-@pytest.mark.parametrize("vector_format", ["binary", "array"])
+@pytest.mark.parametrize(("vector_format", "limit"), [("binary", None), ("array", 120)])
 def test_backfill_sample_corpus_in_place(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path,
-                                         vector_format: str) -> None:
+                                         vector_format: str, limit: int | None) -> None:
     from pipeline.mongo_sample import load_sample
 
-    loaded = load_sample(mongo.database, "chunks", mongo.uri_env)
-    assert loaded.inserted == loaded.read == 841
+    loaded = load_sample(mongo.database, "chunks", mongo.uri_env, limit=limit)
+    total = limit or 841
+    assert loaded.inserted == loaded.read == total
+    assert load_sample(mongo.database, "chunks", mongo.uri_env, limit=limit).unchanged == total
     before = _snapshot(mongo)
     cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path,
                        sink={"vector_format": vector_format}, batching={"window_chunks": 256})
     report = run(cfg, RunOptions())
     assert report.status == "completed", report.error
-    assert report.counts.embedded == 841 and report.counts.dead_lettered == 0
+    assert report.counts.embedded == total and report.counts.dead_lettered == 0
 
     vecs = stored(mongo)
     assert set(vecs) == set(before)  # every chunk exactly one vector (one field on its own doc)
-    assert mongo.db.chunks.count_documents({}) == 841  # no document created
+    assert mongo.db.chunks.count_documents({}) == total  # no document created
     assert_unit([v["vector"] for v in vecs.values()], TINY_DIM)
     raw = mongo.db.chunks.find_one()["embedding"]
     if vector_format == "binary":
@@ -120,7 +123,7 @@ def test_backfill_sample_corpus_in_place(mongo: MongoEnv, tiny_model_dir: str, t
 
     again = run(cfg, RunOptions())
     assert again.status == "completed"
-    assert again.counts.embedded == 0 and again.counts.skipped == 841
+    assert again.counts.embedded == 0 and again.counts.skipped == total
     after = _snapshot(mongo)
     assert all(after[c]["embedding_meta"]["run_id"] == report.run_id for c in after)  # nothing rewritten
 
@@ -157,7 +160,7 @@ def test_backfill_separate_collection(mongo: MongoEnv, tiny_model_dir: str, tmp_
     for cid, v in vecs.items():
         assert v["doc"]["episode_id"] == by_id[cid]["episode_id"]
         assert v["meta"]["text_sha256"] == text_sha256(by_id[cid]["text"])
-    assert "embedding_meta.model_fingerprint_1" in mongo.db.vectors.index_information()
+    assert "episode_id_1" in mongo.db.vectors.index_information()
     assert run(cfg, RunOptions()).counts.embedded == 0
 
 
@@ -220,7 +223,8 @@ def test_incremental_and_reindex_touch_exactly_the_expected_documents(
         if cid not in touched:
             assert after[cid]["embedding_meta"] == before[cid]["embedding_meta"]
             assert after[cid]["embedding"] == before[cid]["embedding"]
-    assert after[changed[0]]["embedding_meta"]["text_sha256"] == text_sha256(f"Rewritten text of {changed[0]}.")
+    rewritten = after[changed[0]]["embedding_meta"]["text_sha256"]
+    assert rewritten == text_sha256(f"Rewritten text of {changed[0]}.")
 
     # reindex --episode: exactly that episode's chunks, server-side.
     episode = rows[50]["episode_id"]
@@ -335,7 +339,9 @@ def test_collection_mode_withdraws_a_vector_whose_text_changed_during_the_write(
 # --------------------------------------------------------------------------- concurrency
 
 
-def test_two_runs_at_once_never_embed_a_shard_twice(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
+def test_two_runs_at_once_never_embed_a_shard_twice(
+    mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path
+) -> None:
     rows = subset(3)
     load_chunks(mongo, rows)
     results: dict[str, Any] = {}
@@ -420,7 +426,8 @@ def test_config_errors_name_the_key(mongo: MongoEnv, tiny_model_dir: str, tmp_pa
     with pytest.raises(SourceError, match="no collection 'chunks'"):
         open_parts(cfg)
     load_chunks(mongo, subset(1))
-    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path, fields={"text": "body"})
+    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path, fields={"text": "body"},
+                       sink={"text_field": "body"})
     with pytest.raises(SourceError, match=r"source\.fields\.text: field 'body' not found"):
         open_parts(cfg)
 
@@ -452,7 +459,8 @@ def test_plan_is_stable_and_server_side(mongo: MongoEnv, tiny_model_dir: str, tm
         big = source.plan(Selection(episode_ids=(rows[0]["episode_id"],)))
         assert len(big) > 1 and all(s.estimated_chunks <= 10 for s in big)
         got = [r.fields["chunk_id"] for s in big for r in source.read(s, Selection())]
-        assert len(got) == len(set(got)) == sum(1 for r in rows if r["episode_id"] == rows[0]["episode_id"]) + 1
+        in_episode = sum(1 for r in rows if r["episode_id"] == rows[0]["episode_id"]) + 1
+        assert len(got) == len(set(got)) == in_episode
         assert source.existing_ids(["extra", "nope", rows[1]["chunk_id"]]) == {"extra", rows[1]["chunk_id"]}
     finally:
         source.close()
@@ -472,3 +480,25 @@ def test_since_uses_dates(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) 
     finally:
         source.close()
     assert got == {r["chunk_id"] for r in rows if r["published_at"] >= since}
+
+
+def test_query_filter_and_prune_unset_vectors_of_chunks_that_left_the_source(
+    mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path
+) -> None:
+    rows = subset(1)
+    load_chunks(mongo, rows)
+    mongo.db.chunks.insert_one({"_id": "draft", "episode_id": rows[0]["episode_id"], "text": "Draft.",
+                                "status": "draft"})
+    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path,
+                       source={"query": {"status": {"$ne": "draft"}}})
+    first = run(cfg, RunOptions())
+    assert first.counts.seen == len(rows) and "draft" not in stored(mongo)
+    retracted = rows[2]["chunk_id"]
+    mongo.db.chunks.update_one({"_id": retracted}, {"$set": {"status": "draft"}})
+    report = run(cfg, RunOptions())
+    assert report.counts.removed == 1 and report.counts.pruned == 0
+    pruned = run(cfg, RunOptions(prune=True))
+    assert pruned.counts.removed == 1 and pruned.counts.pruned == 1
+    doc = mongo.db.chunks.find_one({"_id": retracted})
+    assert "embedding" not in doc and "embedding_meta" not in doc and doc["text"] == rows[2]["text"]
+    assert len(stored(mongo)) == len(rows) - 1

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError, SourceError
 from pipeline.mongo_common import (
+    IN_PAGE,
     Connection,
     ConnectionOptions,
     check_field,
@@ -56,7 +57,6 @@ from pipeline.sources.base import Source
 
 log = logging.getLogger(__name__)
 
-ID_PAGE = 10_000  # ids per $in query
 SAMPLE_DOCS = 50  # documents inspected at open to check the field mapping
 
 
@@ -237,7 +237,7 @@ class MongoSource(Source):
         """Shards of whole episodes (or ``_id`` ranges) of about ``window_chunks`` chunks."""
         base = self._base_filter(selection)
         if self.options.shard_by == "id":
-            return [self._spec({}, b, n) for b, n in self._id_ranges(base)]
+            return [self._spec(b, {"counts": [n]}, n) for b, n in self._id_ranges(base)]
         episode_path = self.mapping["episode_id"]
         pipeline = [
             {"$match": base} if base else {"$match": {}},
@@ -285,7 +285,7 @@ class MongoSource(Source):
     def _spec(self, locator: dict[str, Any], extra: dict[str, Any], n: int) -> ShardSpec:
         ident = json.dumps({"loc": locator, **extra}, sort_keys=True)
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        prefix = "ep" if "episodes" in locator else "ids"
+        prefix = "ep" if "episodes" in locator else "id"
         return ShardSpec(shard_id=f"{prefix}-{digest}", locator=locator, estimated_chunks=n)
 
     def _id_ranges(self, flt: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
@@ -368,7 +368,7 @@ class MongoSource(Source):
         """Which of these ids are on a document the configured ``query`` still selects."""
         path = self.mapping["chunk_id"]
         found: set[str] = set()
-        for page in pages(list(chunk_ids), ID_PAGE):
+        for page in pages(list(chunk_ids), IN_PAGE):
             flt = _and(self.options.query, id_filter(path, page))
             docs = retrying(
                 self.conn, "checking which chunks exist",
