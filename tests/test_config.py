@@ -34,6 +34,9 @@ def test_shipped_configs_parse() -> None:
     assert prod.model.dimension == 768 and prod.model.max_seq_length == 512
     assert prod.source.kind == "mongo" and prod.sink.kind == "mongo"
     assert prod.model.precision != "fp16", "T5 overflows in fp16"
+    mongo_local = load_config(ROOT / "configs" / "mongo_local.toml")
+    assert mongo_local.sink.kind == "mongo" and mongo_local.executor.kind == "local"
+    assert mongo_local.sink.options.vector_field != prod.sink.options.vector_field
 
 
 @pytest.mark.parametrize(
