@@ -68,6 +68,7 @@ class ParquetSource(Source):
             )
         self.mapping: dict[str, str] = {}  # our name -> column
         self._meta: dict[Path, pq.FileMetaData] = {}
+        self._row_starts: dict[Path, list[int]] = {}  # first row of each row group, for messages
         self._ids: pa.Array | None = None
         required = {"chunk_id", "episode_id", "text"}
         for f in self.files:
@@ -76,6 +77,10 @@ class ParquetSource(Source):
             except (OSError, pa.ArrowInvalid) as exc:
                 raise SourceError(f"source.path: {f} is not a readable Parquet file: {exc}") from None
             self._meta[f] = meta
+            starts = [0]
+            for rg in range(meta.num_row_groups):
+                starts.append(starts[-1] + meta.row_group(rg).num_rows)
+            self._row_starts[f] = starts
             names = set(meta.schema.names)
             for ours, theirs in fields.mapped().items():
                 if theirs in names:
@@ -226,7 +231,7 @@ class ParquetSource(Source):
         meta = pf.metadata
         present = [c for c in self.mapping.values() if c in meta.schema.names]
         for rg in row_groups:
-            offset = sum(meta.row_group(i).num_rows for i in range(rg))
+            offset = self._row_starts[f][rg]
             table = pf.read_row_group(rg, columns=present)
             table = table.rename_columns(
                 [next(o for o, t in self.mapping.items() if t == c) for c in table.column_names]
