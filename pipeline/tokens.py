@@ -7,6 +7,7 @@ concatenated (INSTRUCTOR adds no separator), with special tokens, capped at
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,12 @@ class TokenCounter:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_location(cfg))
+        else:
+            # A private copy: a fast tokenizer keeps its truncation setting in shared state that
+            # every call rewrites, and the run's reader thread counts (no truncation) while the
+            # model encodes (truncated at max_seq_length) on the main thread. Sharing one
+            # object let an encode run untruncated (766-token rows at max_seq_length 32).
+            tokenizer = copy.deepcopy(tokenizer)
         self.tokenizer = tokenizer
 
     def count(self, texts: list[str]) -> list[TokenCount]:
