@@ -302,6 +302,17 @@ class MongoSink(Sink):
     def _bulk(self, ops: list[Any], what: str) -> Any:
         return retrying(self.conn, what, lambda: self.target.bulk_write(ops, ordered=False))
 
+    def _count_dropped(self, stale: list[str], gone: list[str]) -> None:
+        """Count vectors not written because their chunk's text changed or the chunk vanished."""
+        with self._lock:
+            self.stale_skipped += len(stale)
+            self.missing_skipped += len(gone)
+        if stale:
+            log.warning(
+                "%d vector(s) not written: the text changed while they were embedded "
+                "(e.g. %s); the next run embeds the new text", len(stale), stale[0],
+            )
+
     def write(self, records: list[VectorRecord]) -> int:
         """Write the vectors whose text is unchanged; returns how many were written."""
         from pymongo import UpdateOne
@@ -335,14 +346,7 @@ class MongoSink(Sink):
         current = self._current_texts(ids)
         stale = [r.chunk_id for r in page if r.chunk_id in current and current[r.chunk_id] != r.text]
         gone = [r.chunk_id for r in page if r.chunk_id not in current]
-        with self._lock:
-            self.stale_skipped += len(stale)
-            self.missing_skipped += len(gone)
-        if stale:
-            log.warning(
-                "%d vector(s) not written: the text changed while they were embedded "
-                "(e.g. %s); the next run embeds the new text", len(stale), stale[0],
-            )
+        self._count_dropped(stale, gone)
         if gone:
             log.warning("%d vector(s) not written: chunk document deleted (e.g. %s)", len(gone), gone[0])
 
@@ -380,14 +384,7 @@ class MongoSink(Sink):
                 stale += [r.chunk_id for r in changed if r.chunk_id in after]
                 gone += [r.chunk_id for r in changed if r.chunk_id not in after]
                 fresh = [r for r in fresh if after.get(r.chunk_id) == r.text]
-        with self._lock:
-            self.stale_skipped += len(stale)
-            self.missing_skipped += len(gone)
-        if stale:
-            log.warning(
-                "%d vector(s) not written: the text changed while they were embedded "
-                "(e.g. %s); the next run embeds the new text", len(stale), stale[0],
-            )
+        self._count_dropped(stale, gone)
         return len(fresh)
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
