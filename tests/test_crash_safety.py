@@ -71,6 +71,16 @@ def _wait_for(proc: subprocess.Popen[str], out: Path, shards: int, timeout: floa
         time.sleep(0.02)
 
 
+def _assert_equals_reference(out: Path, reference: dict[str, np.ndarray]) -> None:
+    """One vector per chunk, on disk too, each equal to the uninterrupted run's."""
+    vectors = vectors_by_id(out)
+    assert sorted(vectors) == sorted(reference)
+    on_disk = raw_rows_in_files(out)
+    assert len(on_disk) == len(set(on_disk)) == len(reference), "a chunk has two rows on disk"
+    for cid, vec in vectors.items():
+        assert float(np.abs(vec - reference[cid]).max()) <= 1e-6, cid
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], dict[str, np.ndarray]]:
     tmp = tmp_path_factory.mktemp("crash")
@@ -82,13 +92,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], 
     return src, rows, vectors_by_id(reference_out)
 
 
-def test_sigkill_at_several_points_then_resume(
-    tmp_path: Path, corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
-) -> None:
-    src, rows, reference = corpus
+@pytest.fixture()
+def target(tmp_path: Path, corpus: tuple[Path, list[dict], dict[str, np.ndarray]]) -> tuple[Path, Path]:
+    """A fresh output folder and a config file that backfills the corpus into it."""
     out = tmp_path / "out"
     config = tmp_path / "c.toml"
-    config.write_text(_toml(src, out))
+    config.write_text(_toml(corpus[0], out))
+    return out, config
+
+
+def test_sigkill_at_several_points_then_resume(
+    target: tuple[Path, Path], corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
+) -> None:
+    _, rows, reference = corpus
+    out, config = target
     total_shards = -(-len(rows) // BATCHING["window_chunks"])
 
     # 1: while the model loads, before anything is written.
@@ -112,22 +129,15 @@ def test_sigkill_at_several_points_then_resume(
     assert report["status"] == "completed"
     assert report["counts"]["embedded"] < len(rows), "work done before the kills was redone"
 
-    vectors = vectors_by_id(out)
-    assert sorted(vectors) == sorted(reference)
-    on_disk = raw_rows_in_files(out)
-    assert len(on_disk) == len(set(on_disk)) == len(rows), "a chunk has two rows on disk"
-    for cid, vec in vectors.items():
-        assert float(np.abs(vec - reference[cid]).max()) <= 1e-6, cid
+    _assert_equals_reference(out, reference)
     assert not list((out / "vectors").glob(".*tmp*")), "a temp file was left behind"
 
 
 def test_ctrl_c_exits_130_says_how_to_resume_and_resume_skips_done_shards(
-    tmp_path: Path, corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
+    target: tuple[Path, Path], corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
 ) -> None:
-    src, rows, reference = corpus
-    out = tmp_path / "out"
-    config = tmp_path / "c.toml"
-    config.write_text(_toml(src, out))
+    _, rows, reference = corpus
+    out, config = target
     proc = _start(config)
     _wait_for(proc, out, 2)
     proc.send_signal(signal.SIGINT)
@@ -143,7 +153,4 @@ def test_ctrl_c_exits_130_says_how_to_resume_and_resume_skips_done_shards(
     report = json.loads(stdout)
     assert report["resumed"] is True and report["shards_skipped_done"] >= 2
     assert report["counts"]["embedded"] == len(rows) - len(kept)
-    vectors = vectors_by_id(out)
-    assert sorted(vectors) == sorted(reference)
-    for cid, vec in vectors.items():
-        assert float(np.abs(vec - reference[cid]).max()) <= 1e-6, cid
+    _assert_equals_reference(out, reference)
