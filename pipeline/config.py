@@ -61,6 +61,9 @@ class ModelConfig:
     normalize: bool = True
     precision: Precision = "fp32"
     device: str = "auto"
+    # transformers' attention kernel. "eager" is 1.28x faster than "sdpa" for T5 on GPUs:
+    # T5's position bias makes SDPA fall back to an fp32 math path (BENCHMARKS.md section 5).
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
 
     def validate(self, prefix: str) -> None:
         """Reject values that cannot work."""

@@ -60,7 +60,7 @@ def _dtype(precision: str) -> Any:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _load(location: str, max_seq_length: int) -> Any:
+def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
     # Imported here: sentence-transformers costs seconds to import and the CLI must start fast.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
@@ -68,7 +68,10 @@ def _load(location: str, max_seq_length: int) -> Any:
 
     hf_logging.disable_progress_bar()
     try:
-        model = SentenceTransformer(location, device="cpu")
+        kwargs: dict[str, Any] = {}
+        if attention != "auto":
+            kwargs["model_kwargs"] = {"attn_implementation": attention}
+        model = SentenceTransformer(location, device="cpu", **kwargs)
     except OSError as exc:
         raise ModelError(
             f"model: cannot load {location!r}: {exc}. Offline, use a model folder "
@@ -107,7 +110,7 @@ class InstructorEmbedder:
                 cfg.precision,
             )
         start = time.perf_counter()
-        self._key = (self.location, cfg.max_seq_length, self.device, cfg.precision)
+        self._key = self._cache_key(self.device, cfg.precision)
         self.model = model_cache.cached(self._key, self._load_for)
         self.load_s = time.perf_counter() - start
         check_instructor_semantics(self.model)
@@ -123,8 +126,11 @@ class InstructorEmbedder:
         self.fingerprint = model_fingerprint(cfg)
         self._fp32: Any = None
 
+    def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
+        return (self.location, self.cfg.max_seq_length, self.cfg.attention, device, precision)
+
     def _load_for(self) -> Any:
-        model = _load(self.location, self.cfg.max_seq_length)
+        model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
         return self._place(model, self.device, self.cfg.precision)
 
     @staticmethod
@@ -139,7 +145,7 @@ class InstructorEmbedder:
         device = resolve_device(device)
         if device == self.device:
             return
-        new_key = (self.location, self.cfg.max_seq_length, device, self.cfg.precision)
+        new_key = self._cache_key(device, self.cfg.precision)
         self._place(self.model, device, self.cfg.precision)
         model_cache.rekey(self._key, new_key)
         self._key, self.device = new_key, device
@@ -174,10 +180,11 @@ class InstructorEmbedder:
         if self.cfg.precision == "fp32":
             return self.model
         if self._fp32 is None:
-            key = (self.location, self.cfg.max_seq_length, self.device, "fp32")
+            key = self._cache_key(self.device, "fp32")
 
             def load() -> Any:
-                return self._place(_load(self.location, self.cfg.max_seq_length), self.device, "fp32")
+                model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
+                return self._place(model, self.device, "fp32")
 
             self._fp32 = model_cache.cached(key, load)
         return self._fp32
