@@ -126,6 +126,21 @@ def test_kill9_at_several_points_then_resume(mongo: MongoEnv, tiny_model_dir: st
 # --------------------------------------------------------------------------- server outages
 
 
+def _run_in_background(cfg: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start a slowed-down backfill in a thread; the dict gets its report or its error."""
+    result: dict[str, Any] = {}
+
+    def go() -> None:
+        try:
+            result["report"] = run(cfg, RunOptions(), executor=HookExecutor(open_executor(cfg), delay=0.1))
+        except BaseException as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=go)
+    worker.start()
+    return worker, result
+
+
 def _server_env(server: SecantusProcess, monkeypatch: pytest.MonkeyPatch) -> MongoEnv:
     monkeypatch.setenv(URI_ENV, server.uri)
     client = MongoClient(server.uri, tz_aware=True, serverSelectionTimeoutMS=20000)
@@ -145,16 +160,7 @@ def test_server_restarted_mid_run_the_run_completes(
                        sink={"server_selection_timeout_ms": 1000, "retry_s": 60.0},
                        checkpoint={"lease_ttl_s": 30.0, "server_selection_timeout_ms": 1000,
                                    "retry_s": 60.0})
-    result: dict[str, Any] = {}
-
-    def go() -> None:
-        try:
-            result["report"] = run(cfg, RunOptions(), executor=HookExecutor(open_executor(cfg), delay=0.1))
-        except BaseException as exc:
-            result["error"] = exc
-
-    worker = threading.Thread(target=go)
-    worker.start()
+    worker, result = _run_in_background(cfg)
     _wait_for(lambda: env.db.podembed_shards.count_documents({}) >= 2, 120, "two shards")
     env.client.close()
     secantus_proc.stop()  # a clean shutdown in the middle of the run
@@ -187,16 +193,7 @@ def test_server_down_too_long_fails_clearly_then_rerun_completes(
     fast = {"server_selection_timeout_ms": 500, "retry_s": 1.5}
     cfg = mongo_config(env, tiny_model(tiny_model_dir), tmp_path, source=fast, sink=fast,
                        checkpoint={**fast, "lease_ttl_s": 2.0, "lock_wait_s": 15.0})
-    result: dict[str, Any] = {}
-
-    def go() -> None:
-        try:
-            result["report"] = run(cfg, RunOptions(), executor=HookExecutor(open_executor(cfg), delay=0.1))
-        except BaseException as exc:
-            result["error"] = exc
-
-    worker = threading.Thread(target=go)
-    worker.start()
+    worker, result = _run_in_background(cfg)
     _wait_for(lambda: env.db.podembed_shards.count_documents({}) >= 2, 120, "two shards")
     env.client.close()
     started = time.monotonic()
