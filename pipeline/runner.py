@@ -34,13 +34,12 @@ from pipeline.executors.base import Executor
 from pipeline.parts import Parts, open_executor, open_parts
 from pipeline.prepare import MODEL_FAILURE_FIELD, Prepared, Preparer
 from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
+from pipeline.removed import removed_ids
 from pipeline.report import RunReport, write_report
 from pipeline.selection import Selection
 from pipeline.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
-
-PRUNE_PAGE = 10_000
 
 
 @dataclass(slots=True)
@@ -89,10 +88,6 @@ class _InFlight:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-class _Stop(Exception):
-    pass
-
-
 class Runner:
     """Runs one command against opened parts with an executor."""
 
@@ -103,14 +98,12 @@ class Runner:
         executor: Executor,
         opts: RunOptions,
         progress: Progress | None = None,
-        token_counter: TokenCounter | None = None,
     ) -> None:
         self.config = config
         self.parts = parts
         self.executor = executor
         self.opts = opts
         self.progress = progress or Progress()
-        self.token_counter = token_counter
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -280,9 +273,11 @@ class Runner:
         status = "failed"
         try:
             duplicates = parts.source.duplicate_ids(opts.selection)
-            counter = self.token_counter or (
-                lambda: TokenCounter(cfg.model, _executor_tokenizer(self.executor))
-            )
+
+            def counter() -> TokenCounter:
+                # Deferred: a run with nothing to embed never loads the tokenizer or model.
+                return TokenCounter(cfg.model, _executor_tokenizer(self.executor))
+
             preparer = Preparer(
                 cfg,
                 parts.source,
@@ -409,21 +404,8 @@ class Runner:
 
     def _removed(self, report: RunReport) -> None:
         """Chunks stored in the sink but gone from the source: reported, deleted with --prune."""
-        source, sink = self.parts.source, self.parts.sink
-        page: list[str] = []
-        removed: list[str] = []
-
-        def check() -> None:
-            existing = source.existing_ids(page)
-            removed.extend(cid for cid in page if cid not in existing)
-            page.clear()
-
-        for state in sink.iter_states():
-            page.append(state.chunk_id)
-            if len(page) >= PRUNE_PAGE:
-                check()
-        if page:
-            check()
+        sink = self.parts.sink
+        removed = list(removed_ids(self.parts.source, sink.iter_states()))
         report.counts.removed = len(removed)
         if self.opts.prune and removed:
             report.counts.pruned = sink.delete(removed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ from pipeline.config import Config
 from pipeline.fingerprint import model_fingerprint
 from pipeline.parts import Parts
 from pipeline.prepare import Preparer
+from pipeline.records import StoredState
+from pipeline.removed import removed_ids
 from pipeline.report import read_reports
 from pipeline.selection import Selection
 
@@ -106,15 +109,13 @@ def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
     cov.missing = reasons["new"] + reasons["failed_before"]
     cov.dead_lettered = parts.checkpoint.count_dead_letters()
     fps: Counter[str] = Counter()
-    page: list[str] = []
-    for state in parts.sink.iter_states():
-        fps[state.model_fingerprint] += 1
-        page.append(state.chunk_id)
-        if len(page) >= 10_000:
-            cov.removed += len(page) - len(parts.source.existing_ids(page))
-            page.clear()
-    if page:
-        cov.removed += len(page) - len(parts.source.existing_ids(page))
+
+    def counted(states: Iterable[StoredState]) -> Iterator[StoredState]:
+        for state in states:
+            fps[state.model_fingerprint] += 1
+            yield state
+
+    cov.removed = sum(1 for _ in removed_ids(parts.source, counted(parts.sink.iter_states())))
     cov.fingerprints = dict(fps)
     cov.last_runs = parts.checkpoint.last_runs(runs) or read_reports(config.report.dir, runs)
     return cov
