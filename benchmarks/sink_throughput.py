@@ -40,6 +40,20 @@ CHUNKS_PER_EPISODE = 27
 FALLBACK_TEN_A10G = 262.0  # chunks/s, the H200-derived estimate recorded in BENCHMARKS.md
 
 
+def _rate_row(sink: str, batch: int, n: int, seconds: float, dim: int, cpu: float, **extra: Any) -> dict:
+    """One result row: vectors/s and MB/s of float32 vectors written in ``seconds``."""
+    return {
+        "sink": sink,
+        "write_batch": batch,
+        "vectors": n,
+        "seconds": seconds,
+        "vectors_per_s": n / seconds,
+        "mb_per_s": n * dim * 4 / seconds / 1e6,
+        "client_cpu_s": cpu,
+        **extra,
+    }
+
+
 def make_records(n: int, dim: int, seed: int = 0) -> list[Any]:
     """``n`` VectorRecords with unit-norm random vectors and sample-corpus texts."""
     import numpy as np
@@ -96,17 +110,16 @@ def bench_parquet(records: list[Any], batches: list[int], dim: int, tmp: Path) -
             sink.close()
         size = sum(f.stat().st_size for f in (out / "vectors").glob("*.parquet"))
         rows.append(
-            {
-                "sink": "parquet",
-                "write_batch": b,
-                "vectors": len(records),
-                "seconds": dt,
-                "vectors_per_s": len(records) / dt,
-                "mb_per_s": len(records) * dim * 4 / dt / 1e6,
-                "client_cpu_s": cpu,
-                "files": len(list((out / "vectors").glob("*.parquet"))),
-                "bytes_on_disk": size,
-            }
+            _rate_row(
+                "parquet",
+                b,
+                len(records),
+                dt,
+                dim,
+                cpu,
+                files=len(list((out / "vectors").glob("*.parquet"))),
+                bytes_on_disk=size,
+            )
         )
         print(f"parquet write_batch {b}: {len(records) / dt:,.0f} vectors/s", flush=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -165,17 +178,7 @@ def bench_mongo(records: list[Any], batches: list[int], dim: int, tmp: Path) -> 
                 sink.close()
             stored = client["bench"][coll].count_documents({"embedding_meta": {"$exists": True}})
             assert stored == len(records), stored
-            rows.append(
-                {
-                    "sink": "mongo (SecantusDB)",
-                    "write_batch": b,
-                    "vectors": len(records),
-                    "seconds": dt,
-                    "vectors_per_s": len(records) / dt,
-                    "mb_per_s": len(records) * dim * 4 / dt / 1e6,
-                    "client_cpu_s": cpu,
-                }
-            )
+            rows.append(_rate_row("mongo (SecantusDB)", b, len(records), dt, dim, cpu))
             print(f"mongo write_batch {b}: {len(records) / dt:,.0f} vectors/s", flush=True)
             client["bench"].drop_collection(coll)
         client.close()
