@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline import synthetic_model as sm
     from pipeline.batching import Item, make_batches
     from pipeline.config import ModelConfig
     from pipeline.tokens import TokenCounter
+    from tests import synthetic_model as sm
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda" if cuda else "cpu"

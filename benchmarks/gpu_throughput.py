@@ -2,7 +2,7 @@
 
 Builds a T5 XL encoder (24 layers, d_model 2048, d_ff 5120, 32 heads, gated GELU; mean
 pooling; Dense 2048 -> 768; Normalize) with random weights directly on the GPU
-(``pipeline.synthetic_model.build_in_memory``), then runs podembed's own code path on it:
+(``tests.synthetic_model.build_in_memory``), then runs podembed's own code path on it:
 ``TokenCounter`` -> ``make_batches`` (token budget, longest first) ->
 ``InstructorEmbedder.embed`` per batch (INSTRUCTOR prompt handling, vectors back on the
 host). Speed does not depend on the weights' values.
@@ -102,7 +102,7 @@ def cpu_matmul_peak(n: int = 1024) -> float:
 
 def build_model(shape: Any, device: str, dtype: Any, tokenizer_dir: str) -> Any:
     """The INSTRUCTOR-layout model with random weights, built where it runs."""
-    from pipeline import synthetic_model as sm
+    from tests import synthetic_model as sm
 
     try:
         return sm.build_in_memory(shape, device, dtype, seed=0, tokenizer_dir=tokenizer_dir)
@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     import torch
 
-    from pipeline import synthetic_model as sm
     from pipeline.batching import Item, make_batches
     from pipeline.tokens import TokenCounter
+    from tests import synthetic_model as sm
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = "cuda" if cuda else "cpu"

@@ -1,6 +1,6 @@
 """Peak memory of a podembed backfill on 10k and on 100k chunks: the pipeline's memory stays flat.
 
-Builds a tiny random T5 model with the INSTRUCTOR layout (``pipeline.synthetic_model.TINY``,
+Builds a tiny random T5 model with the INSTRUCTOR layout (``tests.synthetic_model.TINY``,
 0.35 M parameters) so the run is fast and the figure is the pipeline's own memory, not the
 model's. Generates the corpora with ``data/make_sample.py``'s ``make_large`` (the sample's
 10-400 word spread), streamed into Parquet with ``ParquetWriter`` (row groups of 2,000),
@@ -47,8 +47,8 @@ def write_corpus(n: int, path: Path, row_group: int) -> Path:
 
 def config(source: Path, out: Path, model: Path, max_seq: int) -> Any:
     """``configs/local.toml`` pointed at the tiny model and the benchmark's files."""
-    from pipeline import synthetic_model as sm
     from pipeline.config import parse_config
+    from tests import synthetic_model as sm
 
     raw = tomllib.loads((ROOT / "configs" / "local.toml").read_text())
     raw["source"]["path"] = str(source)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
 
-    from pipeline import synthetic_model as sm
+    from tests import synthetic_model as sm
 
     tmp = Path(tempfile.mkdtemp(prefix="podembed-bench-mem-"))
     t = time.perf_counter()

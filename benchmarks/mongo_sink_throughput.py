@@ -39,9 +39,20 @@ def _start_server(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     exe = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
     proc = subprocess.Popen(
-        [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data),
-         "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            exe,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     for _ in range(300):
         try:
@@ -65,9 +76,9 @@ def main() -> None:
     import pyarrow.parquet as pq
     from pymongo import MongoClient
 
+    from pipeline.mongo.sink import MongoSink, MongoSinkOptions
     from pipeline.records import Chunk, VectorRecord, text_sha256
-    from pipeline.settings import from_table
-    from pipeline.sinks.mongo import MongoSink, MongoSinkOptions
+    from pipeline.toml_schema import from_table
 
     texts = pq.read_table(ROOT / "data" / "sample_chunks.parquet", columns=["text"])["text"].to_pylist()
     rng = np.random.default_rng(0)
@@ -78,8 +89,10 @@ def main() -> None:
     try:
         client = MongoClient(uri)
         db = client["bench"]
-        docs = [{"_id": f"c{i:07d}", "episode_id": f"e{i // 30:05d}", "text": f"{i} {texts[i % len(texts)]}"}
-                for i in range(args.chunks)]
+        docs = [
+            {"_id": f"c{i:07d}", "episode_id": f"e{i // 30:05d}", "text": f"{i} {texts[i % len(texts)]}"}
+            for i in range(args.chunks)
+        ]
         t = time.perf_counter()
         for i in range(0, len(docs), 5000):
             db.chunks.insert_many(docs[i : i + 5000])
@@ -88,21 +101,39 @@ def main() -> None:
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         now = datetime.now(UTC)
         records = [
-            VectorRecord(chunk_id=d["_id"], episode_id=d["episode_id"], embedding=vecs[i],
-                         text_sha256=text_sha256(d["text"]), model_fingerprint="bench", instruction="x",
-                         embedded_at=now, run_id="bench", text=d["text"])
+            VectorRecord(
+                chunk_id=d["_id"],
+                episode_id=d["episode_id"],
+                embedding=vecs[i],
+                text_sha256=text_sha256(d["text"]),
+                model_fingerprint="bench",
+                instruction="x",
+                embedded_at=now,
+                run_id="bench",
+                text=d["text"],
+            )
             for i, d in enumerate(docs)
         ]
         layouts = [
             ("in place, binary float32", {"mode": "in_place", "vector_format": "binary"}),
             ("in place, array of doubles", {"mode": "in_place", "vector_format": "array"}),
-            ("vectors collection, binary", {"mode": "collection", "collection": "vectors",
-                                            "chunks_collection": "chunks"}),
+            (
+                "vectors collection, binary",
+                {"mode": "collection", "collection": "vectors", "chunks_collection": "chunks"},
+            ),
         ]
         for name, extra in layouts:
-            opts = from_table(MongoSinkOptions, {"uri_env": URI_ENV, "database": "bench",
-                                                 "collection": "chunks", "write_batch": args.batch,
-                                                 **extra}, "sink")
+            opts = from_table(
+                MongoSinkOptions,
+                {
+                    "uri_env": URI_ENV,
+                    "database": "bench",
+                    "collection": "chunks",
+                    "write_batch": args.batch,
+                    **extra,
+                },
+                "sink",
+            )
             sink = MongoSink.open(opts, args.dim)
             t = time.perf_counter()
             written = 0
@@ -116,10 +147,15 @@ def main() -> None:
             lookup_s = time.perf_counter() - t
             sink.close()
             assert written == args.chunks, (name, written)
-            results.append({
-                "layout": name, "vectors": written, "write_s": round(write_s, 2),
-                "vectors_per_s": round(written / write_s), "lookup_per_s": round(len(chunks) / lookup_s),
-            })
+            results.append(
+                {
+                    "layout": name,
+                    "vectors": written,
+                    "write_s": round(write_s, 2),
+                    "vectors_per_s": round(written / write_s),
+                    "lookup_per_s": round(len(chunks) / lookup_s),
+                }
+            )
             db.chunks.update_many({}, {"$unset": {"embedding": "", "embedding_meta": ""}})
             db.drop_collection("vectors")
         client.close()
@@ -130,8 +166,13 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(table(results, title=f"MongoSink into SecantusDB 0.7.0b3: {args.chunks} chunks, {args.dim} dims, "
-                f"bulk_write of {args.batch} (load of the chunks: {args.chunks / load_s:.0f} docs/s)"))
+    print(
+        table(
+            results,
+            title=f"MongoSink into SecantusDB 0.7.0b3: {args.chunks} chunks, {args.dim} dims, "
+            f"bulk_write of {args.batch} (load of the chunks: {args.chunks / load_s:.0f} docs/s)",
+        )
+    )
     write_json("mongo_sink_throughput", {"args": vars(args), "machine": machine(), "results": results})
 
 

@@ -112,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    import pipeline.prepare as prepare_mod
+    import pipeline.shard_work as prepare_mod
     from pipeline.batching import Item, make_batches
     from pipeline.embedder import InstructorEmbedder
+    from pipeline.files.sink import read_vectors
     from pipeline.runner import RunOptions, run
-    from pipeline.sinks.parquet import read_vectors
     from pipeline.tokens import TokenCounter
 
     tmp = Path(tempfile.mkdtemp(prefix="podembed-bench-pvb-"))

@@ -98,7 +98,7 @@ def write_all(sink: Any, records: list[Any], batch: int) -> tuple[float, float]:
 
 
 def bench_parquet(records: list[Any], batches: list[int], dim: int, tmp: Path) -> list[dict[str, Any]]:
-    from pipeline.sinks.parquet import ParquetSink, ParquetSinkOptions
+    from pipeline.files.sink import ParquetSink, ParquetSinkOptions
 
     rows = []
     for b in batches:
@@ -157,7 +157,7 @@ def start_secantus(data: Path) -> tuple[subprocess.Popen[bytes], str]:
 def bench_mongo(records: list[Any], batches: list[int], dim: int, tmp: Path) -> list[dict[str, Any]]:
     from pymongo import MongoClient
 
-    from pipeline.sinks.mongo import MongoSink, MongoSinkOptions
+    from pipeline.mongo.sink import MongoSink, MongoSinkOptions
 
     proc, uri = start_secantus(tmp / "secantus")
     os.environ[URI_ENV] = uri

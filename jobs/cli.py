@@ -6,6 +6,7 @@ Exit codes: 0 done (dead-lettered chunks included), 1 failed, 2 bad usage or con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -108,7 +109,17 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
         def close(self) -> None:
             self.impl.close()
 
-    report = run(config, opts, progress=Bar())
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if config.executor.kind == "modal" and not config.executor.options.deployed:
+            # An ephemeral copy of the app for this run; its containers read the config
+            # named by PODEMBED_CONFIG (default configs/production.toml), as a deployment does.
+            from jobs.modal_app import ephemeral_map
+            from pipeline.modal.executor import ModalExecutor
+
+            executor = ModalExecutor.open(config.executor.options, config.model)
+            executor.use_map(stack.enter_context(ephemeral_map(config.executor.options)))
+        report = run(config, opts, executor=executor, progress=Bar())
     if report.status == "interrupted":
         report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
     click.echo(report.summary(), err=True)
@@ -127,7 +138,9 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--executor", type=click.Choice(["local", "modal"]), help="Where the model runs (overrides config)."
     )(fn)
     fn = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False),
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
         help="TOML config (default: configs/local.toml).",
     )(fn)
     return fn
@@ -166,8 +179,15 @@ def cli(verbose: int) -> None:
 @click.option("--retry-failed", is_flag=True, help="Retry chunks the model failed on before.")
 @click.pass_context
 @_guard
-def backfill(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
-             as_json: bool, prune: bool, retry_failed: bool) -> None:
+def backfill(
+    ctx: click.Context,
+    config_path: str | None,
+    executor: str | None,
+    limit: int | None,
+    as_json: bool,
+    prune: bool,
+    retry_failed: bool,
+) -> None:
     """Embed every chunk that is new, changed, or embedded by another model."""
     _execute(ctx, "backfill", {"limit": limit, "prune": prune, "retry_failed": retry_failed}, as_json)
 
@@ -178,13 +198,25 @@ def backfill(ctx: click.Context, config_path: str | None, executor: str | None, 
 @click.option("--retry-failed", is_flag=True, help="Retry chunks the model failed on before.")
 @click.pass_context
 @_guard
-def reindex(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
-            as_json: bool, episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None,
-            retry_failed: bool) -> None:
+def reindex(
+    ctx: click.Context,
+    config_path: str | None,
+    executor: str | None,
+    limit: int | None,
+    as_json: bool,
+    episodes: tuple[str, ...],
+    podcasts: tuple[str, ...],
+    since: str | None,
+    retry_failed: bool,
+) -> None:
     """Re-embed everything, or the chunks selected by --episode/--podcast/--since, even if current."""
     selection = _selection(episodes, podcasts, since)
-    _execute(ctx, "reindex", {"selection": selection, "force": True, "limit": limit,
-                              "retry_failed": retry_failed}, as_json)
+    _execute(
+        ctx,
+        "reindex",
+        {"selection": selection, "force": True, "limit": limit, "retry_failed": retry_failed},
+        as_json,
+    )
 
 
 @cli.command()
@@ -192,8 +224,14 @@ def reindex(ctx: click.Context, config_path: str | None, executor: str | None, l
 @click.argument("episode_id")
 @click.pass_context
 @_guard
-def ingest(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
-           as_json: bool, episode_id: str) -> None:
+def ingest(
+    ctx: click.Context,
+    config_path: str | None,
+    executor: str | None,
+    limit: int | None,
+    as_json: bool,
+    episode_id: str,
+) -> None:
     """Embed one episode now (only what is new or changed in it).
 
     With the Modal executor this starts the deployed ingest_episode and prints its call id.
@@ -210,29 +248,40 @@ def ingest(ctx: click.Context, config_path: str | None, executor: str | None, li
 # (jobs/modal_app.py) and returns at once; the run report lands in the ledger and Volume.
 def _ingest_on_modal(config: Any, episode_id: str, limit: int | None, as_json: bool) -> None:
     from pipeline.errors import ConfigError
-    from pipeline.executors.modal import trigger_ingest
+    from pipeline.modal.trigger import trigger_ingest
 
     if limit is not None:
         raise ConfigError("--limit: not supported when the ingest runs on Modal")
     call_id = trigger_ingest(config, episode_id)
     if as_json:
-        click.echo(json.dumps({"episode_id": episode_id, "call_id": call_id,
-                               "app": config.executor.options.app_name}))
+        click.echo(
+            json.dumps(
+                {"episode_id": episode_id, "call_id": call_id, "app": config.executor.options.app_name}
+            )
+        )
         return
-    click.echo(f"ingest of {episode_id} started on Modal (app {config.executor.options.app_name}); "
-               f"its report: `podembed status` once it is done", err=True)
+    click.echo(
+        f"ingest of {episode_id} started on Modal (app {config.executor.options.app_name}); "
+        f"its report: `podembed status` once it is done",
+        err=True,
+    )
     click.echo(call_id)
 
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-@click.option("--dead-letters", "show_dead", type=click.IntRange(min=0), default=0,
-              help="Also list the N newest dead letters.")
+@click.option(
+    "--dead-letters",
+    "show_dead",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Also list the N newest dead letters.",
+)
 @_guard
 def status(config_path: str | None, as_json: bool, show_dead: int) -> None:
     """Coverage: total, current, stale, missing and dead-lettered chunks; the last runs."""
-    from pipeline.parts import open_parts
+    from pipeline.registry import open_parts
     from pipeline.status import coverage
 
     config = _load(config_path, None)
@@ -262,18 +311,28 @@ def _slots(obj: Any) -> dict[str, Any]:
 @click.option("--force", is_flag=True, help="Plan a reindex (everything selected), not a backfill.")
 @click.pass_context
 @_guard
-def plan(ctx: click.Context, config_path: str | None, executor: str | None, limit: int | None,
-         as_json: bool, episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None,
-         force: bool) -> None:
+def plan(
+    ctx: click.Context,
+    config_path: str | None,
+    executor: str | None,
+    limit: int | None,
+    as_json: bool,
+    episodes: tuple[str, ...],
+    podcasts: tuple[str, ...],
+    since: str | None,
+    force: bool,
+) -> None:
     """Dry run: what would be embedded, how many tokens, estimated time and cost."""
-    from pipeline.parts import open_parts
     from pipeline.planning import make_plan
+    from pipeline.registry import open_parts
     from pipeline.runner import RunOptions
 
     config = _load(config_path, executor)
     opts = RunOptions(
         command="reindex" if force else "backfill",
-        selection=_selection(episodes, podcasts, since), force=force, limit=limit,
+        selection=_selection(episodes, podcasts, since),
+        force=force,
+        limit=limit,
     )
     parts = open_parts(config)
     try:
@@ -285,23 +344,36 @@ def plan(ctx: click.Context, config_path: str | None, executor: str | None, limi
 
 # --- MongoDB: load the sample corpus into a collection (issue 3) --------------------------
 @cli.command("load-sample")
-@click.option("--mongo-uri-env", default="PODEMBED_MONGO_URI", show_default=True,
-              help="Environment variable that holds the MongoDB URI.")
-@click.option("--mongo-uri", default=None,
-              help="The URI itself, for a local server (a password here shows in `ps`; "
-                   "prefer --mongo-uri-env). Never printed.")
+@click.option(
+    "--mongo-uri-env",
+    default="PODEMBED_MONGO_URI",
+    show_default=True,
+    help="Environment variable that holds the MongoDB URI.",
+)
+@click.option(
+    "--mongo-uri",
+    default=None,
+    help="The URI itself, for a local server (a password here shows in `ps`; "
+    "prefer --mongo-uri-env). Never printed.",
+)
 @click.option("--database", default="podcasts", show_default=True)
 @click.option("--collection", default="chunks", show_default=True)
-@click.option("--path", default="data/sample_chunks.parquet", show_default=True,
-              type=click.Path(dir_okay=False), help="Parquet file of chunks to load.")
+@click.option(
+    "--path",
+    default="data/sample_chunks.parquet",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Parquet file of chunks to load.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Load only the first N chunks.")
 @_guard
-def load_sample(mongo_uri_env: str, mongo_uri: str | None, database: str, collection: str,
-                path: str, limit: int | None) -> None:
+def load_sample(
+    mongo_uri_env: str, mongo_uri: str | None, database: str, collection: str, path: str, limit: int | None
+) -> None:
     """Load the sample corpus into a MongoDB collection (idempotent upsert, _id = chunk_id)."""
     import os
 
-    from pipeline.mongo_sample import load_sample as load
+    from pipeline.mongo.sample import load_sample as load
 
     if mongo_uri:
         os.environ[mongo_uri_env] = mongo_uri

@@ -26,11 +26,13 @@ functions with ``.local()``).
 
 # No `from __future__ import annotations`: Modal reads the class parameter's type (str)
 # and FastAPI the endpoint's annotations at definition time.
+import contextlib
 import dataclasses
 import hmac
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +40,9 @@ import modal
 
 from pipeline.config import Config, ReportConfig, load_config
 from pipeline.errors import ConfigError
-from pipeline.executors.modal import (
-    EMBEDDER_CLASS,
-    ModalExecutor,
-    ModalOptions,
-    check_model_for_gpu,
-    embed_payload,
-)
+from pipeline.modal.executor import ModalExecutor
+from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
+from pipeline.modal.wire import embed_payload
 
 try:  # in the image; the machine that deploys does not need FastAPI
     from fastapi import Header, HTTPException
@@ -83,7 +81,6 @@ def read_config(path: str | os.PathLike[str]) -> Config:
             f"{path}: [executor] kind is {config.executor.kind!r}; jobs/modal_app.py deploys "
             'configs whose [executor] kind = "modal" (set PODEMBED_CONFIG to one)'
         )
-    check_model_for_gpu(config.model)  # T5 never runs in fp16
     return config
 
 
@@ -260,6 +257,15 @@ def run_job(command: str, episode_ids: tuple[str, ...] = (), map_fn: Any = None)
             reports.commit()  # make the JSON report visible outside this container
     log.info("%s", report.summary())
     return report.to_dict()
+
+
+@contextlib.contextmanager
+def ephemeral_map(options: ModalOptions) -> Iterator[Any]:
+    """``Embedder().embed.map`` of a temporary copy of this app (``executor.deployed = false``).
+
+    The CLI enters it for the length of one run; the copy stops when the run ends."""
+    with modal.enable_output(), app.run(environment_name=options.environment or None):
+        yield Embedder().embed.map
 
 
 JOB_SETTINGS: dict[str, Any] = {

@@ -8,6 +8,7 @@ Secrets never live in the file: a section names the environment variable that ho
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from pipeline import registry
 from pipeline.errors import ConfigError
-from pipeline.settings import from_table
+from pipeline.toml_schema import from_table
 
 DEFAULT_CONFIG = Path("configs/local.toml")
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -78,6 +79,31 @@ class ModelConfig:
             raise ConfigError(f"{prefix}.max_seq_length: must be at least 8")
         if self.dimension < 1:
             raise ConfigError(f"{prefix}.dimension: must be positive")
+        check_fp16(self, prefix)
+
+
+def is_t5_model(model: ModelConfig) -> bool:
+    """INSTRUCTOR, GTR and sentence-T5 models are T5 encoders."""
+    name = f"{model.id} {model.path}".lower()
+    if any(tag in name for tag in ("instructor", "t5", "gtr-")):
+        return True
+    if model.path:
+        cfg = Path(model.path) / "config.json"
+        try:
+            return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == "t5"
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def check_fp16(model: ModelConfig, prefix: str = "model") -> None:
+    """T5 encoders overflow in float16 (NaN or silently wrong vectors): refuse, say why."""
+    if model.precision == "fp16" and is_t5_model(model):
+        raise ConfigError(
+            f"{prefix}.precision: fp16 is not allowed for {model.id!r}: T5 encoders overflow in "
+            'float16 (NaN or silently wrong vectors). Use precision = "bf16" on the GPU '
+            '(the A10G supports it) or "fp32".'
+        )
 
 
 @dataclass(slots=True)

@@ -8,9 +8,9 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.fingerprint import model_fingerprint
-from pipeline.parts import Parts
-from pipeline.prepare import Preparer
+from pipeline.registry import Parts
 from pipeline.runner import RunOptions
+from pipeline.shard_work import Preparer
 from pipeline.tokens import TokenCounter
 
 # A cold container (image pull, snapshot restore) before the first batch, per device.

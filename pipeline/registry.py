@@ -1,4 +1,4 @@
-"""Which class implements each kind of source, sink, checkpoint store and executor.
+"""Which class implements each kind of source, sink, checkpoint store and executor, and opening them.
 
 Adding a source means one new module and one line here. Entries are import strings
 so that loading a config never imports torch, modal or pymongo it does not use.
@@ -7,25 +7,33 @@ so that loading a config never imports torch, modal or pymongo it does not use.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
 
+if TYPE_CHECKING:  # config.py imports this module to resolve each kind's options
+    from pipeline.checkpoint import CheckpointStore
+    from pipeline.config import Config
+    from pipeline.executor import Executor
+    from pipeline.sink import Sink
+    from pipeline.source import Source
+
 SOURCES: dict[str, str] = {
-    "parquet": "pipeline.sources.parquet:ParquetSource",
-    "mongo": "pipeline.sources.mongo:MongoSource",
+    "parquet": "pipeline.files.source:ParquetSource",
+    "mongo": "pipeline.mongo.source:MongoSource",
 }
 SINKS: dict[str, str] = {
-    "parquet": "pipeline.sinks.parquet:ParquetSink",
-    "mongo": "pipeline.sinks.mongo:MongoSink",
+    "parquet": "pipeline.files.sink:ParquetSink",
+    "mongo": "pipeline.mongo.sink:MongoSink",
 }
 CHECKPOINTS: dict[str, str] = {
-    "sqlite": "pipeline.checkpoint.sqlite:SqliteCheckpointStore",
-    "mongo": "pipeline.checkpoint.mongo:MongoCheckpointStore",
+    "sqlite": "pipeline.files.ledger:SqliteCheckpointStore",
+    "mongo": "pipeline.mongo.ledger:MongoCheckpointStore",
 }
 EXECUTORS: dict[str, str] = {
-    "local": "pipeline.executors.local:LocalExecutor",
-    "modal": "pipeline.executors.modal:ModalExecutor",
+    "local": "pipeline.local:LocalExecutor",
+    "modal": "pipeline.modal.executor:ModalExecutor",
 }
 
 ROLES: dict[str, dict[str, str]] = {
@@ -44,3 +52,48 @@ def resolve(role: str, kind: str) -> Any:
         raise ConfigError(f"{role}.kind: unknown kind {kind!r} (choose one of: {choices})")
     module_name, _, attr = table[kind].partition(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+@dataclass(slots=True)
+class Parts:
+    """The storage side of a run (the executor is opened separately: plan and status need none)."""
+
+    source: Source
+    sink: Sink
+    checkpoint: CheckpointStore
+
+    def close(self) -> None:
+        """Close everything, ignoring nothing: a failing close is a real error."""
+        self.checkpoint.close()
+        self.sink.close()
+        self.source.close()
+
+
+def open_source(config: Config) -> Source:
+    """The configured source, opened and checked."""
+    cls = resolve("source", config.source.kind)
+    return cls.open(config.source.options, config.fields, config.batching.window_chunks)
+
+
+def open_parts(config: Config) -> Parts:
+    """Open source, sink and checkpoint store; closes what was opened if a later one fails."""
+    source = open_source(config)
+    try:
+        sink_cls = resolve("sink", config.sink.kind)
+        sink = sink_cls.open(config.sink.options, config.model.dimension)
+        try:
+            cp_cls = resolve("checkpoint", config.checkpoint.kind)
+            checkpoint = cp_cls.open(config.checkpoint.options, config.sink.options)
+        except BaseException:
+            sink.close()
+            raise
+    except BaseException:
+        source.close()
+        raise
+    return Parts(source=source, sink=sink, checkpoint=checkpoint)
+
+
+def open_executor(config: Config) -> Executor:
+    """The configured executor (the model is loaded lazily, on the first batch)."""
+    cls = resolve("executor", config.executor.kind)
+    return cls.open(config.executor.options, config.model)

@@ -30,13 +30,13 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.errors import PodembedError
-from pipeline.executors.base import Executor
-from pipeline.parts import Parts, open_executor, open_parts
-from pipeline.prepare import MODEL_FAILURE_FIELD, Prepared, Preparer
+from pipeline.executor import Executor
 from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
-from pipeline.removed import removed_ids
+from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.report import RunReport, write_report
 from pipeline.selection import Selection
+from pipeline.shard_work import MODEL_FAILURE_FIELD, Prepared, Preparer
+from pipeline.source import removed_ids
 from pipeline.tokens import TokenCounter
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.fingerprint import model_fingerprint
-from pipeline.parts import Parts
-from pipeline.prepare import Preparer
 from pipeline.records import StoredState
-from pipeline.removed import removed_ids
+from pipeline.registry import Parts
 from pipeline.report import read_reports
 from pipeline.selection import Selection
+from pipeline.shard_work import Preparer
+from pipeline.source import removed_ids
 
 
 @dataclass(slots=True)

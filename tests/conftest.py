@@ -16,6 +16,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random-weight T5 encoder laid out like instructor-xl (fast; vectors meaningless)."""
-    from pipeline.synthetic_model import TINY, build_model
+    from tests.synthetic_model import TINY, build_model
 
     return str(build_model(tmp_path_factory.mktemp("tiny-model") / "model", TINY))

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Config, parse_config
-from pipeline.sinks.parquet import read_vectors
+from pipeline.files.sink import read_vectors
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample_chunks.parquet"

@@ -33,7 +33,7 @@ from pipeline.config import Config, parse_config
 from tests.helpers import ROOT, sample_rows
 
 URI_ENV = "PODEMBED_TEST_MONGO_URI"
-TINY_DIM = 32  # pipeline.synthetic_model.TINY.out_dim
+TINY_DIM = 32  # tests.synthetic_model.TINY.out_dim
 
 
 # --------------------------------------------------------------------------- servers
@@ -105,9 +105,20 @@ class SecantusProcess:
         self.log_path = self.data_dir.parent / f"secantusd-{self.port}.log"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.data_dir),
-             "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                exe,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.data_dir),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -163,8 +174,7 @@ def load_chunks(env: MongoEnv, rows: list[dict[str, Any]], collection: str = "ch
 
 def tiny_model(model_dir: str) -> dict[str, Any]:
     """``[model]`` for the random-weight tiny T5 (32 dims)."""
-    return {"id": "tiny-t5", "path": model_dir, "dimension": TINY_DIM, "max_seq_length": 128,
-            "device": "cpu"}
+    return {"id": "tiny-t5", "path": model_dir, "dimension": TINY_DIM, "max_seq_length": 128, "device": "cpu"}
 
 
 def mongo_raw(
@@ -179,16 +189,24 @@ def mongo_raw(
     fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A raw MongoDB -> MongoDB config dict (in place on ``chunks`` unless ``sink`` says otherwise)."""
-    conn = {"uri_env": env.uri_env, "database": env.database, "server_selection_timeout_ms": 2000,
-            "retry_s": 20.0}
+    conn = {
+        "uri_env": env.uri_env,
+        "database": env.database,
+        "server_selection_timeout_ms": 2000,
+        "retry_s": 20.0,
+    }
     return {
-        "source": {"kind": "mongo", **conn, "collection": "chunks",
-                   "fields": {"chunk_id": "_id", **(fields or {})}, **(source or {})},
+        "source": {
+            "kind": "mongo",
+            **conn,
+            "collection": "chunks",
+            "fields": {"chunk_id": "_id", **(fields or {})},
+            **(source or {}),
+        },
         "sink": {"kind": "mongo", **conn, "collection": "chunks", **(sink or {})},
         "checkpoint": {"kind": "mongo", "lease_ttl_s": 3.0, **(checkpoint or {})},
         "model": dict(model),
-        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32,
-                     **(batching or {})},
+        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32, **(batching or {})},
         "executor": {"kind": "local"},
         "cost": {"device": "cpu", "hourly_usd": 0.0},
         "report": {"dir": str(out / "runs")},
@@ -240,10 +258,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def stored(env: MongoEnv, collection: str = "chunks", vector_field: str = "embedding",
-           meta_field: str = "embedding_meta", key: str = "_id") -> dict[str, dict[str, Any]]:
+def stored(
+    env: MongoEnv,
+    collection: str = "chunks",
+    vector_field: str = "embedding",
+    meta_field: str = "embedding_meta",
+    key: str = "_id",
+) -> dict[str, dict[str, Any]]:
     """chunk id -> {"vector": float32 array, "meta": metadata} for every stored vector."""
-    from pipeline.sinks.mongo import decode_vector
+    from pipeline.mongo.sink import decode_vector
 
     out = {}
     for doc in env.db[collection].find({vector_field: {"$exists": True}}):

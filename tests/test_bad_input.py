@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.checkpoint.sqlite import SqliteCheckpointOptions, SqliteCheckpointStore
+from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.runner import RunOptions, run
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.checkpoint.sqlite import SqliteCheckpointOptions, SqliteCheckpointStore
+from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from tests.helpers import ROOT, sample_rows, write_rows
 
 

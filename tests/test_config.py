@@ -109,8 +109,13 @@ def test_secret_comes_from_the_environment_and_is_not_echoed(monkeypatch: pytest
 
 def test_in_place_mongo_sink_must_name_the_sources_id_and_text_fields() -> None:
     raw = {
-        "source": {"kind": "mongo", "uri_env": "X", "database": "d", "collection": "c",
-                   "fields": {"chunk_id": "segment_id"}},
+        "source": {
+            "kind": "mongo",
+            "uri_env": "X",
+            "database": "d",
+            "collection": "c",
+            "fields": {"chunk_id": "segment_id"},
+        },
         "sink": {"kind": "mongo", "uri_env": "X", "database": "d", "collection": "c"},
         "model": {"id": "m", "dimension": 8},
     }

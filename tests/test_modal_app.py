@@ -13,9 +13,11 @@ import jobs.modal_app as modal_app
 from pipeline.config import load_config
 from pipeline.embedder import InstructorEmbedder
 from pipeline.errors import ConfigError
-from pipeline.executors.local import LocalExecutor, LocalOptions
-from pipeline.executors.modal import EMBEDDER_CLASS, ModalExecutor, decode_vectors
 from pipeline.fingerprint import model_fingerprint
+from pipeline.local import LocalExecutor, LocalOptions
+from pipeline.modal.executor import ModalExecutor
+from pipeline.modal.options import EMBEDDER_CLASS
+from pipeline.modal.wire import decode_vectors
 from pipeline.records import Batch
 from pipeline.runner import RunOptions, run
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows

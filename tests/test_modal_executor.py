@@ -14,17 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, check_fp16
 from pipeline.errors import ConfigError, TargetError
-from pipeline.executors.modal import (
-    ModalExecutor,
-    ModalOptions,
-    check_model_for_gpu,
-    find_modal_credentials,
-    trigger_ingest,
-)
+from pipeline.modal.credentials import find_modal_credentials
+from pipeline.modal.executor import ModalExecutor
+from pipeline.modal.options import ModalOptions
+from pipeline.modal.trigger import trigger_ingest
 from pipeline.records import BatchResult
-from pipeline.settings import from_table
+from pipeline.toml_schema import from_table
 from tests.modal_fixtures import FakeMap, fake_vector, make_batches
 
 DIM = 8
@@ -207,17 +204,18 @@ def test_production_config_describes_the_modal_deployment() -> None:
     assert config.executor.kind == "modal" and isinstance(opts, ModalOptions)
     assert opts.gpu == "A10G" and opts.max_containers == 10 and opts.schedule == "0 3 * * *"
     assert config.model.precision == "bf16"
-    check_model_for_gpu(config.model)
+    check_fp16(config.model)
 
 
 def test_fp16_is_refused_for_t5_models() -> None:
     for model_id in ("hkunlp/instructor-xl", "sentence-transformers/gtr-t5-xl", "google/t5-v1_1-xl"):
         with pytest.raises(ConfigError, match=r"fp16 is not allowed.*bf16"):
-            check_model_for_gpu(_model(id=model_id, precision="fp16"))
-        check_model_for_gpu(_model(id=model_id, precision="bf16"))
-    check_model_for_gpu(_model(id="all-MiniLM-L6-v2", precision="fp16"))
+            check_fp16(_model(id=model_id, precision="fp16"))
+        check_fp16(_model(id=model_id, precision="bf16"))
+    check_fp16(_model(id="all-MiniLM-L6-v2", precision="fp16"))
+    # The rule lives in the model's validation, so every executor (local GPU too) refuses it.
     with pytest.raises(ConfigError, match="fp16"):
-        ModalExecutor.open(ModalOptions(), _model(id="hkunlp/instructor-xl", precision="fp16"))
+        _model(id="hkunlp/instructor-xl", precision="fp16").validate("model")
 
 
 # --------------------------------------------------------------------- credentials
@@ -335,7 +333,7 @@ def test_trigger_ingest_says_to_deploy_when_the_app_is_missing(tmp_path) -> None
 def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkeypatch) -> None:
     from click.testing import CliRunner
 
-    import pipeline.executors.modal as modal_executor
+    import pipeline.modal.executor as modal_executor
     from jobs.cli import cli
     from tests.helpers import ROOT
 

@@ -23,7 +23,7 @@ import pytest
 from pymongo import MongoClient
 
 from pipeline.errors import TargetError
-from pipeline.parts import open_executor
+from pipeline.registry import open_executor
 from pipeline.runner import RunOptions, run
 from tests.helpers import ROOT
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
@@ -48,8 +48,13 @@ from tests.test_mongo_pipeline import HookExecutor
 
 def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
     )
 
 
@@ -148,18 +153,24 @@ def _server_env(server: SecantusProcess, monkeypatch: pytest.MonkeyPatch) -> Mon
 
 
 def test_server_restarted_mid_run_the_run_completes(
-    secantus_proc: SecantusProcess, tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    secantus_proc: SecantusProcess,
+    tiny_model_dir: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
     env = _server_env(secantus_proc, monkeypatch)
     rows = subset(6)
     load_chunks(env, rows)
-    cfg = mongo_config(env, tiny_model(tiny_model_dir), tmp_path,
-                       source={"server_selection_timeout_ms": 1000, "retry_s": 60.0},
-                       sink={"server_selection_timeout_ms": 1000, "retry_s": 60.0},
-                       checkpoint={"lease_ttl_s": 30.0, "server_selection_timeout_ms": 1000,
-                                   "retry_s": 60.0})
+    cfg = mongo_config(
+        env,
+        tiny_model(tiny_model_dir),
+        tmp_path,
+        source={"server_selection_timeout_ms": 1000, "retry_s": 60.0},
+        sink={"server_selection_timeout_ms": 1000, "retry_s": 60.0},
+        checkpoint={"lease_ttl_s": 30.0, "server_selection_timeout_ms": 1000, "retry_s": 60.0},
+    )
     worker, result = _run_in_background(cfg)
     _wait_for(lambda: env.db.podembed_shards.count_documents({}) >= 2, 120, "two shards")
     env.client.close()
@@ -191,8 +202,14 @@ def test_server_down_too_long_fails_clearly_then_rerun_completes(
     rows = subset(6)
     load_chunks(env, rows)
     fast = {"server_selection_timeout_ms": 500, "retry_s": 1.5}
-    cfg = mongo_config(env, tiny_model(tiny_model_dir), tmp_path, source=fast, sink=fast,
-                       checkpoint={**fast, "lease_ttl_s": 2.0, "lock_wait_s": 15.0})
+    cfg = mongo_config(
+        env,
+        tiny_model(tiny_model_dir),
+        tmp_path,
+        source=fast,
+        sink=fast,
+        checkpoint={**fast, "lease_ttl_s": 2.0, "lock_wait_s": 15.0},
+    )
     worker, result = _run_in_background(cfg)
     _wait_for(lambda: env.db.podembed_shards.count_documents({}) >= 2, 120, "two shards")
     env.client.close()
@@ -265,9 +282,11 @@ def test_password_never_appears_in_any_output(auth_server: str, tiny_model_dir: 
     cfg_path.write_text(to_toml(raw))
     env = cli_env(**{URI_ENV: uri})
     outputs: list[str] = []
-    for args in (["-vv", "backfill", "--config", str(cfg_path), "--json"],
-                 ["-vv", "status", "--config", str(cfg_path), "--json"],
-                 ["-vv", "plan", "--config", str(cfg_path), "--json"]):
+    for args in (
+        ["-vv", "backfill", "--config", str(cfg_path), "--json"],
+        ["-vv", "status", "--config", str(cfg_path), "--json"],
+        ["-vv", "plan", "--config", str(cfg_path), "--json"],
+    ):
         proc = _cli(args, env)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]

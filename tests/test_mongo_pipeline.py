@@ -19,9 +19,9 @@ import pytest
 from bson import ObjectId
 
 from pipeline.errors import LockedError
-from pipeline.executors.base import Executor
-from pipeline.parts import open_executor
+from pipeline.executor import Executor
 from pipeline.records import Batch, BatchResult, text_sha256
+from pipeline.registry import open_executor
 from pipeline.runner import RunOptions, run
 from pipeline.selection import Selection
 from tests.helpers import make_config, vectors_by_id, write_rows
@@ -46,8 +46,9 @@ class HookExecutor(Executor):
 
     Options = type(None)
 
-    def __init__(self, inner: Executor, on_result: Callable[[BatchResult], None] | None = None,
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self, inner: Executor, on_result: Callable[[BatchResult], None] | None = None, delay: float = 0.0
+    ) -> None:
         self.inner = inner
         self.on_result = on_result
         self.delay = delay
@@ -87,17 +88,23 @@ def _snapshot(env: MongoEnv) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("vector_format", "limit"), [("binary", None), ("array", 120)])
-def test_backfill_sample_corpus_in_place(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path,
-                                         vector_format: str, limit: int | None) -> None:
-    from pipeline.mongo_sample import load_sample
+def test_backfill_sample_corpus_in_place(
+    mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path, vector_format: str, limit: int | None
+) -> None:
+    from pipeline.mongo.sample import load_sample
 
     loaded = load_sample(mongo.database, "chunks", mongo.uri_env, limit=limit)
     total = limit or 841
     assert loaded.inserted == loaded.read == total
     assert load_sample(mongo.database, "chunks", mongo.uri_env, limit=limit).unchanged == total
     before = _snapshot(mongo)
-    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path,
-                       sink={"vector_format": vector_format}, batching={"window_chunks": 256})
+    cfg = mongo_config(
+        mongo,
+        tiny_model(tiny_model_dir),
+        tmp_path,
+        sink={"vector_format": vector_format},
+        batching={"window_chunks": 256},
+    )
     report = run(cfg, RunOptions())
     assert report.status == "completed", report.error
     assert report.counts.embedded == total and report.counts.dead_lettered == 0
@@ -147,8 +154,12 @@ def test_backfill_separate_collection(mongo: MongoEnv, tiny_model_dir: str, tmp_
     rows = subset(3)
     ids = load_chunks(mongo, rows)
     before = _snapshot(mongo)
-    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path,
-                       sink={"collection": "vectors", "mode": "collection", "chunks_collection": "chunks"})
+    cfg = mongo_config(
+        mongo,
+        tiny_model(tiny_model_dir),
+        tmp_path,
+        sink={"collection": "vectors", "mode": "collection", "chunks_collection": "chunks"},
+    )
     report = run(cfg, RunOptions())
     assert report.status == "completed", report.error
     assert _snapshot(mongo) == before  # chunk documents untouched
@@ -167,11 +178,13 @@ def test_backfill_separate_collection(mongo: MongoEnv, tiny_model_dir: str, tmp_
 def test_bad_records_go_to_mongo_dead_letters(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
     rows = subset(2)
     load_chunks(mongo, rows)
-    mongo.db.chunks.insert_many([
-        {"_id": "bad-empty", "episode_id": rows[0]["episode_id"], "text": "   "},
-        {"_id": "bad-type", "episode_id": rows[0]["episode_id"], "text": 42},
-        {"_id": "bad-noep", "text": "a chunk without an episode"},
-    ])
+    mongo.db.chunks.insert_many(
+        [
+            {"_id": "bad-empty", "episode_id": rows[0]["episode_id"], "text": "   "},
+            {"_id": "bad-type", "episode_id": rows[0]["episode_id"], "text": 42},
+            {"_id": "bad-noep", "text": "a chunk without an episode"},
+        ]
+    )
     cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path)
     report = run(cfg, RunOptions())
     assert report.status == "completed"
@@ -207,8 +220,9 @@ def test_incremental_and_reindex_touch_exactly_the_expected_documents(
     changed = [rows[1]["chunk_id"], rows[40]["chunk_id"], rows[80]["chunk_id"]]
     for cid in changed:
         mongo.db.chunks.update_one({"_id": cid}, {"$set": {"text": f"Rewritten text of {cid}."}})
-    mongo.db.chunks.update_many({"_id": {"$in": [rows[2]["chunk_id"], rows[3]["chunk_id"]]}},
-                                {"$set": {"editor_note": "checked"}})
+    mongo.db.chunks.update_many(
+        {"_id": {"$in": [rows[2]["chunk_id"], rows[3]["chunk_id"]]}}, {"$set": {"editor_note": "checked"}}
+    )
     new = [{**rows[0], "chunk_id": f"new-{i}", "text": f"A brand new chunk number {i}."} for i in range(2)]
     load_chunks(mongo, new)
     before = _snapshot(mongo)
@@ -261,8 +275,13 @@ def test_objectid_and_mixed_ids_write_back_to_the_original_documents(
     mongo.db.chunks.insert_many(docs)
     for shard_by in ("episode", "id"):
         mongo.db.chunks.update_many({}, {"$unset": {"embedding": "", "embedding_meta": ""}})
-        cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path / shard_by,
-                           source={"shard_by": shard_by}, batching={"window_chunks": 7})
+        cfg = mongo_config(
+            mongo,
+            tiny_model(tiny_model_dir),
+            tmp_path / shard_by,
+            source={"shard_by": shard_by},
+            batching={"window_chunks": 7},
+        )
         report = run(cfg, RunOptions())
         assert report.status == "completed", report.error
         assert report.counts.embedded == len(docs) and report.counts.dead_lettered == 0
@@ -285,8 +304,11 @@ def test_text_changed_between_read_and_write_is_not_stamped(
     load_chunks(mongo, rows)
     victim = rows[5]["chunk_id"]
     new_text = "The host changed this sentence after it was read."
-    sink = {} if mode == "in_place" else {"collection": "vectors", "mode": "collection",
-                                          "chunks_collection": "chunks"}
+    sink = (
+        {}
+        if mode == "in_place"
+        else {"collection": "vectors", "mode": "collection", "chunks_collection": "chunks"}
+    )
     cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path, sink=sink)
     coll = "chunks" if mode == "in_place" else "vectors"
 
@@ -314,8 +336,12 @@ def test_collection_mode_withdraws_a_vector_whose_text_changed_during_the_write(
     rows = subset(1)
     load_chunks(mongo, rows)
     victim = rows[3]["chunk_id"]
-    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path,
-                       sink={"collection": "vectors", "mode": "collection", "chunks_collection": "chunks"})
+    cfg = mongo_config(
+        mongo,
+        tiny_model(tiny_model_dir),
+        tmp_path,
+        sink={"collection": "vectors", "mode": "collection", "chunks_collection": "chunks"},
+    )
     sinks: list[Any] = []
 
     def race(parts: Any) -> None:
@@ -348,8 +374,9 @@ def test_two_runs_at_once_never_embed_a_shard_twice(
     barrier = threading.Barrier(2)
 
     def go(name: str, wait: float) -> None:
-        cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path / name,
-                           checkpoint={"lock_wait_s": wait})
+        cfg = mongo_config(
+            mongo, tiny_model(tiny_model_dir), tmp_path / name, checkpoint={"lock_wait_s": wait}
+        )
         executor = HookExecutor(open_executor(cfg), delay=0.05)
         barrier.wait()
         try:
@@ -387,7 +414,7 @@ def test_two_runs_at_once_never_embed_a_shard_twice(
 
 
 def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
-    from pipeline.parts import open_parts
+    from pipeline.registry import open_parts
     from pipeline.status import coverage
 
     rows = subset(2)
@@ -412,7 +439,7 @@ def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -
 def test_config_errors_name_the_key(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
     from pipeline.config import parse_config
     from pipeline.errors import ConfigError, SourceError
-    from pipeline.parts import open_parts
+    from pipeline.registry import open_parts
     from tests.mongo_fixtures import mongo_raw
 
     bad = mongo_raw(mongo, tiny_model(tiny_model_dir), tmp_path)
@@ -426,14 +453,15 @@ def test_config_errors_name_the_key(mongo: MongoEnv, tiny_model_dir: str, tmp_pa
     with pytest.raises(SourceError, match="no collection 'chunks'"):
         open_parts(cfg)
     load_chunks(mongo, subset(1))
-    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path, fields={"text": "body"},
-                       sink={"text_field": "body"})
+    cfg = mongo_config(
+        mongo, tiny_model(tiny_model_dir), tmp_path, fields={"text": "body"}, sink={"text_field": "body"}
+    )
     with pytest.raises(SourceError, match=r"source\.fields\.text: field 'body' not found"):
         open_parts(cfg)
 
 
 def test_plan_is_stable_and_server_side(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
-    from pipeline.parts import open_source
+    from pipeline.registry import open_source
 
     rows = subset(5)
     load_chunks(mongo, rows)
@@ -467,7 +495,7 @@ def test_plan_is_stable_and_server_side(mongo: MongoEnv, tiny_model_dir: str, tm
 
 
 def test_since_uses_dates(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
-    from pipeline.parts import open_source
+    from pipeline.registry import open_source
 
     rows = subset(3)
     load_chunks(mongo, rows)
@@ -487,10 +515,12 @@ def test_query_filter_and_prune_unset_vectors_of_chunks_that_left_the_source(
 ) -> None:
     rows = subset(1)
     load_chunks(mongo, rows)
-    mongo.db.chunks.insert_one({"_id": "draft", "episode_id": rows[0]["episode_id"], "text": "Draft.",
-                                "status": "draft"})
-    cfg = mongo_config(mongo, tiny_model(tiny_model_dir), tmp_path,
-                       source={"query": {"status": {"$ne": "draft"}}})
+    mongo.db.chunks.insert_one(
+        {"_id": "draft", "episode_id": rows[0]["episode_id"], "text": "Draft.", "status": "draft"}
+    )
+    cfg = mongo_config(
+        mongo, tiny_model(tiny_model_dir), tmp_path, source={"query": {"status": {"$ne": "draft"}}}
+    )
     first = run(cfg, RunOptions())
     assert first.counts.seen == len(rows) and "draft" not in stored(mongo)
     retracted = rows[2]["chunk_id"]

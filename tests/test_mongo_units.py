@@ -13,12 +13,13 @@ import pytest
 from bson import ObjectId
 from bson.binary import Binary
 
-from pipeline.checkpoint.mongo import MongoCheckpointOptions, MongoCheckpointStore
 from pipeline.errors import ConfigError, LockedError, TargetError
-from pipeline.mongo_common import id_candidates, id_to_str, redact_uri, scrub
+from pipeline.mongo.connection import redact_uri, scrub
+from pipeline.mongo.ledger import MongoCheckpointOptions, MongoCheckpointStore
+from pipeline.mongo.sink import MongoSink, MongoSinkOptions
+from pipeline.mongo.values import id_candidates, id_to_str
 from pipeline.records import Chunk, DeadLetter, VectorRecord, text_sha256
-from pipeline.settings import from_table
-from pipeline.sinks.mongo import MongoSink, MongoSinkOptions
+from pipeline.toml_schema import from_table
 from tests.mongo_fixtures import URI_ENV, MongoEnv, mongo, mongo_server  # noqa: F401 - fixtures
 
 # --------------------------------------------------------------------------- secrets
@@ -27,16 +28,24 @@ from tests.mongo_fixtures import URI_ENV, MongoEnv, mongo, mongo_server  # noqa:
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
-        ("mongodb://app:s3cret@db1:27017/podcasts?authSource=admin",
-         "mongodb://app:***@db1:27017/podcasts?authSource=admin"),
-        ("mongodb+srv://app:p%40ss%2Fw0rd@cluster0.example.net/?retryWrites=true",
-         "mongodb+srv://app:***@cluster0.example.net/?retryWrites=true"),
-        ("mongodb://app:raw@with/slash@h1:1,h2:2/?replicaSet=rs0",
-         "mongodb://app:***@h1:1,h2:2/?replicaSet=rs0"),
+        (
+            "mongodb://app:s3cret@db1:27017/podcasts?authSource=admin",
+            "mongodb://app:***@db1:27017/podcasts?authSource=admin",
+        ),
+        (
+            "mongodb+srv://app:p%40ss%2Fw0rd@cluster0.example.net/?retryWrites=true",
+            "mongodb+srv://app:***@cluster0.example.net/?retryWrites=true",
+        ),
+        (
+            "mongodb://app:raw@with/slash@h1:1,h2:2/?replicaSet=rs0",
+            "mongodb://app:***@h1:1,h2:2/?replicaSet=rs0",
+        ),
         ("mongodb://h1:27017/", "mongodb://h1:27017/"),
         ("mongodb://user@h1/?authMechanism=MONGODB-X509", "mongodb://user@h1/?authMechanism=MONGODB-X509"),
-        ("mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok123",
-         "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***"),
+        (
+            "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok123",
+            "mongodb://h/?authMechanism=MONGODB-AWS&authMechanismProperties=***",
+        ),
     ],
 )
 def test_redact_uri(uri: str, expected: str) -> None:
@@ -75,8 +84,9 @@ def test_missing_uri_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch)
 
 
 def _store(env: MongoEnv, **kw: Any) -> MongoCheckpointStore:
-    sink_opts = from_table(MongoSinkOptions, {"uri_env": URI_ENV, "database": env.database,
-                                              "collection": "chunks"}, "sink")
+    sink_opts = from_table(
+        MongoSinkOptions, {"uri_env": URI_ENV, "database": env.database, "collection": "chunks"}, "sink"
+    )
     opts = from_table(MongoCheckpointOptions, {"lease_ttl_s": 1.5, **kw}, "checkpoint")
     return MongoCheckpointStore.open(opts, sink_opts)
 
@@ -152,8 +162,10 @@ def test_ledger_and_dead_letters(mongo: MongoEnv) -> None:
         assert mongo.db.podembed_runs.find_one({"_id": "r1"})["attempts"] == 2
         assert other.last_runs() == []
 
-        s.add_dead_letters("r1", [DeadLetter("c1", "text", "empty", "e1", "h1"),
-                                  DeadLetter("c2", "embedding", "nan", "e1", "h2")])
+        s.add_dead_letters(
+            "r1",
+            [DeadLetter("c1", "text", "empty", "e1", "h1"), DeadLetter("c2", "embedding", "nan", "e1", "h2")],
+        )
         first = s.dead_letters(["c1", "c2", "c3"])
         assert set(first) == {"c1", "c2"} and first["c2"].field == "embedding"
         time.sleep(0.01)
@@ -175,27 +187,44 @@ def test_ledger_and_dead_letters(mongo: MongoEnv) -> None:
 
 
 def _sink(env: MongoEnv, dim: int = 4, **kw: Any) -> MongoSink:
-    opts = from_table(MongoSinkOptions, {"uri_env": URI_ENV, "database": env.database,
-                                         "collection": "chunks", **kw}, "sink")
+    opts = from_table(
+        MongoSinkOptions, {"uri_env": URI_ENV, "database": env.database, "collection": "chunks", **kw}, "sink"
+    )
     return MongoSink.open(opts, dim)
 
 
 def _record(cid: str, text: str, vec: list[float], run_id: str = "r1") -> VectorRecord:
-    return VectorRecord(chunk_id=cid, episode_id="e1", embedding=np.asarray(vec, dtype=np.float32),
-                        text_sha256=text_sha256(text), model_fingerprint="fp", instruction="Represent:",
-                        embedded_at=datetime.now(UTC), run_id=run_id, text=text)
+    return VectorRecord(
+        chunk_id=cid,
+        episode_id="e1",
+        embedding=np.asarray(vec, dtype=np.float32),
+        text_sha256=text_sha256(text),
+        model_fingerprint="fp",
+        instruction="Represent:",
+        embedded_at=datetime.now(UTC),
+        run_id=run_id,
+        text=text,
+    )
 
 
 def test_sink_writes_idempotently_and_reads_state_without_vectors(mongo: MongoEnv) -> None:
     oid = ObjectId()
-    mongo.db.chunks.insert_many([{"_id": "a", "episode_id": "e1", "text": "alpha", "keep": 1},
-                                 {"_id": oid, "episode_id": "e1", "text": "beta"},
-                                 {"_id": 7, "episode_id": "e1", "text": "gamma"}])
+    mongo.db.chunks.insert_many(
+        [
+            {"_id": "a", "episode_id": "e1", "text": "alpha", "keep": 1},
+            {"_id": oid, "episode_id": "e1", "text": "beta"},
+            {"_id": 7, "episode_id": "e1", "text": "gamma"},
+        ]
+    )
     sink = _sink(mongo)
     _sink(mongo).close()  # indexes are created idempotently
     try:
-        recs = [_record("a", "alpha", [1, 0, 0, 0]), _record(str(oid), "beta", [0, 1, 0, 0]),
-                _record("7", "gamma", [0, 0, 1, 0]), _record("missing", "x", [0, 0, 0, 1])]
+        recs = [
+            _record("a", "alpha", [1, 0, 0, 0]),
+            _record(str(oid), "beta", [0, 1, 0, 0]),
+            _record("7", "gamma", [0, 0, 1, 0]),
+            _record("missing", "x", [0, 0, 0, 1]),
+        ]
         assert sink.write(recs) == 3 and sink.missing_skipped == 1
         assert sink.write(recs[:3] + recs[:3]) == 3  # repeated batch: same documents, no growth
         assert mongo.db.chunks.count_documents({}) == 3

@@ -11,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.checkpoint.sqlite import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.config import ModelConfig
 from pipeline.embedder import InstructorEmbedder
+from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.runner import RunOptions, run
-from pipeline.synthetic_model import TINY
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
+from tests.synthetic_model import TINY
 
 
 def _scaled_model(tiny_model_dir: str, dest: Path, scale: float) -> str:
     import torch
     from sentence_transformers import SentenceTransformer
+
     try:
         from sentence_transformers.sentence_transformer.modules import Dense
     except ImportError:
@@ -36,8 +37,14 @@ def _scaled_model(tiny_model_dir: str, dest: Path, scale: float) -> str:
 
 
 def _cfg(path: str, precision: str) -> ModelConfig:
-    return ModelConfig(id=f"tiny-{Path(path).name}", path=path, dimension=TINY.out_dim,
-                       max_seq_length=128, precision=precision, device="cpu")
+    return ModelConfig(
+        id=f"tiny-{Path(path).name}",
+        path=path,
+        dimension=TINY.out_dim,
+        max_seq_length=128,
+        precision=precision,
+        device="cpu",
+    )
 
 
 def test_fp16_overflow_is_rerun_in_fp32(tiny_model_dir: str, tmp_path: Path) -> None:
@@ -61,8 +68,14 @@ def test_chunks_still_bad_in_fp32_are_dead_lettered_never_written(
     rows = sample_rows(n=6)
     src = write_rows(tmp_path / "s.parquet", rows)
     out = tmp_path / "out"
-    model = {"id": "tiny-broken", "path": path, "dimension": TINY.out_dim, "max_seq_length": 128,
-             "precision": "bf16", "device": "cpu"}
+    model = {
+        "id": "tiny-broken",
+        "path": path,
+        "dimension": TINY.out_dim,
+        "max_seq_length": 128,
+        "precision": "bf16",
+        "device": "cpu",
+    }
     config = make_config(src, out, model=model)
     report = run(config, RunOptions())
     assert report.status == "completed"

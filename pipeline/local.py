@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig
 from pipeline.embedder import InstructorEmbedder
-from pipeline.executors.base import Executor
+from pipeline.executor import Executor
 from pipeline.fingerprint import model_fingerprint
 from pipeline.records import Batch, BatchResult
 

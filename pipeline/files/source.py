@@ -24,7 +24,7 @@ from pipeline.config import FieldMap
 from pipeline.errors import ConfigError, SourceError
 from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
-from pipeline.sources.base import Source
+from pipeline.source import Source
 
 READ_BATCH_ROWS = 1024
 

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint.base import CheckpointStore, StoredDeadLetter
+from pipeline.checkpoint import CheckpointStore, StoredDeadLetter
 from pipeline.errors import ConfigError, LockedError
+from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
-from pipeline.sqlite_db import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.batching import Item, make_batches
-from pipeline.checkpoint.base import CheckpointStore
+from pipeline.checkpoint import CheckpointStore
 from pipeline.config import Config
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
 from pipeline.report import Counts
 from pipeline.selection import Selection
-from pipeline.sinks.base import Sink
-from pipeline.sources.base import Source
+from pipeline.sink import Sink
+from pipeline.source import Source
 from pipeline.tokens import TokenCounter
 from pipeline.validation import validate
 

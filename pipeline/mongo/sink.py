@@ -47,26 +47,21 @@ import numpy as np
 
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError, TargetError
-from pipeline.mongo_common import (
+from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
     ConnectionOptions,
     check_field,
     check_name,
     connect,
-    ensure_index,
-    get_path,
-    id_filter,
-    id_to_str,
-    one_id_filter,
-    pages,
-    retrying,
+    hosts_of,
 )
+from pipeline.mongo.retry import ensure_index, retrying
+from pipeline.mongo.values import get_path, id_filter, id_to_str, one_id_filter, pages
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sinks.base import Sink
+from pipeline.sink import Sink
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(slots=True)
@@ -102,17 +97,17 @@ class MongoSinkOptions(ConnectionOptions):
         if self.mode == "collection":
             if not self.chunks_collection:
                 raise ConfigError(
-                    f"{prefix}.chunks_collection: required when {prefix}.mode = \"collection\" "
+                    f'{prefix}.chunks_collection: required when {prefix}.mode = "collection" '
                     "(the chunk collection whose texts vector writes are checked against)"
                 )
             check_name(self.chunks_collection, f"{prefix}.chunks_collection", "collection name")
             if self.chunks_collection == self.collection:
                 raise ConfigError(
                     f"{prefix}.collection: must differ from {prefix}.chunks_collection in "
-                    "collection mode (use mode = \"in_place\" to write onto the chunks)"
+                    'collection mode (use mode = "in_place" to write onto the chunks)'
                 )
         elif self.chunks_collection:
-            raise ConfigError(f"{prefix}.chunks_collection: only used with mode = \"collection\"")
+            raise ConfigError(f'{prefix}.chunks_collection: only used with mode = "collection"')
         for key in ("id_field", "text_field", "vector_field", "meta_field"):
             check_field(getattr(self, key), f"{prefix}.{key}")
         clash = {self.vector_field, self.meta_field} & {self.id_field, self.text_field, "_id"}
@@ -203,10 +198,8 @@ class MongoSink(Sink):
 
     def describe(self) -> str:
         """Namespace, mode and field; never the password."""
-        from pipeline.sources.mongo import _hosts
-
         o = self.options
-        where = f"mongodb:{_hosts(self.conn.safe)}/{o.database}.{o.collection}"
+        where = f"mongodb:{hosts_of(self.conn.safe)}/{o.database}.{o.collection}"
         if self.in_place:
             return f"{where} (in place, {o.vector_field})"
         return f"{where} (vectors of {o.database}.{o.chunks_collection}, {o.vector_field})"
@@ -238,7 +231,8 @@ class MongoSink(Sink):
         for page in pages(ids, IN_PAGE):
             flt = {**id_filter(self.key_field, page), self.meta: {"$exists": True}}
             docs = retrying(
-                self.conn, "looking up stored vectors",
+                self.conn,
+                "looking up stored vectors",
                 lambda f=flt: list(self.target.find(f, self._projection())),
             )
             for doc in docs:
@@ -250,7 +244,7 @@ class MongoSink(Sink):
     def iter_states(self) -> Iterator[StoredState]:
         """Every stored vector's state, streamed (metadata only)."""
         cursor = self.target.find({self.meta: {"$exists": True}}, self._projection()).batch_size(5000)
-        from pipeline.mongo_common import guarded
+        from pipeline.mongo.retry import guarded
 
         with guarded(self.conn, "listing stored vectors"), cursor:
             for doc in cursor:
@@ -262,11 +256,14 @@ class MongoSink(Sink):
         """Stored vectors as float32 (for tests, checks and small exports)."""
         proj = {self.key_field: 1, self.options.vector_field: 1}
         has = {self.options.vector_field: {"$exists": True}}
-        filters = [has] if chunk_ids is None else [
-            {**has, **id_filter(self.key_field, page)} for page in pages(list(chunk_ids), IN_PAGE)
-        ]
+        filters = (
+            [has]
+            if chunk_ids is None
+            else [{**has, **id_filter(self.key_field, page)} for page in pages(list(chunk_ids), IN_PAGE)]
+        )
         docs = [
-            d for flt in filters
+            d
+            for flt in filters
             for d in retrying(self.conn, "reading vectors", lambda f=flt: list(self.target.find(f, proj)))
         ]
         return {
@@ -310,7 +307,9 @@ class MongoSink(Sink):
         if stale:
             log.warning(
                 "%d vector(s) not written: the text changed while they were embedded "
-                "(e.g. %s); the next run embeds the new text", len(stale), stale[0],
+                "(e.g. %s); the next run embeds the new text",
+                len(stale),
+                stale[0],
             )
 
     def write(self, records: list[VectorRecord]) -> int:
@@ -356,7 +355,8 @@ class MongoSink(Sink):
         for page in pages(chunk_ids, IN_PAGE):
             flt = id_filter(o.id_field, page)
             docs = retrying(
-                self.conn, "reading current texts",
+                self.conn,
+                "reading current texts",
                 lambda f=flt: list(self.chunks.find(f, {o.id_field: 1, o.text_field: 1})),
             )
             out.update({str(id_to_str(get_path(d, o.id_field))): get_path(d, o.text_field) for d in docs})
@@ -396,10 +396,9 @@ class MongoSink(Sink):
             if self.in_place:
                 flt[self.meta] = {"$exists": True}
                 res = retrying(
-                    self.conn, "removing vectors",
-                    lambda f=flt: self.target.update_many(
-                        f, {"$unset": {o.vector_field: "", self.meta: ""}}
-                    ),
+                    self.conn,
+                    "removing vectors",
+                    lambda f=flt: self.target.update_many(f, {"$unset": {o.vector_field: "", self.meta: ""}}),
                 )
                 removed += int(res.modified_count)
             else:

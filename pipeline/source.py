@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from pipeline.config import FieldMap
-from pipeline.records import RawRecord, ShardSpec
+from pipeline.records import RawRecord, ShardSpec, StoredState
 from pipeline.selection import Selection
 
 
@@ -52,3 +52,20 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""
+
+
+REMOVED_PAGE = 10_000  # ids asked of the source at once: bounded memory, few round trips
+
+
+def removed_ids(source: Source, states: Iterable[StoredState]) -> Iterator[str]:
+    """Yield the ids of ``states`` that do not exist in ``source``, paging the lookups."""
+    page: list[str] = []
+    for state in states:
+        page.append(state.chunk_id)
+        if len(page) >= REMOVED_PAGE:
+            existing = source.existing_ids(page)
+            yield from (cid for cid in page if cid not in existing)
+            page = []
+    if page:
+        existing = source.existing_ids(page)
+        yield from (cid for cid in page if cid not in existing)

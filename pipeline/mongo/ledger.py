@@ -37,24 +37,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline.checkpoint.base import CheckpointStore, StoredDeadLetter
+from pipeline.checkpoint import CheckpointStore, StoredDeadLetter
 from pipeline.errors import ConfigError, LockedError, TargetError
-from pipeline.mongo_common import (
-    IN_PAGE,
-    Connection,
-    ConnectionOptions,
-    check_name,
-    connect,
-    ensure_index,
-    pages,
-    retrying,
-    server_now,
-    utcnow,
-)
+from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
+from pipeline.mongo.retry import ensure_index, retrying, server_now
+from pipeline.mongo.values import pages, utcnow
 from pipeline.records import DeadLetter
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(slots=True)
@@ -200,7 +190,8 @@ class MongoCheckpointStore(CheckpointStore):
         if previous.get("owner") and previous.get("owner") != owner:
             log.warning(
                 "took over the expired lease of %s (last heartbeat %s)",
-                previous.get("owner"), _iso(previous.get("heartbeat_at")),
+                previous.get("owner"),
+                _iso(previous.get("heartbeat_at")),
             )
         self._owner, self._lost = owner, None
         self._last_beat = time.monotonic()
@@ -216,7 +207,8 @@ class MongoCheckpointStore(CheckpointStore):
         with self._beat_lock:
             now = server_now(self.conn)
             res = retrying(
-                self.conn, "renewing the lease",
+                self.conn,
+                "renewing the lease",
                 lambda: self.locks.update_one(
                     {"_id": self.target, "owner": owner},
                     {"$set": {"heartbeat_at": now, "expires_at": now + self.ttl}},
@@ -263,21 +255,25 @@ class MongoCheckpointStore(CheckpointStore):
             return
         try:
             retrying(
-                self.conn, "releasing the lease",
+                self.conn,
+                "releasing the lease",
                 lambda: self.locks.delete_one({"_id": self.target, "owner": owner}),
             )
         except TargetError as exc:
             # Never mask the error that ended the run: an unreleased lease expires by itself.
             log.warning(
                 "could not release the lease on %s (%s); it expires within %g s",
-                self.target, exc, self.options.lease_ttl_s,
+                self.target,
+                exc,
+                self.options.lease_ttl_s,
             )
 
     # ------------------------------------------------------------------ runs
     def find_resumable(self, plan_key: str) -> str | None:
         """The newest run of this target with this key, unless it completed."""
         doc = retrying(
-            self.conn, "finding a resumable run",
+            self.conn,
+            "finding a resumable run",
             lambda: self.runs.find_one(
                 {"target": self.target, "plan_key": plan_key},
                 {"status": 1},
@@ -292,7 +288,8 @@ class MongoCheckpointStore(CheckpointStore):
         """Insert the run, or mark a resumed one running again."""
         now = utcnow()
         retrying(
-            self.conn, "recording the run",
+            self.conn,
+            "recording the run",
             lambda: self.runs.update_one(
                 {"_id": run_id},
                 {
@@ -315,7 +312,8 @@ class MongoCheckpointStore(CheckpointStore):
     def done_shards(self, run_id: str) -> set[str]:
         """Shard ids marked done for this run."""
         docs = retrying(
-            self.conn, "reading done shards",
+            self.conn,
+            "reading done shards",
             lambda: list(self.shards.find({"run_id": run_id}, {"shard_id": 1})),
         )
         return {str(d["shard_id"]) for d in docs}
@@ -326,14 +324,16 @@ class MongoCheckpointStore(CheckpointStore):
         key = hashlib.sha256(f"{run_id}\x1f{shard_id}".encode()).hexdigest()[:32]
         doc = {"run_id": run_id, "shard_id": shard_id, "counts": dict(counts), "done_at": utcnow()}
         retrying(
-            self.conn, "marking a shard done",
+            self.conn,
+            "marking a shard done",
             lambda: self.shards.update_one({"_id": key}, {"$set": doc}, upsert=True),
         )
 
     def finish_run(self, run_id: str, status: str, report: dict[str, Any]) -> None:
         """Record how the run ended."""
         retrying(
-            self.conn, "recording the end of the run",
+            self.conn,
+            "recording the end of the run",
             lambda: self.runs.update_one(
                 {"_id": run_id},
                 {"$set": {"status": status, "finished_at": utcnow(), "report": _jsonable(report)}},
@@ -343,7 +343,8 @@ class MongoCheckpointStore(CheckpointStore):
     def last_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """Newest runs of this target first."""
         docs = retrying(
-            self.conn, "listing runs",
+            self.conn,
+            "listing runs",
             lambda: list(self.runs.find({"target": self.target}).sort("started_at", -1).limit(limit)),
         )
         return [
@@ -391,7 +392,8 @@ class MongoCheckpointStore(CheckpointStore):
                 for d in page
             ]
             retrying(
-                self.conn, "recording dead letters",
+                self.conn,
+                "recording dead letters",
                 lambda ops=ops: self.dead.bulk_write(ops, ordered=False),
             )
 
@@ -414,7 +416,8 @@ class MongoCheckpointStore(CheckpointStore):
         for page in pages(list(chunk_ids), IN_PAGE):
             keys = [self._dl_id(c) for c in page]
             docs = retrying(
-                self.conn, "reading dead letters",
+                self.conn,
+                "reading dead letters",
                 lambda k=keys: list(self.dead.find({"_id": {"$in": k}})),
             )
             for d in docs:
@@ -426,7 +429,8 @@ class MongoCheckpointStore(CheckpointStore):
         for page in pages(list(chunk_ids), IN_PAGE):
             keys = [self._dl_id(c) for c in page]
             retrying(
-                self.conn, "clearing dead letters",
+                self.conn,
+                "clearing dead letters",
                 lambda k=keys: self.dead.delete_many({"_id": {"$in": k}}),
             )
 
@@ -445,7 +449,8 @@ class MongoCheckpointStore(CheckpointStore):
         """How many chunks of this target are dead-lettered."""
         return int(
             retrying(
-                self.conn, "counting dead letters",
+                self.conn,
+                "counting dead letters",
                 lambda: self.dead.count_documents({"target": self.target}),
             )
         )

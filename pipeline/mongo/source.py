@@ -34,26 +34,20 @@ from typing import Any, Literal
 
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError, SourceError
-from pipeline.mongo_common import (
+from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
     ConnectionOptions,
     check_field,
     check_name,
     connect,
-    ensure_index,
-    from_ejson,
-    get_path,
-    id_candidates,
-    id_filter,
-    id_to_str,
-    pages,
-    retrying,
-    to_ejson,
+    hosts_of,
 )
+from pipeline.mongo.retry import ensure_index, retrying
+from pipeline.mongo.values import from_ejson, get_path, id_candidates, id_filter, id_to_str, pages, to_ejson
 from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
-from pipeline.sources.base import Source
+from pipeline.source import Source
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +133,8 @@ class MongoSource(Source):
         opts = self.options
         db = self.conn.client[opts.database]
         names = retrying(
-            self.conn, "listing collections",
+            self.conn,
+            "listing collections",
             lambda: db.list_collection_names(filter={"name": opts.collection}),
         )
         if opts.collection not in names:
@@ -149,7 +144,8 @@ class MongoSource(Source):
                 "(load the sample corpus with `podembed load-sample`)"
             )
         sample = retrying(
-            self.conn, "sampling documents",
+            self.conn,
+            "sampling documents",
             lambda: list(self.collection.find(self.options.query, self.projection).limit(SAMPLE_DOCS)),
         )
         if not sample:
@@ -179,7 +175,7 @@ class MongoSource(Source):
     def describe(self) -> str:
         """Host and namespace, never the password."""
         o = self.options
-        return f"mongodb:{_hosts(self.conn.safe)}/{o.database}.{o.collection}"
+        return f"mongodb:{hosts_of(self.conn.safe)}/{o.database}.{o.collection}"
 
     def version(self) -> str:
         """Identifies *what* is read (namespace, query, fields, sharding), not its content.
@@ -245,7 +241,8 @@ class MongoSource(Source):
             {"$sort": {"_id": 1}},
         ]
         groups = retrying(
-            self.conn, "planning shards by episode",
+            self.conn,
+            "planning shards by episode",
             lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
         )
         shards: list[ShardSpec] = []
@@ -300,7 +297,8 @@ class MongoSource(Source):
         while True:
             page_filter = _and(flt, _after(last)) if starts else flt
             docs = retrying(
-                self.conn, "planning shards by _id",
+                self.conn,
+                "planning shards by _id",
                 lambda pf=page_filter: list(
                     self.collection.find(pf, {"_id": 1}).sort("_id", 1).limit(self.window)
                 ),
@@ -330,7 +328,8 @@ class MongoSource(Source):
         flt = _and(self._base_filter(selection), self._shard_filter(shard.locator))
         o = self.options
         docs = retrying(
-            self.conn, f"reading shard {shard.shard_id}",
+            self.conn,
+            f"reading shard {shard.shard_id}",
             lambda: list(self.collection.find(flt, self.projection).sort("_id", 1).batch_size(o.batch_size)),
         )
         where = f"{o.database}.{o.collection}"
@@ -359,7 +358,8 @@ class MongoSource(Source):
             {"$match": {"n": {"$gt": 1}}},
         ]
         rows = retrying(
-            self.conn, "finding duplicate chunk ids",
+            self.conn,
+            "finding duplicate chunk ids",
             lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
         )
         return {str(id_to_str(r["_id"])): int(r["n"]) for r in rows if r["_id"] is not None}
@@ -371,7 +371,8 @@ class MongoSource(Source):
         for page in pages(list(chunk_ids), IN_PAGE):
             flt = _and(self.options.query, id_filter(path, page))
             docs = retrying(
-                self.conn, "checking which chunks exist",
+                self.conn,
+                "checking which chunks exist",
                 lambda f=flt: list(self.collection.find(f, {path: 1, "_id": 1})),
             )
             for doc in docs:
@@ -468,10 +469,3 @@ def _at_or_after(value: Any) -> dict[str, Any]:
 def _before(value: Any) -> dict[str, Any]:
     """``_id`` sorts strictly before ``value`` (across types)."""
     return _typed_cmp("$lt", value, _types(range(0, _bracket(value))))
-
-
-def _hosts(safe_uri: str) -> str:
-    """``host1,host2`` part of a (redacted) URI."""
-    rest = safe_uri.split("://", 1)[-1]
-    rest = rest.rsplit("@", 1)[-1]
-    return rest.split("/", 1)[0].split("?", 1)[0]

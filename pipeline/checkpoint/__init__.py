@@ -1,1 +1,0 @@
-"""Checkpoint stores: run ledger, shard states, the target lock and dead letters."""

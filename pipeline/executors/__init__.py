@@ -1,1 +1,0 @@
-"""Executors: where the model runs (in this process, or on Modal GPUs)."""

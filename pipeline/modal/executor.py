@@ -1,0 +1,108 @@
+"""The Modal executor: batches fan out to up to ten GPU containers with ``.map()``.
+
+The containers run the very same :class:`~pipeline.embedder.InstructorEmbedder` as the
+local executor (see ``jobs/modal_app.py``); this module is the client side plus the
+wire format both sides share:
+
+- one ``.map()`` input per batch (chunk ids and texts, a few hundred KB, well under
+  Modal's 2 MiB argument limit), results in any order (``order_outputs=False``) and
+  failures in the stream (``return_exceptions=True``);
+- results are matched to batches by id. An exception in the stream carries no id, so
+  a batch is known to have failed when the stream ends without its result;
+- a failed batch is split in halves and retried once; chunks of a half that fails
+  again are dead-lettered with the reason. A deployment that fails every batch (no
+  weights in the Volume, a crash at start-up) stops the run instead of dead-lettering
+  the corpus;
+- Modal's input pump drains an iterator as fast as it can and runs it on its own event
+  loop, so batches are pulled from the runner by a feeder thread and handed over through
+  an async iterator, with at most ``max_containers * inflight_per_container`` batches
+  in flight: memory stays flat and the containers never wait on the reader;
+- every result carries the container's timings (model load once per container, compute
+  per batch), so run reports hold real device-seconds.
+
+``modal`` is imported lazily: loading a config must not pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError
+from pipeline.executor import Executor
+from pipeline.fingerprint import model_fingerprint
+from pipeline.modal.credentials import require_modal_credentials
+from pipeline.modal.fanout import Fanout
+from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
+from pipeline.modal.stream import MapFn
+from pipeline.records import Batch, BatchResult
+
+log = logging.getLogger(__name__)
+
+
+class ModalExecutor(Executor):
+    """Embeds batches on Modal: the deployed ``Embedder`` class, or an ephemeral app run.
+
+    ``map_fn`` stands in for ``Embedder().embed.map`` (tests, and the app's scheduled
+    functions, which hold the class already).
+    """
+
+    Options = ModalOptions
+
+    def __init__(self, options: ModalOptions, model: ModelConfig, *, map_fn: MapFn | None = None) -> None:
+        self.options = options
+        self.model_cfg = model
+        self.device_label = options.gpu
+        self._map_fn = map_fn
+        self._fingerprint: str | None = None
+        self.containers: set[str] = set()  # Modal task ids that answered (for logs and tests)
+
+    @classmethod
+    def open(cls, options: ModalOptions, model: ModelConfig) -> ModalExecutor:
+        """Check what can be checked offline (a Modal token) and fail at once."""
+        require_modal_credentials()
+        return cls(options, model)
+
+    def fingerprint(self) -> str:
+        """From the config; every result's fingerprint is checked against it."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model_cfg)
+        return self._fingerprint
+
+    def tokenizer(self) -> Any:
+        """None: the runner loads the model's tokenizer alone (no weights) to count tokens."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: Modal's client outlives the run, the app run belongs to the CLI."""
+
+    def use_map(self, map_fn: MapFn) -> None:
+        """Send batches through ``map_fn`` (an ephemeral app's ``Embedder().embed.map``)."""
+        self._map_fn = map_fn
+
+    def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
+        """Fan batches out; yield one result per batch as soon as it is complete."""
+        fanout = Fanout(
+            self._remote_map(), self.options, self.fingerprint(), self.model_cfg.dimension, self.containers
+        )
+        return fanout.run(batches)
+
+    def _remote_map(self) -> MapFn:
+        if self._map_fn is not None:
+            return self._map_fn
+        if not self.options.deployed:
+            # An ephemeral app run is wired by jobs/cli.py (it owns jobs/modal_app.py), which
+            # passes its map function in; the library never imports the deployment file.
+            raise ConfigError(
+                "executor.deployed = false needs the app file: run it through the CLI "
+                "(`podembed backfill --executor modal`), or pass map_fn= to ModalExecutor"
+            )
+        require_modal_credentials()
+        import modal
+
+        env = self.options.environment or None
+        cls = modal.Cls.from_name(self.options.app_name, EMBEDDER_CLASS, environment_name=env)
+        self._map_fn = cls().embed.map
+        return self._map_fn

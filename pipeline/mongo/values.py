@@ -1,0 +1,119 @@
+"""BSON values as the pipeline sees them: typed chunk ids, field paths, extended JSON.
+
+Chunk ids are strings in the pipeline; MongoDB ids may be ObjectIds, integers or UUIDs.
+:func:`id_candidates` turns a string id back into every BSON value it may have come from,
+so writes and lookups match the original document with ``{"_id": {"$in": candidates}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+_HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
+_INT = re.compile(r"^-?[0-9]{1,19}$")
+
+
+def id_to_str(value: Any) -> Any:
+    """A chunk id as the pipeline sees it: ObjectIds and UUIDs become strings.
+
+    Strings and integers pass through (validation turns integers into strings);
+    anything else is returned unchanged, and validation dead-letters it.
+    """
+    from bson import ObjectId
+    from bson.binary import Binary
+
+    if isinstance(value, ObjectId | uuid.UUID):
+        return str(value)
+    if isinstance(value, Binary) and value.subtype in (3, 4):
+        try:
+            return str(value.as_uuid(value.subtype))
+        except ValueError:
+            return value
+    return value
+
+
+def id_candidates(chunk_id: str) -> list[Any]:
+    """Every BSON value whose string form is ``chunk_id`` (string first)."""
+    from bson import ObjectId
+    from bson.binary import Binary, UuidRepresentation
+
+    out: list[Any] = [chunk_id]
+    if _HEX24.match(chunk_id):
+        out.append(ObjectId(chunk_id))
+    elif _INT.match(chunk_id):
+        n = int(chunk_id)
+        if -(2**63) <= n < 2**63 and str(n) == chunk_id:
+            out.append(n)
+    else:
+        try:
+            u = uuid.UUID(chunk_id)
+        except ValueError:
+            pass
+        else:
+            if str(u) == chunk_id:
+                out.append(Binary.from_uuid(u, UuidRepresentation.STANDARD))
+    return out
+
+
+def id_filter(field: str, chunk_ids: Iterable[str]) -> dict[str, Any]:
+    """``{field: {"$in": [...every typed form...]}}`` for these chunk ids."""
+    values: list[Any] = []
+    for cid in chunk_ids:
+        values.extend(id_candidates(cid))
+    return {field: {"$in": values}}
+
+
+def one_id_filter(field: str, chunk_id: str) -> dict[str, Any]:
+    """Match one chunk id in whatever BSON type it is stored as."""
+    cands = id_candidates(chunk_id)
+    return {field: cands[0]} if len(cands) == 1 else {field: {"$in": cands}}
+
+
+def get_path(doc: dict[str, Any], path: str) -> Any:
+    """``doc["a"]["b"]`` for ``"a.b"``; ``None`` when any step is missing."""
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def pages(items: list[T], size: int) -> Iterable[list[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --------------------------------------------------------------------------- extended JSON
+
+
+def to_ejson(value: Any) -> Any:
+    """A BSON value as plain JSON data that keeps its type (``{"$oid": ...}`` and so on)."""
+    from bson import json_util
+
+    return json.loads(json_util.dumps(value, json_options=json_util.CANONICAL_JSON_OPTIONS))
+
+
+def from_ejson(data: Any) -> Any:
+    """Inverse of :func:`to_ejson`."""
+    from bson import json_util
+
+    return json_util.loads(json.dumps(data), json_options=json_util.CANONICAL_JSON_OPTIONS)
+
+
+def utcnow() -> datetime:
+    """Local UTC time, millisecond precision (what BSON dates keep)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)

@@ -1,1 +1,0 @@
-"""Sinks: where vectors are written (see ``base.Sink``)."""

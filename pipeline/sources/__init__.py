@@ -1,1 +1,0 @@
-"""Sources: where transcript chunks are read from (see ``base.Source``)."""
