@@ -333,7 +333,7 @@ def test_trigger_ingest_says_to_deploy_when_the_app_is_missing(tmp_path) -> None
 def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkeypatch) -> None:
     from click.testing import CliRunner
 
-    import pipeline.modal.executor as modal_executor
+    import pipeline.modal.trigger as modal_trigger
     from jobs.cli import cli
     from tests.helpers import ROOT
 
@@ -346,7 +346,7 @@ def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkey
 
     calls = []
     monkeypatch.setattr(
-        modal_executor, "trigger_ingest", lambda config, episode: calls.append(episode) or "fc-9"
+        modal_trigger, "trigger_ingest", lambda config, episode: calls.append(episode) or "fc-9"
     )
     result = CliRunner().invoke(cli, ["ingest", "ep-9", "--config", prod, "--json"])
     assert result.exit_code == 0, result.output
