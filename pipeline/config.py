@@ -204,11 +204,10 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
     fields_map = from_table(FieldMap, fields_table, "source.fields")
     sink = _section("sink", raw["sink"])
     # A sink that writes onto the source's own records checks the field names agree.
-    check = getattr(sink.options, "check_fields", None)
-    if callable(check):
-        check(fields_map, source.kind, "sink")
+    sink_cls = registry.resolve("sink", sink.kind)
+    sink_cls.check_fields(sink.options, fields_map, source.kind)
     # The checkpoint store lives with the sink unless told otherwise.
-    default_checkpoint = {"parquet": "sqlite"}.get(sink.kind, sink.kind)
+    default_checkpoint = sink_cls.default_checkpoint
     return Config(
         source=source,
         fields=fields_map,

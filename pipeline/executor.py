@@ -22,6 +22,8 @@ class Executor(ABC):
     Options: ClassVar[type]
     #: What the device-seconds in reports are seconds of ("cpu", "A10G", ...).
     device_label: str = "cpu"
+    #: Seconds a fresh worker takes before its first batch (container boot, weights), for plans.
+    cold_start_s: ClassVar[float] = 0.0
 
     @classmethod
     @abstractmethod
@@ -31,6 +33,11 @@ class Executor(ABC):
     @abstractmethod
     def fingerprint(self) -> str:
         """The model fingerprint vectors from this executor carry."""
+
+    @abstractmethod
+    def tokenizer(self) -> Any:
+        """The model's tokenizer if this executor holds the model in-process, else ``None``
+        (the runner then loads the tokenizer alone, without weights, to count tokens)."""
 
     @abstractmethod
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:

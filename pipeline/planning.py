@@ -6,15 +6,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline import registry
 from pipeline.config import Config
 from pipeline.fingerprint import model_fingerprint
 from pipeline.registry import Parts
 from pipeline.runner import RunOptions
-from pipeline.shard_work import Preparer
+from pipeline.shard_work import WORK_REASONS, Preparer
 from pipeline.tokens import TokenCounter
-
-# A cold container (image pull, snapshot restore) before the first batch, per device.
-COLD_START_S = 15.0
 
 
 @dataclass(slots=True)
@@ -84,26 +82,23 @@ def make_plan(config: Config, parts: Parts, opts: RunOptions, counter: TokenCoun
     fp = model_fingerprint(config.model)
     counter = counter or TokenCounter(config.model)
     plan = Plan(command=opts.command, selection=opts.selection.describe(), fingerprint=fp)
-    preparer = Preparer(
+    preparer = Preparer.for_parts(
         config,
-        parts.source,
-        parts.sink,
-        parts.checkpoint,
-        counter,
-        fp,
+        parts,
         opts.selection,
+        fingerprint=fp,
+        counter=counter,
         run_id="plan",
         force=opts.force,
         retry_failed=opts.retry_failed,
         limit=opts.limit,
-        duplicates=parts.source.duplicate_ids(opts.selection),
     )
     reasons: Counter[str] = Counter()
-    preparer.on_decision = lambda chunk, d: reasons.update([d.reason]) if d.needs_work else None
     shards = parts.source.plan(opts.selection)
     plan.shards = len(shards)
     for shard in shards:
         p = preparer.prepare(shard)
+        reasons.update({r: n for r, n in p.reasons.items() if r in WORK_REASONS})
         plan.seen += p.counts.seen
         plan.to_embed += len(p.chunks)
         plan.skipped += p.counts.skipped + p.counts.skipped_failed
@@ -122,9 +117,9 @@ def make_plan(config: Config, parts: Parts, opts: RunOptions, counter: TokenCoun
     plan.device = config.cost.device
     plan.devices = max(1, min(config.cost.devices, plan.batches or 1))
     compute = plan.padded_tokens / plan.tokens_per_second
-    cold = COLD_START_S * plan.devices if config.executor.kind != "local" and plan.batches else 0.0
-    plan.est_device_s = round(compute + cold, 1)
-    plan.est_wall_s = round(compute / plan.devices + (COLD_START_S if cold else 0.0), 1)
+    cold_start_s = registry.resolve("executor", config.executor.kind).cold_start_s if plan.batches else 0.0
+    plan.est_device_s = round(compute + cold_start_s * plan.devices, 1)
+    plan.est_wall_s = round(compute / plan.devices + cold_start_s, 1)
     plan.hourly_usd = config.cost.hourly_usd
     plan.est_cost_usd = round(plan.est_device_s / 3600 * config.cost.hourly_usd, 4)
     return plan

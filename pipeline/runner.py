@@ -272,25 +272,21 @@ class Runner:
         self.progress.set_total(sum(s.estimated_chunks for s in todo))
         status = "failed"
         try:
-            duplicates = parts.source.duplicate_ids(opts.selection)
 
             def counter() -> TokenCounter:
                 # Deferred: a run with nothing to embed never loads the tokenizer or model.
-                return TokenCounter(cfg.model, _executor_tokenizer(self.executor))
+                return TokenCounter(cfg.model, self.executor.tokenizer())
 
-            preparer = Preparer(
+            preparer = Preparer.for_parts(
                 cfg,
-                parts.source,
-                parts.sink,
-                checkpoint,
-                counter,
-                fingerprint,
+                parts,
                 opts.selection,
-                run_id,
+                fingerprint=fingerprint,
+                counter=counter,
+                run_id=run_id,
                 force=opts.force,
                 retry_failed=opts.retry_failed,
                 limit=opts.limit,
-                duplicates=duplicates,
             )
             status = self._pipeline(preparer, todo, report, fingerprint, run_id)
             if status == "completed" and opts.selection.is_everything:
@@ -409,11 +405,6 @@ class Runner:
         report.counts.removed = len(removed)
         if self.opts.prune and removed:
             report.counts.pruned = sink.delete(removed)
-
-
-def _executor_tokenizer(executor: Executor) -> Any:
-    get = getattr(executor, "tokenizer", None)
-    return get() if callable(get) else None
 
 
 def _describe(exc: BaseException) -> str:

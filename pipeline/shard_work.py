@@ -5,6 +5,7 @@ Shared by runs, ``plan`` (which stops here) and ``status``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from pipeline.batching import Item, make_batches
 from pipeline.checkpoint import CheckpointStore
 from pipeline.config import Config
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
+from pipeline.registry import Parts
 from pipeline.report import Counts
 from pipeline.selection import Selection
 from pipeline.sink import Sink
@@ -23,6 +25,8 @@ from pipeline.validation import validate
 # A dead letter left by validation is re-checked every run; one left by the model is
 # retried only when the text changes (or with --retry-failed).
 MODEL_FAILURE_FIELD = "embedding"
+#: The decisions that send a chunk to the model.
+WORK_REASONS = frozenset({"new", "changed", "other_model", "forced"})
 
 
 @dataclass(slots=True)
@@ -38,6 +42,7 @@ class Prepared:
     padded_tokens: int = 0
     complete: bool = True  # False when --limit left part of the shard for later
     previously_failed: set[str] = field(default_factory=set)
+    reasons: Counter[str] = field(default_factory=Counter)  # every valid chunk's Decision.reason
 
 
 @dataclass(slots=True)
@@ -103,7 +108,40 @@ class Preparer:
         self.retry_failed = retry_failed
         self.remaining = limit
         self.duplicates = duplicates or {}
-        self.on_decision: Callable[[Chunk, Decision], None] | None = None
+
+    @classmethod
+    def for_parts(
+        cls,
+        config: Config,
+        parts: Parts,
+        selection: Selection,
+        *,
+        fingerprint: str,
+        counter: TokenCounter | Callable[[], TokenCounter] | None,
+        run_id: str,
+        force: bool = False,
+        retry_failed: bool = False,
+        limit: int | None = None,
+    ) -> Preparer:
+        """A preparer over opened parts (runs, ``plan`` and ``status`` all build it here).
+
+        ``counter`` is ``None`` when no batches are wanted (``status``), or a factory that
+        defers loading the tokenizer until a shard needs it.
+        """
+        return cls(
+            config,
+            parts.source,
+            parts.sink,
+            parts.checkpoint,
+            counter,
+            fingerprint,
+            selection,
+            run_id,
+            force=force,
+            retry_failed=retry_failed,
+            limit=limit,
+            duplicates=parts.source.duplicate_ids(selection),
+        )
 
     def counter(self) -> TokenCounter:
         """The token counter, created on first use."""
@@ -128,6 +166,7 @@ class Preparer:
         failures = self.checkpoint.dead_letters([c.chunk_id for c in valid]) if valid else {}
         todo: list[Chunk] = []
         previously_failed: set[str] = set()
+        reasons: Counter[str] = Counter()
         for chunk in valid:
             decision = decide(chunk, states.get(chunk.chunk_id), self.fingerprint, self.force, self.run_id)
             failure = failures.get(chunk.chunk_id)
@@ -141,8 +180,7 @@ class Preparer:
                 and not self.retry_failed
             ):
                 decision = Decision(False, "failed_before")
-            if self.on_decision is not None:
-                self.on_decision(chunk, decision)
+            reasons[decision.reason] += 1
             if not decision.needs_work:
                 if decision.reason == "failed_before":
                     counts.skipped_failed += 1
@@ -166,6 +204,7 @@ class Preparer:
             counts=counts,
             complete=complete,
             previously_failed=previously_failed,
+            reasons=reasons,
         )
         if todo and self._counter is not None:
             stripped = [c.text.strip() for c in todo]

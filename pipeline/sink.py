@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
+from pipeline.checkpoint import SinkHome
+from pipeline.config import FieldMap
 from pipeline.records import Chunk, StoredState, VectorRecord
 
 
@@ -18,11 +20,22 @@ class Sink(ABC):
     """
 
     Options: ClassVar[type]
+    #: The checkpoint store kind that lives beside this sink unless the config names one.
+    default_checkpoint: ClassVar[str]
 
     @classmethod
     @abstractmethod
     def open(cls, options: Any, dimension: int) -> Sink:
         """Open (creating what is missing: folders, indexes) and check it is writable."""
+
+    @classmethod
+    @abstractmethod
+    def home(cls, options: Any) -> SinkHome:
+        """Where this sink's data lives (without opening it): the checkpoint store's default home."""
+
+    @classmethod  # noqa: B027 - optional hook
+    def check_fields(cls, options: Any, fields: FieldMap, source_kind: str) -> None:
+        """Check the source's field names against the sink's (a sink writing onto source records)."""
 
     @abstractmethod
     def describe(self) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from jobs.cli import cli
+from pipeline.checkpoint import SinkHome
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from tests.helpers import ROOT, sample_rows, write_rows
 
@@ -64,7 +65,7 @@ def test_plan_estimates_without_embedding_then_status_shows_missing(tmp_path: Pa
 def test_a_second_run_on_the_same_target_is_refused_with_exit_1(tmp_path: Path) -> None:
     toml = _toml(tmp_path, rows=5)
     holder = SqliteCheckpointStore.open(
-        SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), None
+        SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), SinkHome(target="t")
     )
     holder.acquire("otherhost:4242:run-x")
     try:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import CheckpointStore, StoredDeadLetter
+from pipeline.checkpoint import CheckpointStore, SinkHome, StoredDeadLetter
 from pipeline.errors import ConfigError, LockedError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
@@ -76,14 +76,13 @@ class SqliteCheckpointStore(CheckpointStore):
         self._lock_file: TextIO | None = None
 
     @classmethod
-    def open(cls, options: SqliteCheckpointOptions, sink_options: Any) -> SqliteCheckpointStore:
+    def open(cls, options: SqliteCheckpointOptions, home: SinkHome) -> SqliteCheckpointStore:
         """Open ``options.path``, or ``state.sqlite`` in the sink's folder."""
         if options.path:
             return cls(Path(options.path))
-        sink_path = getattr(sink_options, "path", None)
-        if not sink_path:
+        if not home.folder:
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        return cls(Path(sink_path) / "state.sqlite")
+        return cls(Path(home.folder) / "state.sqlite")
 
     # -- lock ----------------------------------------------------------------------
     def acquire(self, owner: str) -> None:

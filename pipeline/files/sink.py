@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import Chunk, StoredState, VectorRecord
@@ -97,6 +98,12 @@ class ParquetSink(Sink):
     """Vectors in per-episode Parquet files with a SQLite ownership manifest."""
 
     Options = ParquetSinkOptions
+    default_checkpoint = "sqlite"
+
+    @classmethod
+    def home(cls, options: ParquetSinkOptions) -> SinkHome:
+        """The output folder; the SQLite ledger defaults to ``state.sqlite`` inside it."""
+        return SinkHome(target=f"parquet:{options.path}", folder=options.path)
 
     def __init__(self, options: ParquetSinkOptions, dimension: int) -> None:
         self.options = options

@@ -51,6 +51,9 @@ class ModalExecutor(Executor):
 
     Options = ModalOptions
 
+    # A container's boot plus loading instructor-xl from the Volume (the seed system: 13.6 s).
+    cold_start_s = 15.0
+
     def __init__(self, options: ModalOptions, model: ModelConfig, *, map_fn: MapFn | None = None) -> None:
         self.options = options
         self.model_cfg = model
