@@ -81,12 +81,26 @@ class _Bar:
         self.bar.close()
 
 
-def _sigterm_as_interrupt() -> None:
-    # Preemption and `kill` send SIGTERM: stop like Ctrl-C, keeping what is done.
+def _interrupt_signals() -> Callable[[], None]:
+    """SIGINT and SIGTERM stop a run like Ctrl-C; returns the call that ends this once the
+    run's outcome is recorded."""
+
+    # Preemption and `kill` send SIGTERM: stop like Ctrl-C, keeping what is done. SIGINT is
+    # set too because a process started in the background by a shell or some schedulers
+    # inherits it as ignored, and then Ctrl-C and `kill -INT` would do nothing.
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+    def recorded() -> None:
+        # The ledger holds the outcome: a late signal must not turn it into exit 130, nor
+        # kill the process with -15 (Python resets handlers to the default while it exits).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    return recorded
 
 
 def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
@@ -94,7 +108,7 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
 
     config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))
     opts = RunOptions(command=command, **opts_kwargs)
-    _sigterm_as_interrupt()
+    recorded = _interrupt_signals()
 
     class Bar(Progress):
         def __init__(self) -> None:
@@ -107,6 +121,7 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
             self.impl.advance(n)
 
         def close(self) -> None:
+            recorded()  # the runner closes progress right after recording the run's outcome
             self.impl.close()
 
     with contextlib.ExitStack() as stack:

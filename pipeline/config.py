@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.toml_schema import from_table
 
 DEFAULT_CONFIG = Path("configs/local.toml")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what torch and the embedder accept
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -79,6 +81,11 @@ class ModelConfig:
             raise ConfigError(f"{prefix}.max_seq_length: must be at least 8")
         if self.dimension < 1:
             raise ConfigError(f"{prefix}.dimension: must be positive")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(
+                f'{prefix}.device: {self.device!r} is not a device podembed can use; choose "auto" '
+                '(the GPU when there is one), "cpu", "cuda", "cuda:N" or "mps"'
+            )
         check_fp16(self, prefix)
 
 
@@ -232,6 +239,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"config file not found: {p}{hint}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = _line_of(exc.object, exc.start)
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start}, line {line}): save the config as UTF-8"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -240,6 +252,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return parse_config(raw, str(p))
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """The 1-based line holding byte ``offset`` of ``data``."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def with_executor(config: Config, kind: str) -> Config:

@@ -77,9 +77,31 @@ def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
             f"model: cannot load {location!r}: {exc}. Offline, use a model folder "
             "(model.path) or a package that bundles one (model.package)."
         ) from None
+    limit = position_limit(model)
+    if limit is not None and max_seq_length > limit:
+        # Longer inputs would index past the position table: every long chunk would fail.
+        raise ModelError(
+            f"model.max_seq_length: {max_seq_length} is more than {location!r} can read "
+            f"({limit} positions); set model.max_seq_length to at most {limit}"
+        )
     model.max_seq_length = max_seq_length
     model.set_pooling_include_prompt(False)
     return model
+
+
+def position_limit(model: Any) -> int | None:
+    """The most tokens the model's encoder can take, or ``None`` (T5: relative positions, no table)."""
+    limits: list[int] = []
+    for module in model.modules():
+        config = getattr(getattr(module, "auto_model", None), "config", None)
+        if config is None:
+            continue
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if isinstance(positions, int) and positions > 0:
+            # RoBERTa-style tables reserve the first pad_token_id + 1 slots.
+            offset = (config.pad_token_id or 0) + 1 if "roberta" in str(config.model_type) else 0
+            limits.append(positions - offset)
+    return min(limits) if limits else None
 
 
 def check_instructor_semantics(model: Any) -> None:

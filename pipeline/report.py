@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import ConfigError, TargetError
 
 
 @dataclass(slots=True)
@@ -116,14 +119,37 @@ class RunReport:
         return "\n".join(lines)
 
 
-def write_report(report: RunReport, directory: str | os.PathLike[str]) -> Path:
-    """Write ``<dir>/<run_id>.json`` atomically; returns the path."""
+def check_report_dir(directory: str | os.PathLike[str]) -> None:
+    """Create the report folder, or fail (exit 2) naming ``report.dir`` before a run starts."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        raise ConfigError(f"report.dir: cannot keep run reports in {d}: {why}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ConfigError(f"report.dir: cannot keep run reports in {d}: not writable")
+
+
+def write_report(report: RunReport, directory: str | os.PathLike[str]) -> Path:
+    """Write ``<dir>/<run_id>.json`` atomically; returns the path.
+
+    Raises :class:`TargetError` (and leaves no temp file) when the disk is full.
+    """
+    d = Path(directory)
     path = d / f"{report.run_id}.json"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise TargetError(
+            f"report.dir: cannot write the run report {path}: {exc.strerror or exc}; "
+            "free space there (or set report.dir), then rerun the same command"
+        ) from None
     return path
 
 

@@ -29,11 +29,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.errors import PodembedError
+from pipeline.errors import PodembedError, TargetError
 from pipeline.executor import Executor
 from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
 from pipeline.registry import Parts, open_executor, open_parts
-from pipeline.report import RunReport, write_report
+from pipeline.report import RunReport, check_report_dir, write_report
 from pipeline.selection import Selection
 from pipeline.shard_work import MODEL_FAILURE_FIELD, Prepared, Preparer
 from pipeline.source import removed_ids
@@ -231,9 +231,11 @@ class Runner:
             device=self.executor.device_label,
             hourly_usd=cfg.cost.hourly_usd,
         )
+        check_report_dir(cfg.report.dir)  # before hours of work, not after
         checkpoint = parts.checkpoint
         checkpoint.acquire(f"{socket.gethostname()}:{os.getpid()}:{run_id}")
         try:
+            parts.sink.recover()  # what a killed run left half-done (lock held: nobody else writes)
             self._run_locked(report, fingerprint, started)
         finally:
             checkpoint.release()
@@ -304,9 +306,14 @@ class Runner:
             report.finished_at = datetime.now(UTC).isoformat()
             report.finalize()
             try:
-                checkpoint.finish_run(run_id, status, report.to_dict())
-            finally:
                 write_report(report, cfg.report.dir)
+            except TargetError as exc:
+                # Disk full: the ledger must not say completed when the run could not finish.
+                report.status = "failed"
+                report.error = f"{report.error}; {exc}" if report.error else str(exc)
+            try:
+                checkpoint.finish_run(run_id, report.status, report.to_dict())
+            finally:
                 self.progress.close()
 
     def _pipeline(

@@ -26,7 +26,7 @@ from pipeline.validation import validate
 # retried only when the text changes (or with --retry-failed).
 MODEL_FAILURE_FIELD = "embedding"
 #: The decisions that send a chunk to the model.
-WORK_REASONS = frozenset({"new", "changed", "other_model", "forced"})
+WORK_REASONS = frozenset({"new", "changed", "other_model", "moved", "forced"})
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ class Decision:
     """Why a valid chunk is or is not embedded."""
 
     needs_work: bool
-    reason: str  # new | changed | other_model | forced | current | failed_before
+    reason: str  # new | changed | other_model | moved | forced | current | failed_before
 
 
 def decide(
@@ -72,6 +72,9 @@ def decide(
         return Decision(True, "changed")
     if state.model_fingerprint != fingerprint:
         return Decision(True, "other_model")
+    if state.episode_id is not None and state.episode_id != chunk.episode_id:
+        # Same text, new episode: the stored vector's episode (and its file) must follow.
+        return Decision(True, "moved")
     return Decision(False, "current")
 
 

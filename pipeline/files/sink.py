@@ -10,8 +10,14 @@ Updating some chunks rewrites only their episodes' files (read, merge by chunk i
 write a temp file, fsync, rename): a crash leaves the old file or the new one, never
 half of one. The manifest says which file owns each chunk; it is committed after the
 files are in place, so a row a file holds without owning it (a chunk moved to another
-episode, mid-crash) is invisible to :func:`read_vectors` and is dropped the next time
-that file is written. Exactly one current vector per chunk, whatever was interrupted.
+episode, mid-crash) is invisible to :func:`read_vectors`.
+
+Every write and delete first records the files it is about to touch in the manifest's
+``pending`` table and clears them when done. A run killed in between leaves them
+listed: the next run (:meth:`ParquetSink.recover`, lock held) rewrites each listed file
+with only the rows it owns, deletes files nobody owns and stale temp files. So after a
+kill and a resume, any Parquet reader over ``vectors/`` (pyarrow.dataset, DuckDB,
+Polars) sees exactly one row per chunk, the same rows :func:`read_vectors` returns.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ CREATE TABLE IF NOT EXISTS owner (
 );
 CREATE INDEX IF NOT EXISTS owner_file ON owner(file);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (file TEXT PRIMARY KEY);
 """
+TMP_MARK = ".tmp-"  # temp files: .<name>.tmp-<pid>
 LOOKUP_PAGE = 900  # SQLite's default limit on bound parameters is 999
 
 
@@ -84,6 +92,16 @@ class ParquetSinkOptions:
         """The path must be set."""
         if not self.path.strip():
             raise ConfigError(f"{prefix}.path: must name an output folder")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -210,7 +228,7 @@ class ParquetSink(Sink):
                 _fsync_dir(self.vectors_dir)
             return
         keep = keep.sort_by("chunk_id")
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{name}{TMP_MARK}{os.getpid()}")
         try:
             with tmp.open("wb") as fh:
                 pq.write_table(keep, fh, compression=self.options.compression)
@@ -249,6 +267,11 @@ class ParquetSink(Sink):
         for r in latest.values():
             by_file[episode_file_name(r.episode_id)].append(r)
         previous = self._owners(list(latest))
+        moved: dict[str, set[str]] = defaultdict(set)
+        for cid, (old_file, *_rest) in previous.items():
+            if old_file != episode_file_name(latest[cid].episode_id):
+                moved[old_file].add(cid)
+        self._set_pending([*by_file, *moved])
         for name, recs in by_file.items():
             self._rewrite(name, self._table(recs), drop=set())
         with self.db.transaction() as conn:
@@ -269,13 +292,45 @@ class ParquetSink(Sink):
                     for r in latest.values()
                 ],
             )
-        moved: dict[str, set[str]] = defaultdict(set)
-        for cid, (old_file, *_rest) in previous.items():
-            if old_file != episode_file_name(latest[cid].episode_id):
-                moved[old_file].add(cid)
+            # Those files now hold exactly the rows they own.
+            conn.executemany("DELETE FROM pending WHERE file = ?", [(n,) for n in by_file if n not in moved])
         for name, ids in moved.items():
             self._rewrite(name, None, drop=ids)
+        self._clear_pending(moved)
         return len(latest)
+
+    # ------------------------------------------------------------------ crash repair
+    def _set_pending(self, names: Iterable[str]) -> None:
+        with self.db.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(n,) for n in names])
+
+    def _clear_pending(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if names:
+            with self.db.transaction() as conn:
+                conn.executemany("DELETE FROM pending WHERE file = ?", [(n,) for n in names])
+
+    def recover(self) -> None:
+        """Repair what a killed write or delete left: stray rows, unowned files, temp files.
+
+        Needs the target's lock (the runner holds it): another run's live temp files
+        and half-done files must not be touched.
+        """
+        for tmp in self.vectors_dir.glob(f".*{TMP_MARK}*"):
+            pid = tmp.name.rpartition(TMP_MARK)[2]
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                continue  # a live process on this machine writes it (not ours to delete)
+            tmp.unlink(missing_ok=True)
+        pending = [r[0] for r in self.db.query("SELECT file FROM pending ORDER BY file")]
+        for name in pending:
+            self._rewrite(name, None, drop=set())  # keeps only the rows the manifest gives it
+        self._clear_pending(pending)
+        owned = {r[0] for r in self.db.query("SELECT DISTINCT file FROM owner")}
+        orphans = [f for f in self.vectors_dir.glob("*.parquet") if f.name not in owned]
+        for f in orphans:  # e.g. left by a version without the pending list
+            f.unlink(missing_ok=True)
+        if orphans:
+            _fsync_dir(self.vectors_dir)
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Disown in the manifest first (atomic), then rewrite the files without them."""
@@ -283,13 +338,15 @@ class ParquetSink(Sink):
         owners = self._owners(ids)
         if not owners:
             return 0
-        with self.db.transaction() as conn:
-            conn.executemany("DELETE FROM owner WHERE chunk_id = ?", [(c,) for c in owners])
         by_file: dict[str, set[str]] = defaultdict(set)
         for cid, (name, *_rest) in owners.items():
             by_file[name].add(cid)
+        with self.db.transaction() as conn:
+            conn.executemany("DELETE FROM owner WHERE chunk_id = ?", [(c,) for c in owners])
+            conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(n,) for n in by_file])
         for name, drop in by_file.items():
             self._rewrite(name, None, drop=drop)
+        self._clear_pending(by_file)
         return len(owners)
 
     def close(self) -> None:

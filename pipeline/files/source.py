@@ -2,14 +2,18 @@
 
 Shards are runs of consecutive row groups (about ``window_chunks`` rows each), so a
 shard is a stable, cheap locator: re-reading it after a crash reads the same rows.
-Only the mapped columns are read; filters prune row groups by their statistics
-before any data is decoded.
+A row group larger than a window (pyarrow and pandas write up to a million rows in
+one) is cut into row ranges of about a window each, so a kill never loses more than
+a window of work whatever the file's layout. Only the mapped columns are read;
+filters prune row groups by their statistics before any data is decoded.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
@@ -26,7 +30,15 @@ from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
 from pipeline.source import Source
 
+log = logging.getLogger(__name__)
+
 READ_BATCH_ROWS = 1024
+REQUIRED = ("chunk_id", "episode_id", "text")
+
+
+def _nested(tp: pa.DataType) -> bool:
+    """List, struct, map or union: never a chunk id, an episode id or a text."""
+    return pa.types.is_nested(tp) or pa.types.is_union(tp)
 
 
 @dataclass(slots=True)
@@ -70,26 +82,42 @@ class ParquetSource(Source):
         self._meta: dict[Path, pq.FileMetaData] = {}
         self._row_starts: dict[Path, list[int]] = {}  # first row of each row group, for messages
         self._ids: pa.Array | None = None
-        required = {"chunk_id", "episode_id", "text"}
+        # (file, row group) -> its decoded columns, while its row ranges are being read.
+        self._group_cache: tuple[tuple[Path, int], pa.Table] | None = None
+        self._cache_lock = threading.Lock()
+        #: Files whose id, episode or text column has a nested type: their rows are dead-lettered.
+        self.wrong_type: dict[Path, str] = {}
         for f in self.files:
             try:
                 meta = pq.read_metadata(f)
-            except (OSError, pa.ArrowInvalid) as exc:
+                arrow_schema = meta.schema.to_arrow_schema()
+            except (OSError, pa.ArrowException) as exc:
                 raise SourceError(f"source.path: {f} is not a readable Parquet file: {exc}") from None
             self._meta[f] = meta
             starts = [0]
             for rg in range(meta.num_row_groups):
                 starts.append(starts[-1] + meta.row_group(rg).num_rows)
             self._row_starts[f] = starts
-            names = set(meta.schema.names)
+            # Top-level names: a list or struct column's leaves have other names in the footer.
+            names = set(arrow_schema.names)
             for ours, theirs in fields.mapped().items():
                 if theirs in names:
                     self.mapping.setdefault(ours, theirs)
-                elif ours in required:
+                    tp = arrow_schema.field(theirs).type
+                    if ours in REQUIRED and _nested(tp) and f not in self.wrong_type:
+                        self.wrong_type[f] = (
+                            f"source.fields.{ours}: column {theirs!r} in {f} has type {tp}, "
+                            f"not strings; map source.fields.{ours} to a column of plain values"
+                        )
+                elif ours in REQUIRED:
                     raise SourceError(
                         f"source.fields.{ours}: column {theirs!r} not found in {f} "
                         f"(columns: {', '.join(sorted(names))}); set source.fields.{ours}"
                     )
+        if self.wrong_type and len(self.wrong_type) == len(self.files):
+            raise SourceError(next(iter(self.wrong_type.values())))
+        for problem in self.wrong_type.values():
+            log.warning("%s; the file's rows are dead-lettered, the other files are read", problem)
 
     @classmethod
     def open(cls, options: ParquetSourceOptions, fields: FieldMap, window_chunks: int) -> ParquetSource:
@@ -174,12 +202,30 @@ class ParquetSource(Source):
                 if not self._may_match(meta, rg, selection):
                     flush()
                     continue
+                n = meta.row_group(rg).num_rows
+                if n > self.window:
+                    # One big row group: cut it into row ranges, each its own checkpointed shard.
+                    flush()
+                    shards.extend(self._row_ranges(f, rg, n))
+                    continue
                 groups.append(rg)
-                rows += meta.row_group(rg).num_rows
+                rows += n
                 if rows >= self.window:
                     flush()
             flush()
         return shards
+
+    def _row_ranges(self, f: Path, rg: int, n: int) -> list[ShardSpec]:
+        parts = -(-n // self.window)
+        size = -(-n // parts)  # equal ranges: no tiny tail shard
+        return [
+            ShardSpec(
+                shard_id=f"{f.as_posix()}#rg{rg}:{start}-{min(n, start + size)}",
+                locator={"file": str(f), "row_groups": [rg], "rows": [start, min(n, start + size)]},
+                estimated_chunks=min(n, start + size) - start,
+            )
+            for start in range(0, n, size)
+        ]
 
     # ------------------------------------------------------------------- reading
     def _filter(self, table: pa.Table, selection: Selection) -> pa.Table:
@@ -188,22 +234,16 @@ class ParquetSource(Source):
         def both(m: Any, new: Any) -> Any:
             return new if m is None else pc.and_(m, new)
 
+        def among(name: str, wanted: tuple[str, ...]) -> Any:
+            col = table[name]
+            if _nested(col.type):  # a list or struct equals no id
+                return pa.array([False] * table.num_rows)
+            return pc.is_in(col.cast(pa.string(), safe=False), pa.array(wanted, pa.string()))
+
         if selection.episode_ids:
-            mask = both(
-                mask,
-                pc.is_in(
-                    table["episode_id"].cast(pa.string(), safe=False),
-                    pa.array(selection.episode_ids, pa.string()),
-                ),
-            )
+            mask = both(mask, among("episode_id", selection.episode_ids))
         if selection.podcast_ids:
-            mask = both(
-                mask,
-                pc.is_in(
-                    table["podcast_id"].cast(pa.string(), safe=False),
-                    pa.array(selection.podcast_ids, pa.string()),
-                ),
-            )
+            mask = both(mask, among("podcast_id", selection.podcast_ids))
         if selection.since is not None:
             col = table["published_at"]
             since = pa.scalar(selection.since, type=pa.timestamp("us", tz="UTC"))
@@ -220,19 +260,44 @@ class ParquetSource(Source):
             return table
         return table.filter(pc.fill_null(mask, False))
 
+    def _group(self, pf: pq.ParquetFile, f: Path, rg: int, columns: list[str], keep: bool) -> pa.Table:
+        """Decode one row group's mapped columns; ``keep`` caches it for the next row range."""
+        with self._cache_lock:
+            cached = self._group_cache
+            if cached is not None and cached[0] == (f, rg):
+                if not keep:
+                    self._group_cache = None
+                return cached[1]
+        try:
+            table = pf.read_row_group(rg, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise SourceError(
+                f"source: {f} is damaged: row group {rg} cannot be decoded ({exc}); "
+                "restore the file or move it out of source.path"
+            ) from None
+        with self._cache_lock:
+            self._group_cache = ((f, rg), table) if keep else None
+        return table
+
     def read(self, shard: ShardSpec, selection: Selection) -> Iterator[RawRecord]:
         """Stream the shard's rows (only mapped columns) as raw records."""
         f = Path(shard.locator["file"])
         row_groups: list[int] = shard.locator["row_groups"]
+        rows: list[int] | None = shard.locator.get("rows")
         try:
             pf = pq.ParquetFile(f)
-        except (OSError, pa.ArrowInvalid) as exc:
+        except (OSError, pa.ArrowException) as exc:
             raise SourceError(f"source: cannot read {f}: {exc}") from None
-        meta = pf.metadata
-        present = [c for c in self.mapping.values() if c in meta.schema.names]
+        present = [c for c in self.mapping.values() if c in pf.schema_arrow.names]
         for rg in row_groups:
             offset = self._row_starts[f][rg]
-            table = pf.read_row_group(rg, columns=present)
+            if rows is None:
+                table = self._group(pf, f, rg, present, keep=False)
+            else:
+                start, end = rows
+                last = end >= pf.metadata.row_group(rg).num_rows
+                table = self._group(pf, f, rg, present, keep=not last).slice(start, end - start)
+                offset += start
             table = table.rename_columns(
                 [next(o for o, t in self.mapping.items() if t == c) for c in table.column_names]
             )
@@ -256,7 +321,15 @@ class ParquetSource(Source):
             col = self.mapping["chunk_id"]
             chunks = []
             for f in self.files:
-                ids = pq.read_table(f, columns=[col])[col]
+                if f in self.wrong_type:
+                    continue  # its rows are dead-lettered: no id of it counts
+                try:
+                    ids = pq.read_table(f, columns=[col])[col]
+                except (OSError, pa.ArrowException) as exc:
+                    raise SourceError(
+                        f"source: {f} is damaged: its {col!r} column cannot be decoded ({exc}); "
+                        "restore the file or move it out of source.path"
+                    ) from None
                 chunks.extend(ids.cast(pa.string(), safe=False).chunks)
             self._ids = pa.chunked_array(chunks, type=pa.string()).combine_chunks()
         return self._ids
@@ -277,5 +350,6 @@ class ParquetSource(Source):
         return set(pc.filter(wanted, mask).to_pylist())
 
     def close(self) -> None:
-        """Drop the cached id column."""
+        """Drop the cached id column and row group."""
         self._ids = None
+        self._group_cache = None
