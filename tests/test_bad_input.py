@@ -6,13 +6,23 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from jobs.cli import cli
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink
+from pipeline.records import Chunk, DeadLetter, RawRecord
 from pipeline.runner import RunOptions, run
-from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
+from pipeline.validation import validate
+from tests.helpers import (
+    config_dict,
+    make_config,
+    sample_rows,
+    tiny_model,
+    vectors_by_id,
+    write_rows,
+    write_toml,
+)
 
 GOOD = "We talked about proofing dough overnight in the fridge, and it worked."
 
@@ -32,6 +42,8 @@ def _write_bad_source(folder: Path) -> dict[str, tuple[str, str]]:
         GOOD.encode(),  # dup (2nd)
         GOOD.encode(),  # no id
         GOOD.encode(),  # no episode
+        b"\x00\x00\x00",  # NUL bytes only
+        "\u200b\u2060\ufeff \u200d".encode(),  # zero-width characters only
     ]
     texts[6] = texts[6].encode()  # type: ignore[union-attr]
     ids = [
@@ -46,8 +58,10 @@ def _write_bad_source(folder: Path) -> dict[str, tuple[str, str]]:
         "dup",
         None,
         "noepisode",
+        "nul",
+        "zerowidth",
     ]
-    episodes = ["ep-a"] * 10 + [None]
+    episodes = ["ep-a"] * 10 + [None] + ["ep-a"] * 2
     table = pa.table(
         {
             "segment_id": pa.array(ids, pa.string()),
@@ -72,6 +86,8 @@ def _write_bad_source(folder: Path) -> dict[str, tuple[str, str]]:
         "nulltext": ("text", "missing"),
         "dup": ("chunk_id", "duplicate chunk id: 2 records"),
         "noepisode": ("episode_id", "episode id is missing"),
+        "nul": ("text", "empty or whitespace only: it holds nothing but NUL"),
+        "zerowidth": ("text", "zero-width"),
         "numeric": ("text", "int, not a string"),
         "good-1": ("text", "int, not a string"),
     }
@@ -154,3 +170,98 @@ def test_a_filter_the_source_cannot_serve_exits_2_naming_the_field(tmp_path: Pat
     result = CliRunner().invoke(cli, ["reindex", "--config", str(toml), "--since", "2025-06-01"])
     assert result.exit_code == 2, result.output
     assert "source.fields.published_at" in result.output
+
+
+def test_text_with_nothing_visible_is_empty_but_invisible_characters_inside_text_are_kept() -> None:
+    def check(text: str) -> Chunk | DeadLetter:
+        return validate(RawRecord({"chunk_id": "c", "episode_id": "e", "text": text}, "row 0"), {})
+
+    for invisible in ("\x00", "\x00 \x00\n", "\u200b\u200c\u200d", "\ufeff", "\u2060\u00ad\t"):
+        letter = check(invisible)
+        assert isinstance(letter, DeadLetter) and letter.field == "text", repr(invisible)
+        assert "empty" in letter.reason
+    for visible in ("a\u200bb", "\x00ok", "\u200b日本"):
+        assert isinstance(check(visible), Chunk), repr(visible)
+
+
+def _tiny_toml(tmp_path: Path, src: Path, tiny_model_dir: str, **fields: str) -> Path:
+    raw = config_dict(src, tmp_path / "out", tiny_model(tiny_model_dir))
+    if fields:
+        raw["source"]["fields"] = fields
+    return write_toml(tmp_path / "c.toml", raw)
+
+
+def _no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+def test_a_list_or_struct_column_mapped_as_text_or_id_is_named_as_the_wrong_type(
+    tmp_path: Path, tiny_model_dir: str
+) -> None:
+    # One file: exit 2 saying which column has which type (it exists: not "not found").
+    lists = tmp_path / "lists.parquet"
+    pq.write_table(
+        pa.table({"chunk_id": ["a", "b"], "episode_id": ["e", "e"], "text": [["some", "words"], ["x"]]}),
+        lists,
+    )
+    result = CliRunner().invoke(
+        cli, ["backfill", "--config", str(_tiny_toml(tmp_path, lists, tiny_model_dir))]
+    )
+    assert result.exit_code == 2, result.output
+    assert "source.fields.text" in result.output and "list<" in result.output
+    assert "not found" not in result.output
+    _no_traceback(result)
+
+    # A folder: the bad files' rows are dead-lettered with the type, the good files embedded.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    rows = sample_rows(n=6)
+    write_rows(folder / "good.parquet", rows)
+    pq.write_table(
+        pa.table({"chunk_id": ["l1", "l2"], "episode_id": ["e", "e"], "text": [["x"], ["y"]]}),
+        folder / "list_text.parquet",
+    )
+    pq.write_table(
+        pa.table({"chunk_id": [{"n": 1}], "episode_id": ["e"], "text": ["A real sentence about bread."]}),
+        folder / "struct_id.parquet",
+    )
+    config = make_config(folder, tmp_path / "folder-out", model=tiny_model(tiny_model_dir))
+    report = run(config, RunOptions())
+    assert report.status == "completed"
+    assert sorted(vectors_by_id(tmp_path / "folder-out")) == sorted(r["chunk_id"] for r in rows)
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), ParquetSink.home(config.sink.options))
+    try:
+        letters = {d.chunk_id: d for d in store.list_dead_letters()}
+    finally:
+        store.close()
+    assert letters["l1"].field == "text" and "text is list, not a string" in letters["l1"].reason
+    (struct_letter,) = [d for cid, d in letters.items() if "struct_id.parquet" in cid]
+    assert struct_letter.field == "chunk_id" and "chunk id is dict, not a string" in struct_letter.reason
+    toml = write_toml(
+        tmp_path / "folder.toml", config_dict(folder, tmp_path / "folder-out", tiny_model(tiny_model_dir))
+    )
+    for command in (["status"], ["plan"]):
+        result = CliRunner().invoke(cli, [*command, "--config", str(toml)])
+        assert result.exit_code == 0, result.output
+        _no_traceback(result)
+
+
+def test_a_file_with_damaged_data_pages_is_named_by_backfill_status_and_plan(
+    tmp_path: Path, tiny_model_dir: str
+) -> None:
+    src = write_rows(tmp_path / "damaged.parquet", sample_rows(n=40), row_group_size=20)
+    meta = pq.read_metadata(src)
+    text_column = meta.row_group(1).column(meta.schema.names.index("text"))
+    data = bytearray(src.read_bytes())
+    start = text_column.data_page_offset
+    data[start : start + 40] = b"\xff" * 40  # the page header: the footer stays valid
+    src.write_bytes(bytes(data))
+    pq.read_metadata(src)  # still opens
+
+    toml = _tiny_toml(tmp_path, src, tiny_model_dir)
+    for command in (["backfill"], ["status"], ["plan"]):
+        result = CliRunner().invoke(cli, [*command, "--config", str(toml)])
+        assert result.exit_code == 2, (command, result.output)
+        assert "damaged.parquet is damaged: row group 1" in result.output, (command, result.output)
+        _no_traceback(result)

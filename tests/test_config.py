@@ -68,6 +68,8 @@ def test_shipped_configs_parse() -> None:
         ({**_raw(), "extra": {}}, "extra: unknown section"),
         ({"sink": {"kind": "parquet", "path": "o"}, "model": {"id": "m", "dimension": 8}}, "[source]"),
         (_raw(model={"dimension": 8}), "model.id: required key is missing"),
+        (_raw(model={"id": "m", "dimension": 8, "device": "tpu"}), "model.device: 'tpu' is not a device"),
+        (_raw(model={"id": "m", "dimension": 8, "device": "cuda:x"}), "model.device: 'cuda:x'"),
     ],
 )
 def test_bad_config_names_the_key(raw: dict, message: str) -> None:
@@ -123,3 +125,30 @@ def test_in_place_mongo_sink_must_name_the_sources_id_and_text_fields() -> None:
         parse_config(raw)
     raw["sink"]["id_field"] = "segment_id"
     assert parse_config(raw).sink.options.id_field == "segment_id"
+
+
+def test_devices_torch_understands_are_accepted() -> None:
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert parse_config(_raw(model={"id": "m", "dimension": 8, "device": device})).model.device == device
+
+
+def test_cli_exits_2_for_a_config_that_is_not_utf8_or_names_an_unknown_device(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(
+        b'[source]\nkind="parquet"\npath="x"\n[sink]\nkind="parquet"\npath="o"\n'
+        b'[model]\nid="m"\ndimension=8\ninstruction="Repr\xe9sente:"\n'
+    )
+    result = CliRunner().invoke(cli, ["backfill", "--config", str(latin1)])
+    assert result.exit_code == 2, result.output
+    assert "latin1.toml: not UTF-8 text (byte 108, line 10)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+    tpu = tmp_path / "tpu.toml"
+    tpu.write_text(
+        '[source]\nkind="parquet"\npath="x"\n[sink]\nkind="parquet"\npath="o"\n'
+        '[model]\nid="m"\ndimension=8\ndevice="tpu"\n'
+    )
+    result = CliRunner().invoke(cli, ["status", "--config", str(tpu)])
+    assert result.exit_code == 2, result.output
+    assert "model.device: 'tpu' is not a device" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

