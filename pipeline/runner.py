@@ -321,7 +321,9 @@ class Runner:
     ) -> str:
         depth = self.config.batching.queue_depth
         prepared_q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        write_q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        # One finished shard at most waits for the writer: embedded but unwritten work is what
+        # a kill loses, so it stays bounded (the shard being written, one waiting, one embedding).
+        write_q: queue.Queue[Any] = queue.Queue(maxsize=1)
         reader = threading.Thread(
             target=self._reader, args=(preparer, shards, prepared_q), name="podembed-reader", daemon=True
         )
@@ -382,7 +384,9 @@ class Runner:
                 # Partial shards (stopped by an error) still write what they computed.
                 self._flush_partial(in_flight, write_q)
             self._stop.set()
-            self._put(write_q, None, force=True)
+            # Blocking: the writer drains until it sees None (even after an error), and
+            # dropping a queued shard to make room would lose written work.
+            write_q.put(None)
             writer.join()
             reader.join(timeout=5)
         if self._error is not None:

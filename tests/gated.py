@@ -124,6 +124,14 @@ class GatedRun:
             assert time.monotonic() < deadline, f"no {marker.name} after {DEADLINE_S}s"
             time.sleep(POLL_S)
 
+    def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds (the run must still be alive)."""
+        deadline = time.monotonic() + DEADLINE_S
+        while not condition():
+            assert self.proc.poll() is None, f"run ended (exit {self.proc.returncode})"
+            assert time.monotonic() < deadline, f"condition not met after {DEADLINE_S}s"
+            time.sleep(POLL_S)
+
     def block_at(self, i: int) -> None:
         """Wait until the run is blocked before batch ``i``."""
         self.wait_for(f"waiting-{i}")
