@@ -140,10 +140,14 @@ def _total(snap: Snapshot) -> str:
 def format_line(snap: Snapshot) -> str:
     """One log line: embedded/total, percent, rates, ETA, dead-lettered, skipped, deferred."""
     head = f"{snap.command}: {snap.done}/{_total(snap)} chunks ({snap.percent:.0f}%)"
-    if snap.embed_s is None and snap.status == "running":
-        speed = f"waiting for the first batch ({duration(snap.elapsed_s)} since start)"
+    running = snap.status == "running"
+    if not snap.done and running:
+        what = "the first batch" if snap.embed_s is None else "the first result"
+        speed = f"waiting for {what} ({duration(snap.elapsed_s)} since start)"
+    elif not snap.done:
+        speed = "nothing embedded"
     else:
-        when = f"ETA {duration(snap.eta_s)}" if snap.status == "running" else f"in {duration(snap.embed_s)}"
+        when = f"ETA {duration(snap.eta_s)}" if running else f"in {duration(snap.embed_s)}"
         speed = f"{_rate(snap.chunks_per_s, 'chunks/s')}, {_rate(snap.tokens_per_s, 'tokens/s')}, {when}"
     return (
         f"{head}, {speed}; {snap.dead_lettered} dead-lettered, {snap.skipped} skipped, "
@@ -154,11 +158,16 @@ def format_line(snap: Snapshot) -> str:
 
 def format_bar_right(snap: Snapshot) -> str:
     """What a bar shows right of itself: ``48/200 [0:07<0:23, 6.5 chunks/s, 1204 tok/s] 641 deferred``."""
-    if snap.embed_s is None and snap.status == "running":
-        timing = f"[{_clock(snap.elapsed_s)}, waiting for the first batch]"
+    running = snap.status == "running"
+    if not snap.done and running:
+        what = "the first batch" if snap.embed_s is None else "the first result"
+        timing = f"[{_clock(snap.elapsed_s)}, waiting for {what}]"
+    elif not snap.done:
+        timing = "[nothing embedded]"
     else:
+        eta = f"<{_clock(snap.eta_s)}" if running else ""
         timing = (
-            f"[{_clock(snap.embed_s)}<{_clock(snap.eta_s if snap.status == 'running' else 0.0)}, "
+            f"[{_clock(snap.embed_s)}{eta}, "
             f"{_rate(snap.chunks_per_s, 'chunks/s')}, {_rate(snap.tokens_per_s, 'tok/s')}]"
         )
     beside = [

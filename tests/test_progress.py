@@ -276,3 +276,21 @@ def test_progress_every_s_is_validated(tmp_path: Path, value: Any, ok: bool) -> 
             parse_config(raw)
     raw.pop("report")
     assert parse_config(raw).report.progress_every_s == 30.0
+
+
+def test_a_run_with_nothing_to_embed_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = _corpus(tmp_path / "s.parquet", rows=10, invalid=(), row_group_size=10)
+    config = make_config(source, tmp_path / "out", model=MODEL)
+    first = run(config, RunOptions(), executor=GatedExecutor(GatedOptions(), config.model))
+    assert first.counts.embedded == 10
+    logger = logging.getLogger("test.progress.nothing")
+    progress = LogProgress("backfill", 30, logger=logger, clock=FakeClock(), background=False)
+    executor = GatedExecutor(GatedOptions(), config.model)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        report = run(config, RunOptions(), executor=executor, progress=progress)
+    assert report.counts.skipped == 10 and executor.answered == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert lines[-1] == (
+        "backfill: 0/0 chunks (100%), nothing embedded; 0 dead-lettered, 10 skipped, 0 deferred; "
+        "shards 1/1 done; 0s elapsed [completed]"
+    ), lines
