@@ -198,7 +198,7 @@ class ProgressTracker(Progress):
         self._first_out: float | None = None
         self._last_back: float | None = None
         self._limit: int | None = None
-        self._shards_total = 0
+        self._shards_total = self._shards_read = 0
         self._unread_estimate = 0  # estimated rows of shards not taken up yet
         self._read_estimate = 0  # estimated rows of shards taken up
         self._known = 0  # chunks to embed in shards taken up
@@ -229,6 +229,7 @@ class ProgressTracker(Progress):
             estimate = prepared.shard.estimated_chunks
             self._unread_estimate = max(self._unread_estimate - estimate, 0)
             self._read_estimate += estimate
+            self._shards_read += 1
             self._known += len(prepared.chunks)
             self._skipped += c.skipped + c.skipped_failed
             self._dead += c.dead_lettered
@@ -276,7 +277,9 @@ class ProgressTracker(Progress):
             running = self._status == "running"
             end = now if running or self._last_back is None else self._last_back
             first, last = self._first_out, self._last_back
-            exact = self._unread_estimate == 0 or (self._limit is not None and self._known >= self._limit)
+            exact = self._shards_read >= self._shards_total or (
+                self._limit is not None and self._known >= self._limit
+            )
             total = self._known
             if not exact:
                 share = self._known / self._read_estimate if self._read_estimate else 1.0
