@@ -62,23 +62,11 @@ def _load(config_path: str | None, executor: str | None) -> Any:
     return with_executor(config, executor) if executor else config
 
 
-class _Bar:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+def _progress(config: Any, command: str) -> Any:
+    """A bar on a terminal; elsewhere (cron, CI, a pipe) progress lines on stderr."""
+    from pipeline.progress import BarProgress, LogProgress
 
-    def __init__(self, desc: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, unit="chunk", desc=desc, file=sys.stderr, disable=None, leave=False)
-
-    def set_total(self, total: int) -> None:
-        self.bar.total = total
-        self.bar.refresh()
-
-    def advance(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
+    return BarProgress(command) if sys.stderr.isatty() else LogProgress.from_config(config, command)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -90,24 +78,11 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
-    from pipeline.runner import Progress, RunOptions, run
+    from pipeline.runner import RunOptions, run
 
     config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))
     opts = RunOptions(command=command, **opts_kwargs)
     _sigterm_as_interrupt()
-
-    class Bar(Progress):
-        def __init__(self) -> None:
-            self.impl = _Bar(command)
-
-        def set_total(self, total: int) -> None:
-            self.impl.set_total(total)
-
-        def advance(self, n: int) -> None:
-            self.impl.advance(n)
-
-        def close(self) -> None:
-            self.impl.close()
 
     with contextlib.ExitStack() as stack:
         executor = None
@@ -119,7 +94,7 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
 
             executor = ModalExecutor.open(config.executor.options, config.model)
             executor.use_map(stack.enter_context(ephemeral_map(config.executor.options)))
-        report = run(config, opts, executor=executor, progress=Bar())
+        report = run(config, opts, executor=executor, progress=_progress(config, command))
     if report.status == "interrupted":
         report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
     click.echo(report.summary(), err=True)

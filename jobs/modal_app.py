@@ -38,7 +38,7 @@ from typing import Any
 
 import modal
 
-from pipeline.config import Config, ReportConfig, load_config
+from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
@@ -239,17 +239,20 @@ def run_job(command: str, episode_ids: tuple[str, ...] = (), map_fn: Any = None)
     """Run ``podembed <command>`` here with the Modal executor; returns the run report.
 
     ``map_fn`` stands in for ``Embedder().embed.map`` (tests run this offline)."""
+    from pipeline.progress import LogProgress
     from pipeline.runner import RunOptions, run
     from pipeline.selection import Selection
 
     config = read_config(CONFIG_PATH)
-    config = dataclasses.replace(config, report=ReportConfig(dir=report_dir(config.report.dir)))
+    on_volume = dataclasses.replace(config.report, dir=report_dir(config.report.dir))  # other keys kept
+    config = dataclasses.replace(config, report=on_volume)
     executor = ModalExecutor(config.executor.options, config.model, map_fn=map_fn or Embedder().embed.map)
     try:
         report = run(
             config,
             RunOptions(command=command, selection=Selection(episode_ids=episode_ids)),
             executor=executor,
+            progress=LogProgress.from_config(config, command),  # INFO lines in `modal app logs`
         )
     finally:
         executor.close()

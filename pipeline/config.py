@@ -9,6 +9,7 @@ Secrets never live in the file: a section names the environment variable that ho
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -144,9 +145,21 @@ class CostConfig:
 
 @dataclass(slots=True)
 class ReportConfig:
-    """Where run reports go."""
+    """Where run reports go, and how often a run without a terminal logs its progress."""
 
     dir: str = "data/out/runs"
+    # Seconds between progress lines when stderr is not a terminal (cron, CI, Modal logs);
+    # 0 keeps only the line logged at each shard done.
+    progress_every_s: float = 30.0
+
+    def validate(self, prefix: str) -> None:
+        """A finite interval of at least a second, or 0 for none."""
+        every = self.progress_every_s
+        if not math.isfinite(every) or every < 0 or 0 < every < 1:
+            raise ConfigError(
+                f"{prefix}.progress_every_s: must be 0 (no periodic lines) or at least 1 second, "
+                f"got {every!r}"
+            )
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.errors import PodembedError
 from pipeline.executor import Executor
+from pipeline.progress import Progress
 from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
 from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.report import RunReport, write_report
@@ -52,19 +53,6 @@ class RunOptions:
     limit: int | None = None
     retry_failed: bool = False
     prune: bool = False
-
-
-class Progress:
-    """Progress callbacks (the CLI draws a bar; the library stays silent)."""
-
-    def set_total(self, total: int) -> None:
-        """Chunks expected in this run."""
-
-    def advance(self, n: int) -> None:
-        """``n`` more chunks are settled (embedded, skipped or dead-lettered)."""
-
-    def close(self) -> None:
-        """The run is over."""
 
 
 def new_run_id() -> str:
@@ -173,7 +161,7 @@ class Runner:
                 with self._lock:
                     report.counts.add(counts)
                     report.shards_done += int(finished)
-                self.progress.advance(counts.seen)
+                self.progress.shard_written(finished)
             except BaseException as exc:
                 self._fail(exc)
 
@@ -269,7 +257,7 @@ class Runner:
         report.shards_total = len(shards)
         report.shards_skipped_done = sum(s.shard_id in done for s in shards)
         todo = [s for s in shards if s.shard_id not in done]
-        self.progress.set_total(sum(s.estimated_chunks for s in todo))
+        self.progress.planned(len(todo), sum(s.estimated_chunks for s in todo), opts.limit)
         status = "failed"
         try:
 
@@ -307,7 +295,7 @@ class Runner:
                 checkpoint.finish_run(run_id, status, report.to_dict())
             finally:
                 write_report(report, cfg.report.dir)
-                self.progress.close()
+                self.progress.close(status)
 
     def _pipeline(
         self, preparer: Preparer, shards: list[Any], report: RunReport, fingerprint: str, run_id: str
@@ -322,8 +310,10 @@ class Runner:
             target=self._writer, args=(write_q, report), name="podembed-writer", daemon=True
         )
         in_flight: dict[str, _InFlight] = {}
+        first_out: float | None = None
 
         def batches() -> Iterator[Batch]:
+            nonlocal first_out
             while not self._stop.is_set():
                 try:
                     item = prepared_q.get(timeout=0.2)
@@ -337,6 +327,7 @@ class Runner:
                     report.padded_tokens += prepared.padded_tokens
                     report.batches += len(prepared.batches)
                 flight = _InFlight(prepared, remaining=len(prepared.batches))
+                self.progress.shard_prepared(prepared)
                 if not prepared.batches:
                     self._put(write_q, flight)
                     continue
@@ -345,6 +336,9 @@ class Runner:
                 for batch in prepared.batches:
                     if self._stop.is_set():
                         return
+                    if first_out is None:
+                        first_out = time.perf_counter()  # the rate's clock: model loaded, work flowing
+                    self.progress.dispatched(batch)
                     yield batch
 
         reader.start()
@@ -358,6 +352,7 @@ class Runner:
                     log.warning("result for unknown or repeated batch %s ignored", result.batch_id)
                     continue
                 self._absorb(flight, result, fingerprint, run_id)
+                self.progress.settled(result)
                 report.device_s += result.compute_s + result.load_s
                 report.model_load_s += result.load_s
                 report.fp32_retries += result.fp32_retries
@@ -370,7 +365,7 @@ class Runner:
             status = "interrupted"
             self._flush_partial(in_flight, write_q)
         finally:
-            report.embed_s = time.perf_counter() - embed_start
+            report.embed_s = time.perf_counter() - (first_out or embed_start)
             if status != "interrupted":
                 # Partial shards (stopped by an error) still write what they computed.
                 self._flush_partial(in_flight, write_q)

@@ -4,6 +4,7 @@ the bundled MiniLM, the jobs through the real runner, and the authenticated trig
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -145,15 +146,22 @@ def test_modal_executor_through_the_runner_matches_the_local_executor(tmp_path: 
 
 
 def test_ingest_job_runs_one_episode_and_writes_its_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = write_rows(tmp_path / "chunks.parquet", sample_rows(episodes=2))
     cfg = modal_minilm_config(tmp_path / "cfg", source=src)
     monkeypatch.setattr(modal_app, "CONFIG_PATH", str(cfg))
     monkeypatch.setattr(modal_app, "REPORTS_MOUNT", str(tmp_path / "volume"))
 
-    report = modal_app.run_job("ingest", ("pc-astro-ep02",), map_fn=local_map(embedder_obj.embed.local))
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        report = modal_app.run_job("ingest", ("pc-astro-ep02",), map_fn=local_map(embedder_obj.embed.local))
     assert report["status"] == "completed" and report["command"] == "ingest"
+    # The progress lines an operator reads in `modal app logs`.
+    progress = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    done = report["counts"]["embedded"]
+    assert any(m.endswith("[shard done]") for m in progress), progress
+    assert progress[-1].startswith(f"ingest: {done}/{done} chunks (100%)"), progress
+    assert progress[-1].endswith("[completed]"), progress
     assert report["counts"]["embedded"] == len(sample_rows(episodes=2)) - len(sample_rows(episodes=1))
     assert report["device"] == "A10G" and report["device_s"] > 0
     written = list((tmp_path / "volume").rglob(f"{report['run_id']}.json"))
