@@ -89,6 +89,11 @@ class Batch:
     token_counts: list[int]
     padded_tokens: int
 
+    @property
+    def real_tokens(self) -> int:
+        """Tokens that carry content (instruction included), i.e. excluding padding."""
+        return sum(self.token_counts)
+
 
 @dataclass(slots=True)
 class BatchResult:
