@@ -20,7 +20,8 @@ from pipeline.errors import ConfigError
 from pipeline.toml_schema import from_table
 
 DEFAULT_CONFIG = Path("configs/local.toml")
-Precision = Literal["fp32", "bf16", "fp16"]
+# "auto": bf16 where the device has bf16 matrix units, else fp32 (pipeline/precision.py).
+Precision = Literal["auto", "fp32", "bf16", "bf16-autocast", "fp16"]
 
 
 @dataclass(slots=True)
