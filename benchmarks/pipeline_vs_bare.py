@@ -75,8 +75,9 @@ def make_corpus(n: int, tmp: Path, seed: int = 0) -> Path:
     return path
 
 
-def podembed_config(source: Path, out: Path, max_seq: int, precision: str | None = None) -> Any:
-    """``configs/local.toml`` with the paths pointed at the benchmark's files."""
+def podembed_config(source: Path, out: Path, max_seq: int, precision: str | None = "fp32") -> Any:
+    """``configs/local.toml`` with the paths pointed at the benchmark's files, in ``precision``
+    (fp32 by default, as the bare model it is compared with; ``None``: as the file says)."""
     from pipeline.config import parse_config
 
     raw = tomllib.loads((ROOT / "configs" / "local.toml").read_text())
@@ -118,7 +119,7 @@ def precision_main(args: argparse.Namespace) -> int:
     rows = pq.read_table(source, columns=["chunk_id", "text"]).to_pylist()
     ids = [r["chunk_id"] for r in rows]
     stripped = [r["text"].strip() for r in rows]
-    cfg = podembed_config(source, tmp / "unused", seq)
+    cfg = podembed_config(source, tmp / "unused", seq, None)
     shipped = cfg.model.precision
     auto = precision.detect(shipped, "cpu")
     flags = precision.cpu_bf16_units(precision.read_cpu_flags())

@@ -102,8 +102,8 @@ def check_fp16(model: ModelConfig, prefix: str = "model") -> None:
     if model.precision == "fp16" and is_t5_model(model):
         raise ConfigError(
             f"{prefix}.precision: fp16 is not allowed for {model.id!r}: T5 encoders overflow in "
-            'float16 (NaN or silently wrong vectors). Use precision = "bf16" on the GPU '
-            '(the A10G supports it) or "fp32".'
+            'float16 (NaN or silently wrong vectors). Use precision = "auto" (bf16 where the '
+            'device has bf16 units, such as the A10G; fp32 elsewhere), "bf16" or "fp32".'
         )
 
 

@@ -171,6 +171,7 @@ class InstructorEmbedder:
             self._place(self.model, device, resolved.weights)
             model_cache.rekey(self._key, new_key)
         self._key, self.device, self.precision = new_key, device, resolved
+        self._fp32 = None  # a fallback copy loaded for the old device stays behind
         check_instructor_semantics(self.model)
 
     @property
