@@ -270,3 +270,24 @@ def test_auto_run_and_plan_state_the_precision_and_why(tiny_model_dir: str, tmp_
     assert f"precision: {expected.describe()}" in report.summary()
     (written,) = (out / "runs").glob("*.json")
     assert json.loads(written.read_text())["precision_reason"] == expected.describe()
+
+
+def test_modal_results_carry_the_containers_precision(tiny_model_dir: str) -> None:
+    """The GPU class's answer says what it computed in; the client's results pass it on."""
+    from pipeline.modal.executor import ModalExecutor
+    from pipeline.modal.options import ModalOptions
+    from pipeline.modal.wire import embed_payload
+    from pipeline.records import Batch
+    from tests.modal_fixtures import local_map
+
+    cfg = ModelConfig(
+        id="tiny", path=tiny_model_dir, dimension=TINY.out_dim, max_seq_length=128, precision="bf16-autocast"
+    )
+    embedder = InstructorEmbedder(cfg, device="cpu")
+    executor = ModalExecutor(ModalOptions(), cfg, map_fn=local_map(lambda p: embed_payload(embedder, p)))
+    batches = [Batch(f"b{i}", [f"c{i}"], [TEXTS[i]], [8], 8) for i in range(2)]
+    results = list(executor.embed(iter(batches)))
+    assert sorted(r.batch_id for r in results) == ["b0", "b1"] and not any(r.error for r in results)
+    assert {(r.precision, r.precision_reason) for r in results} == {
+        ("bf16-autocast", "bf16-autocast: set in the config")
+    }
