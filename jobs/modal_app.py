@@ -191,13 +191,19 @@ class Embedder:
     def load(self) -> None:
         """Load on CPU; this state is what the memory snapshot holds."""
         from pipeline.embedder import InstructorEmbedder
+        from pipeline.precision import for_gpu_name
 
         start = time.perf_counter()
         self.model_cfg = read_config(self.config_path or CONFIG_PATH).model
+        # The snapshot holds the weights as the GPU will use them ("auto" on an A10G: bf16, half
+        # the size of fp32); to_device() checks that decision on the real GPU.
+        target = for_gpu_name(self.model_cfg.precision, OPTIONS.gpu)
         quiet = logging.getLogger("pipeline.embedder")
         level, quiet.level = quiet.level, logging.ERROR  # bf16 on CPU is fine for a snapshot
         try:
-            self.embedder = InstructorEmbedder(self.model_cfg, device="cpu")
+            self.embedder = InstructorEmbedder(
+                self.model_cfg, device="cpu", resolved=target if target.dtype else None
+            )
         finally:
             quiet.level = level
         self.load_s = time.perf_counter() - start
@@ -207,7 +213,7 @@ class Embedder:
     def to_device(self) -> None:
         """After a restore (or a cold start): onto the GPU, and warm its kernels up."""
         start = time.perf_counter()
-        self.embedder.move_to(self.model_cfg.device)  # "auto": the GPU
+        self.embedder.move_to(self.model_cfg.device)  # "auto": the GPU, in its precision
         self.embedder.embed(["warm-up"])
         move_s = time.perf_counter() - start
         # A container restored from the snapshot has a new task id and did not load the

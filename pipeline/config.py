@@ -21,7 +21,8 @@ from pipeline.errors import ConfigError
 from pipeline.toml_schema import from_table
 
 DEFAULT_CONFIG = Path("configs/local.toml")
-Precision = Literal["fp32", "bf16", "fp16"]
+# "auto": bf16 where the device has bf16 matrix units, else fp32 (pipeline/precision.py).
+Precision = Literal["auto", "fp32", "bf16", "bf16-autocast", "fp16"]
 
 
 @dataclass(slots=True)
@@ -102,8 +103,8 @@ def check_fp16(model: ModelConfig, prefix: str = "model") -> None:
     if model.precision == "fp16" and is_t5_model(model):
         raise ConfigError(
             f"{prefix}.precision: fp16 is not allowed for {model.id!r}: T5 encoders overflow in "
-            'float16 (NaN or silently wrong vectors). Use precision = "bf16" on the GPU '
-            '(the A10G supports it) or "fp32".'
+            'float16 (NaN or silently wrong vectors). Use precision = "auto" (bf16 where the '
+            'device has bf16 units, such as the A10G; fp32 elsewhere), "bf16" or "fp32".'
         )
 
 

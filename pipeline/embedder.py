@@ -14,6 +14,7 @@ wherever a vector is computed. INSTRUCTOR semantics with sentence-transformers:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import model_cache
+from pipeline import model_cache, precision
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.fingerprint import model_fingerprint, resolve_model_location
@@ -100,17 +101,27 @@ def check_instructor_semantics(model: Any) -> None:
 class InstructorEmbedder:
     """Embeds texts exactly as INSTRUCTOR does, with a guard against NaN and zero vectors."""
 
-    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, device: str | None = None, resolved: precision.Resolved | None = None
+    ) -> None:
+        """``resolved`` overrides the precision decided for ``device`` (the Modal snapshot loads on
+        the CPU in the precision the GPU will use)."""
         self.cfg = cfg
         self.location = resolve_model_location(cfg)
         self.device = resolve_device(device or cfg.device)
-        if self.device.startswith("cpu") and cfg.precision != "fp32":
+        self.precision = resolved or precision.detect(cfg.precision, self.device)
+        if (
+            self.device.startswith("cpu")
+            and self.precision.reduced
+            and not precision.cpu_bf16_units(precision.read_cpu_flags())
+        ):
             log.warning(
-                "model.precision=%s on CPU is far slower than fp32 here; use bf16 on GPUs only",
+                "model.precision=%s: this CPU has no bf16 units (amx_bf16, avx512_bf16); reduced "
+                'precision runs about 5x slower than fp32 here. Use "auto" (fp32 on this CPU).',
                 cfg.precision,
             )
         start = time.perf_counter()
-        self._key = self._cache_key(self.device, cfg.precision)
+        self._key = self._cache_key(self.device, self.precision.weights)
         self.model = model_cache.cached(self._key, self._load_for)
         self.load_s = time.perf_counter() - start
         check_instructor_semantics(self.model)
@@ -131,7 +142,7 @@ class InstructorEmbedder:
 
     def _load_for(self) -> Any:
         model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
-        return self._place(model, self.device, self.cfg.precision)
+        return self._place(model, self.device, self.precision.weights)
 
     @staticmethod
     def _place(model: Any, device: str, precision: str) -> Any:
@@ -141,14 +152,26 @@ class InstructorEmbedder:
         return model
 
     def move_to(self, device: str) -> None:
-        """Move the loaded model to ``device`` (Modal: loaded on CPU for the snapshot)."""
+        """Move the loaded model to ``device`` (Modal: loaded on CPU for the snapshot), in the
+        precision decided for that device."""
         device = resolve_device(device)
-        if device == self.device:
+        resolved = precision.detect(self.cfg.precision, device)
+        if device == self.device and resolved == self.precision:
             return
-        new_key = self._cache_key(device, self.cfg.precision)
-        self._place(self.model, device, self.cfg.precision)
-        model_cache.rekey(self._key, new_key)
-        self._key, self.device = new_key, device
+        new_key = self._cache_key(device, resolved.weights)
+        if resolved.weights == "fp32" and self.precision.weights != "fp32":
+            # The weights were cast down already: fp32 ones come from disk, not from bf16.
+            def load() -> Any:
+                return self._place(
+                    _load(self.location, self.cfg.max_seq_length, self.cfg.attention), device, "fp32"
+                )
+
+            self.model = model_cache.cached(new_key, load)
+        else:
+            self._place(self.model, device, resolved.weights)
+            model_cache.rekey(self._key, new_key)
+        self._key, self.device, self.precision = new_key, device, resolved
+        self._fp32 = None  # a fallback copy loaded for the old device stays behind
         check_instructor_semantics(self.model)
 
     @property
@@ -156,10 +179,16 @@ class InstructorEmbedder:
         """The model's tokenizer (for token counting)."""
         return self.model.tokenizer
 
-    def _encode(self, model: Any, texts: list[str], reduced_precision: bool = False) -> np.ndarray:
+    def _encode(
+        self, model: Any, texts: list[str], reduced_precision: bool = False, autocast: str = ""
+    ) -> np.ndarray:
+        """One ``encode`` call; ``autocast`` (``bf16``) runs the matrix products in that dtype."""
         import torch
 
-        with torch.inference_mode():
+        amp: Any = contextlib.nullcontext()
+        if autocast:
+            amp = torch.autocast(self.device.split(":", 1)[0], dtype=_dtype(autocast))
+        with torch.inference_mode(), amp:
             out = model.encode(
                 texts,
                 prompt=self.cfg.instruction,
@@ -177,8 +206,8 @@ class InstructorEmbedder:
         return vectors
 
     def _fp32_model(self) -> Any:
-        if self.cfg.precision == "fp32":
-            return self.model
+        if self.precision.weights == "fp32":
+            return self.model  # fp32 or autocast: the same weights, run without autocast
         if self._fp32 is None:
             key = self._cache_key(self.device, "fp32")
 
@@ -195,14 +224,15 @@ class InstructorEmbedder:
             return EmbedOutput(np.zeros((0, self.cfg.dimension), dtype=np.float32))
         stripped = [t.strip() for t in texts]
         start = time.perf_counter()
-        vectors = self._encode(self.model, stripped, reduced_precision=self.cfg.precision != "fp32")
+        p = self.precision
+        vectors = self._encode(
+            self.model, stripped, reduced_precision=p.reduced, autocast=p.dtype if p.autocast else ""
+        )
         retries = 0
         bad = _bad_rows(vectors)
-        if bad and self.cfg.precision != "fp32":
+        if bad and p.reduced:
             # Reduced precision overflows on some inputs (T5 in fp16 does); fp32 is the fallback.
-            log.warning(
-                "%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), self.cfg.precision
-            )
+            log.warning("%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), p.label)
             vectors = self._encode(self._fp32_model(), stripped)
             retries = 1
             bad = _bad_rows(vectors)

@@ -91,6 +91,8 @@ class LocalExecutor(Executor):
             failed={batch.chunk_ids[i]: reason for i, reason in out.failed.items()},
             compute_s=out.compute_s,
             fp32_retries=out.fp32_retries,
+            precision=embedder.precision.label,
+            precision_reason=embedder.precision.describe(),
         )
 
     def _split(self, batch: Batch) -> BatchResult:
@@ -118,4 +120,6 @@ class LocalExecutor(Executor):
             failed=failed,
             compute_s=sum(r.compute_s for r in results),
             fp32_retries=sum(r.fp32_retries for r in results),
+            precision=results[0].precision,
+            precision_reason=results[0].precision_reason,
         )

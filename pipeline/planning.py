@@ -9,6 +9,7 @@ from typing import Any
 from pipeline import registry
 from pipeline.config import Config
 from pipeline.fingerprint import model_fingerprint
+from pipeline.precision import Resolved, detect, for_gpu_name
 from pipeline.registry import Parts
 from pipeline.runner import RunOptions
 from pipeline.shard_work import WORK_REASONS, Preparer
@@ -41,6 +42,8 @@ class Plan:
     est_wall_s: float = 0.0
     hourly_usd: float = 0.0
     est_cost_usd: float = 0.0
+    precision: str = ""  # what the run would compute in (fp32, bf16, bf16-autocast, fp16)
+    precision_reason: str = ""  # e.g. "auto → fp32: cpu has no bf16 units (avx2)"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -58,16 +61,30 @@ class Plan:
                 f"  at {self.tokens_per_second:.0f} padded tokens/s per {self.device} ({self.speed_from}):",
                 f"  ~{self.est_device_s:.0f} device-seconds, ~{self.est_wall_s:.0f}s on {self.devices} "
                 f"device(s), ~${self.est_cost_usd:.4f} at ${self.hourly_usd:.2f}/h",
+                f"  precision: {self.precision_reason}",
             ]
         )
 
 
-def _measured_speed(config: Config, parts: Parts, fingerprint: str) -> float | None:
-    """Padded tokens per device-second of the last completed run with this model."""
+def planned_precision(config: Config) -> Resolved:
+    """The precision a run of ``config`` would use: decided for this machine's device, or, for
+    an executor whose options name a GPU (Modal), for that GPU (the container decides again)."""
+    gpu = str(getattr(config.executor.options, "gpu", "") or "")
+    if gpu:
+        return for_gpu_name(config.model.precision, gpu)
+    from pipeline.embedder import resolve_device
+
+    return detect(config.model.precision, resolve_device(config.model.device))
+
+
+def _measured_speed(config: Config, parts: Parts, fingerprint: str, precision: str) -> float | None:
+    """Padded tokens per device-second of the last completed run with this model and precision."""
     for run in parts.checkpoint.last_runs(20):
         rep = run.get("report") or {}
         if (
             run.get("status") == "completed"
+            # A run in another precision ran at another speed (reports before it was recorded match).
+            and rep.get("precision") in (None, "", precision)
             and rep.get("model_fingerprint") == fingerprint
             and rep.get("executor") == config.executor.kind
             and rep.get("device_s", 0) > 1.0
@@ -109,7 +126,9 @@ def make_plan(config: Config, parts: Parts, opts: RunOptions, counter: TokenCoun
         plan.batches += len(p.batches)
     plan.reasons = dict(reasons)
     plan.padding_ratio = round(plan.padded_tokens / plan.tokens, 4) if plan.tokens else 1.0
-    measured = _measured_speed(config, parts, fp)
+    resolved = planned_precision(config)
+    plan.precision, plan.precision_reason = resolved.label, resolved.describe()
+    measured = _measured_speed(config, parts, fp, resolved.label)
     if measured:
         plan.tokens_per_second, plan.speed_from = measured, "measured by the last completed run"
     else:

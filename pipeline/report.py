@@ -56,6 +56,8 @@ class RunReport:
     padding_ratio: float = 1.0
     batches: int = 0
     fp32_retries: int = 0
+    precision: str = ""  # what the vectors were computed in (fp32, bf16, bf16-autocast, fp16)
+    precision_reason: str = ""  # e.g. "auto → fp32: cpu has no bf16 units (avx2)"
     wall_s: float = 0.0
     embed_s: float = 0.0
     chunks_per_s: float = 0.0
@@ -109,6 +111,8 @@ class RunReport:
             f"  device: {self.device_s:.1f} {self.device}-seconds = ${self.cost_usd:.4f} "
             f"at ${self.hourly_usd:.2f}/h"
         )
+        if self.precision_reason:
+            lines.append(f"  precision: {self.precision_reason}")
         if self.error:
             lines.append(f"  error: {self.error}")
         if self.resume_hint:

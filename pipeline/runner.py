@@ -356,6 +356,8 @@ class Runner:
                 report.device_s += result.compute_s + result.load_s
                 report.model_load_s += result.load_s
                 report.fp32_retries += result.fp32_retries
+                if result.precision:
+                    report.precision, report.precision_reason = result.precision, result.precision_reason
                 flight.remaining -= 1
                 if flight.remaining == 0:
                     self._put(write_q, flight)

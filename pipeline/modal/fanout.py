@@ -31,6 +31,8 @@ class _Pending:
     compute_s: float = 0.0
     load_s: float = 0.0
     fp32_retries: int = 0
+    precision: str = ""
+    precision_reason: str = ""
 
     def result(self) -> BatchResult:
         return BatchResult(
@@ -41,6 +43,8 @@ class _Pending:
             compute_s=self.compute_s,
             load_s=self.load_s,
             fp32_retries=self.fp32_retries,
+            precision=self.precision,
+            precision_reason=self.precision_reason,
         )
 
 
@@ -145,6 +149,9 @@ class Fanout:
             return part, f"malformed result: {exc}"
         owner.vectors[part.rows] = vectors
         owner.fp32_retries += int(out.get("fp32_retries") or 0)
+        if out.get("precision"):
+            owner.precision = str(out["precision"])
+            owner.precision_reason = str(out.get("precision_reason") or "")
         for cid, reason in dict(out.get("failed") or {}).items():
             owner.failed[str(cid)] = str(reason)
         return part, None

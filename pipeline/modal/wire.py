@@ -63,7 +63,10 @@ def embed_payload(embedder: Any, payload: dict[str, Any], load_s: float = 0.0) -
         _free_device_memory()
         return result
     vectors = np.ascontiguousarray(out.vectors, dtype="<f4")
+    resolved = getattr(embedder, "precision", None)
     result.update(
+        precision=resolved.label if resolved else "",
+        precision_reason=resolved.describe() if resolved else "",
         vectors=vectors.tobytes(),
         dim=int(vectors.shape[1]) if vectors.ndim == 2 else int(embedder.cfg.dimension),
         compute_s=float(out.compute_s),
