@@ -156,13 +156,15 @@ class InstructorEmbedder:
         """The model's tokenizer (for token counting)."""
         return self.model.tokenizer
 
-    def _encode(self, model: Any, texts: list[str], reduced_precision: bool = False) -> np.ndarray:
+    def _encode(
+        self, model: Any, texts: list[str], reduced_precision: bool = False, prompt: str | None = None
+    ) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             out = model.encode(
                 texts,
-                prompt=self.cfg.instruction,
+                prompt=self.cfg.instruction if prompt is None else (prompt or None),
                 normalize_embeddings=self.cfg.normalize,
                 batch_size=max(1, len(texts)),
                 convert_to_numpy=True,
@@ -189,13 +191,21 @@ class InstructorEmbedder:
             self._fp32 = model_cache.cached(key, load)
         return self._fp32
 
-    def embed(self, texts: list[str]) -> EmbedOutput:
-        """Embed ``texts`` in one forward pass. Rows listed in ``failed`` must not be stored."""
+    def embed(self, texts: list[str], instruction: str | None = None) -> EmbedOutput:
+        """Embed ``texts`` in one forward pass. Rows listed in ``failed`` must not be stored.
+
+        ``instruction`` overrides the documents' instruction (``""``: none at all); only
+        search uses it, through :meth:`embed_queries`: stored vectors always carry the
+        configured one, which is what their fingerprint says.
+        """
         if not texts:
             return EmbedOutput(np.zeros((0, self.cfg.dimension), dtype=np.float32))
         stripped = [t.strip() for t in texts]
+        prompt = None if instruction is None else instruction.strip()
         start = time.perf_counter()
-        vectors = self._encode(self.model, stripped, reduced_precision=self.cfg.precision != "fp32")
+        vectors = self._encode(
+            self.model, stripped, reduced_precision=self.cfg.precision != "fp32", prompt=prompt
+        )
         retries = 0
         bad = _bad_rows(vectors)
         if bad and self.cfg.precision != "fp32":
@@ -203,11 +213,19 @@ class InstructorEmbedder:
             log.warning(
                 "%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), self.cfg.precision
             )
-            vectors = self._encode(self._fp32_model(), stripped)
+            vectors = self._encode(self._fp32_model(), stripped, prompt=prompt)
             retries = 1
             bad = _bad_rows(vectors)
         compute_s = time.perf_counter() - start
         return EmbedOutput(vectors=vectors, failed=bad, compute_s=compute_s, fp32_retries=retries)
+
+    def embed_queries(self, questions: list[str]) -> np.ndarray:
+        """Embed search questions with ``[model].query_instruction``: INSTRUCTOR pairs a
+        query instruction with the documents' one, so queries and passages meet in one space."""
+        out = self.embed(questions, instruction=self.cfg.query_instruction)
+        if out.failed:
+            raise ModelError(f"model: could not embed the question: {next(iter(out.failed.values()))}")
+        return out.vectors
 
 
 def _bad_rows(vectors: np.ndarray) -> dict[int, str]:
