@@ -13,6 +13,7 @@ as :func:`~pipeline.files.sink.read_vectors` does, so a chunk is never found twi
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 
 #: Vectors scored per matrix product: 32k x 768 float32 is 96 MiB, 32k x 384 is 48 MiB.
 BLOCK_ROWS = 32_768
-#: Files read concurrently (pyarrow releases the GIL while decoding).
-READ_THREADS = 4
+#: Files read concurrently (pyarrow releases the GIL while decoding; each read is single-threaded
+#: because the files are small: one episode each, where per-file overhead dominates).
+READ_THREADS = max(1, min(4, os.cpu_count() or 1))
 _COLUMNS = ["chunk_id", "episode_id", "model_fingerprint", "embedding"]
 _SQL_PAGE = 900  # SQLite's limit on bound parameters is 999
 
@@ -87,7 +89,7 @@ class _TopK:
 def _read(sink: ParquetSink, name: str, owned: list[str], fingerprint: str) -> pa.Table | None:
     path = sink.vectors_dir / name
     try:
-        table = pq.read_table(path, columns=_COLUMNS)
+        table = pq.ParquetFile(path).read(columns=_COLUMNS, use_threads=False)
     except FileNotFoundError:
         return None  # deleted by a concurrent prune: its chunks are gone too
     mask = pc.and_(
