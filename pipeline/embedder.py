@@ -221,11 +221,16 @@ class InstructorEmbedder:
         compute_s = time.perf_counter() - start
         return EmbedOutput(vectors=vectors, failed=bad, compute_s=compute_s, fp32_retries=retries)
 
-    def embed_queries(self, questions: list[str]) -> np.ndarray:
-        """Embed search questions with ``[model].query_instruction``: INSTRUCTOR pairs a
-        query instruction with the documents' one, so queries and passages meet in one space."""
+    def embed_queries(self, questions: list[str], instruction: str | None = None) -> np.ndarray:
+        """Embed search questions with ``[model].query_instruction``.
+
+        INSTRUCTOR pairs a query instruction with the documents' one, so that questions
+        and passages meet in one space. ``instruction`` replaces it (``""``: none), only
+        to measure what it is worth.
+        """
+        prompt = self.cfg.query_instruction if instruction is None else instruction
         with _few_threads(self.device, len(questions)):
-            out = self.embed(questions, instruction=self.cfg.query_instruction)
+            out = self.embed(questions, instruction=prompt)
         if out.failed:
             raise ModelError(f"model: could not embed the question: {next(iter(out.failed.values()))}")
         return out.vectors

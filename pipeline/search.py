@@ -153,9 +153,7 @@ class Searcher:
         """
         if not question.strip():
             raise ConfigError("search: the question is empty")
-        if instruction is None:
-            return self.embedder.embed_queries([question])[0]
-        return self.embedder.embed([question], instruction=instruction).vectors[0]
+        return self.embedder.embed_queries([question], instruction)[0]
 
     def search(self, question: str, k: int = 10, filters: Selection | None = None) -> list[Hit]:
         """The ``k`` passages nearest to ``question``, best first."""
@@ -209,6 +207,7 @@ class Searcher:
             episode_ids=episodes,
             podcast_ids=podcasts,
             since=since,
+            unit_vectors=self.config.model.normalize,  # part of the fingerprint: true for every vector
         )
 
     def _episodes(self, selection: Selection) -> set[str]:

@@ -36,6 +36,8 @@ class VectorQuery:
     episode_ids: tuple[str, ...] = ()
     podcast_ids: tuple[str, ...] = ()
     since: datetime | None = None
+    # The stored vectors of this fingerprint are unit length (model.normalize): dot = cosine.
+    unit_vectors: bool = False
 
 
 @dataclass(slots=True)

@@ -1,14 +1,19 @@
 """Exact vector search over a Parquet sink folder, streamed in blocks.
 
-The manifest says which file owns which chunk (and with which model fingerprint and
-episode), so the episode filter and the fingerprint filter are one SQL query before any
-vector is read. The owning files are then read a few at a time (only the id, episode,
-fingerprint and embedding columns), gathered into blocks of about ``BLOCK_ROWS``
-vectors, scored with one float32 matrix product per block, and reduced to a running
-top k. Memory is bounded by a block (plus the largest single file), not by the corpus.
+The manifest says which file owns which chunks (with which model fingerprint and
+episode), so the episode and fingerprint filters are one SQL ``GROUP BY`` before any
+vector is read: the files to read and how many chunks each owns. The files are then
+read a few at a time (only the id, episode, fingerprint and embedding columns), gathered
+into blocks of about ``BLOCK_ROWS`` vectors, scored with one float32 matrix product per
+block, and reduced to a running top k. Memory is bounded by a block (plus the largest
+single file), not by the corpus.
 
-A row a file holds without owning it (left by an interrupted move) is skipped, exactly
-as :func:`~pipeline.files.sink.read_vectors` does, so a chunk is never found twice.
+A row a file holds without owning it (left by an interrupted write or move) is skipped,
+as :func:`~pipeline.files.sink.read_vectors` does, so a chunk is never found twice: a
+file whose rows of the fingerprint are exactly as many as the chunks it owns is taken
+whole (the sink writes a file before the manifest and deletes from the manifest before
+the file, so an interruption always leaves a file with extra rows); any other file's
+rows are checked one by one against the manifest.
 """
 
 from __future__ import annotations
@@ -44,21 +49,32 @@ def fingerprint_counts(sink: ParquetSink) -> dict[str, int]:
     return {str(fp): int(n) for fp, n in rows}
 
 
-def _owned(sink: ParquetSink, query: VectorQuery) -> dict[str, list[str]]:
-    """File -> chunk ids it owns with the query's fingerprint (and episodes, if filtered)."""
-    by_file: dict[str, list[str]] = defaultdict(list)
-    base = "SELECT file, chunk_id FROM owner WHERE model_fingerprint = ?"
+def _episode_clause(query: VectorQuery) -> list[tuple[str, tuple[str, ...]]]:
+    """SQL conditions for the episode filter, paged under SQLite's parameter limit."""
     if not query.episode_ids:
-        for name, cid in sink.db.query(base, (query.fingerprint,)):
-            by_file[name].append(cid)
-        return by_file
+        return [("", ())]
     episodes = list(dict.fromkeys(query.episode_ids))
-    for i in range(0, len(episodes), _SQL_PAGE):
-        page = episodes[i : i + _SQL_PAGE]
-        marks = ",".join("?" * len(page))
-        for name, cid in sink.db.query(f"{base} AND episode_id IN ({marks})", (query.fingerprint, *page)):
-            by_file[name].append(cid)
-    return by_file
+    pages = [tuple(episodes[i : i + _SQL_PAGE]) for i in range(0, len(episodes), _SQL_PAGE)]
+    return [(f" AND episode_id IN ({','.join('?' * len(p))})", p) for p in pages]
+
+
+def _expected(sink: ParquetSink, query: VectorQuery) -> dict[str, int]:
+    """File -> how many chunks it owns with the query's fingerprint (and episodes)."""
+    counts: dict[str, int] = defaultdict(int)
+    for clause, params in _episode_clause(query):
+        sql = f"SELECT file, COUNT(*) FROM owner WHERE model_fingerprint = ?{clause} GROUP BY file"
+        for name, n in sink.db.query(sql, (query.fingerprint, *params)):
+            counts[name] += int(n)
+    return counts
+
+
+def _owned_ids(sink: ParquetSink, name: str, query: VectorQuery) -> list[str]:
+    """The chunk ids file ``name`` owns with the query's fingerprint (and episodes)."""
+    ids: list[str] = []
+    for clause, params in _episode_clause(query):
+        sql = f"SELECT chunk_id FROM owner WHERE file = ? AND model_fingerprint = ?{clause}"
+        ids += [r[0] for r in sink.db.query(sql, (name, query.fingerprint, *params))]
+    return ids
 
 
 class _TopK:
@@ -86,34 +102,33 @@ class _TopK:
         self.episodes = [all_eps[i] for i in order]
 
 
-def _read(sink: ParquetSink, name: str, owned: list[str], fingerprint: str) -> pa.Table | None:
-    path = sink.vectors_dir / name
+def _read(sink: ParquetSink, name: str, fingerprint: str) -> pa.Table | None:
+    """The file's rows with ``fingerprint``: id, episode and vector only."""
     try:
-        table = pq.ParquetFile(path).read(columns=_COLUMNS, use_threads=False)
+        table = pq.ParquetFile(sink.vectors_dir / name).read(columns=_COLUMNS, use_threads=False)
     except FileNotFoundError:
         return None  # deleted by a concurrent prune: its chunks are gone too
-    mask = pc.and_(
-        pc.is_in(table["chunk_id"], value_set=pa.array(owned, pa.string())),
-        pc.equal(table["model_fingerprint"], fingerprint),
-    )
-    return table.filter(mask).select(["chunk_id", "episode_id", "embedding"])
+    table = table.filter(pc.equal(table["model_fingerprint"], fingerprint))
+    return table.select(["chunk_id", "episode_id", "embedding"])
 
 
 def _read_ahead(
-    sink: ParquetSink, names: list[str], owned: dict[str, list[str]], fingerprint: str
-) -> Iterator[pa.Table | None]:
+    sink: ParquetSink, names: list[str], fingerprint: str
+) -> Iterator[tuple[str, pa.Table | None]]:
     """The files' tables in order, at most ``2 * READ_THREADS`` read ahead (bounded memory)."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        pending: deque[Future[pa.Table | None]] = deque()
+        pending: deque[tuple[str, Future[pa.Table | None]]] = deque()
         for name in names:
-            pending.append(pool.submit(_read, sink, name, owned[name], fingerprint))
+            pending.append((name, pool.submit(_read, sink, name, fingerprint)))
             if len(pending) >= 2 * READ_THREADS:
-                yield pending.popleft().result()
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            yield pending.popleft().result()
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
-def _score(block: list[pa.Table], query: np.ndarray, dimension: int, top: _TopK) -> int:
+def _score(block: list[pa.Table], query: np.ndarray, dimension: int, unit: bool, top: _TopK) -> int:
     table = pa.concat_tables(block)
     if table.num_rows == 0:
         return 0
@@ -121,9 +136,10 @@ def _score(block: list[pa.Table], query: np.ndarray, dimension: int, top: _TopK)
     matrix = emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dimension)
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     scores = matrix @ query
-    # Cosine even if the vectors were stored unnormalized (model.normalize = false).
-    norms = np.linalg.norm(matrix, axis=1)
-    scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
+    if not unit:
+        # Cosine for vectors stored unnormalized (model.normalize = false).
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+        scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
     top.add(scores, table["chunk_id"].combine_chunks(), table["episode_id"].combine_chunks())
     return table.num_rows
 
@@ -134,22 +150,25 @@ def search(sink: ParquetSink, query: VectorQuery) -> SearchOutcome:
     norm = float(np.linalg.norm(q))
     if norm > 0:
         q = q / norm
-    owned = _owned(sink, query)
+    expected = _expected(sink, query)
     top = _TopK(query.k)
     scanned = 0
     block: list[pa.Table] = []
     rows = 0
-    names = sorted(owned)
-    for table in _read_ahead(sink, names, owned, query.fingerprint):
+    for name, table in _read_ahead(sink, sorted(expected), query.fingerprint):
         if table is None:
             continue
+        if table.num_rows != expected[name]:
+            # Rows the file holds without owning them (an interrupted write or move): keep the owned.
+            owned = pa.array(_owned_ids(sink, name, query), pa.string())
+            table = table.filter(pc.is_in(table["chunk_id"], value_set=owned))
         block.append(table)
         rows += table.num_rows
         if rows >= BLOCK_ROWS:
-            scanned += _score(block, q, sink.dimension, top)
+            scanned += _score(block, q, sink.dimension, query.unit_vectors, top)
             block, rows = [], 0
     if block:
-        scanned += _score(block, q, sink.dimension, top)
+        scanned += _score(block, q, sink.dimension, query.unit_vectors, top)
     hits = [
         VectorHit(chunk_id=cid, score=float(s), episode_id=ep)
         for cid, s, ep in zip(top.ids, top.scores, top.episodes, strict=True)

@@ -276,8 +276,10 @@ def _exact(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
         if not vectors:
             return
         matrix = np.vstack(vectors)
-        norms = np.linalg.norm(matrix, axis=1)
-        scores = np.divide(matrix @ q, norms, out=np.zeros(len(vectors), np.float32), where=norms > 0)
+        scores = matrix @ q
+        if not query.unit_vectors:
+            norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+            scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
         keep = np.argsort(-scores, kind="stable")[: query.k]
         best += [(float(scores[i]), str(id_to_str(get_path(docs[i], sink.key_field))), docs[i]) for i in keep]
         best = sorted(best, key=lambda t: (-t[0], t[1]))[: query.k]
