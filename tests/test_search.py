@@ -23,12 +23,13 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.config import load_config
+from pipeline.config import FieldMap, load_config
 from pipeline.files import search as files_search
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions, episode_file_name, read_vectors
 from pipeline.records import VectorRecord
 from pipeline.search import Question, Searcher, retrieval_check, search
 from pipeline.selection import Selection
+from pipeline.sink import VectorQuery
 from tests.helpers import MINILM, ROOT, SAMPLE, sample_rows
 from tests.mongo_fixtures import load_chunks, mongo, mongo_raw, mongo_server, to_toml  # noqa: F401
 
@@ -323,3 +324,23 @@ def test_mongo_search_scans_exactly_and_index_prints_definition(
         "podcast_id",
         "published_at",
     ]
+
+
+def test_unnormalized_vectors_are_ranked_by_cosine(tmp_path: Path) -> None:
+    """With ``model.normalize = false`` stored vectors vary in length: the score is still the cosine."""
+    sink = ParquetSink(ParquetSinkOptions(str(tmp_path / "out")), 2)
+    now = datetime.now(UTC)
+    vectors = {"long-off-axis": [10.0, 10.0], "short-on-axis": [0.5, 0.0], "opposite": [-3.0, 0.0]}
+    sink.write(
+        [
+            VectorRecord(cid, "ep", np.asarray(v, np.float32), "0" * 64, "m/1", "i", now, "r")
+            for cid, v in vectors.items()
+        ]
+    )
+    query = VectorQuery(np.asarray([2.0, 0.0], np.float32), 3, "m/1", FieldMap())
+    try:
+        hits = sink.search(query).hits
+    finally:
+        sink.close()
+    assert [h.chunk_id for h in hits] == ["short-on-axis", "long-off-axis", "opposite"]
+    assert [h.score for h in hits] == pytest.approx([1.0, 2**-0.5, -1.0], abs=1e-6)
