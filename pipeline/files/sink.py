@@ -33,7 +33,7 @@ from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import Sink
+from pipeline.sink import SearchOutcome, Sink, VectorQuery
 
 MANIFEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS owner (
@@ -291,6 +291,19 @@ class ParquetSink(Sink):
         for name, drop in by_file.items():
             self._rewrite(name, None, drop=drop)
         return len(owners)
+
+    # ------------------------------------------------------------------ search
+    def fingerprint_counts(self) -> dict[str, int]:
+        """Stored vectors per fingerprint, from the manifest (see pipeline/files/search.py)."""
+        from pipeline.files.search import fingerprint_counts
+
+        return fingerprint_counts(self)
+
+    def search(self, query: VectorQuery) -> SearchOutcome:
+        """Exact search streamed over the vector files (see pipeline/files/search.py)."""
+        from pipeline.files.search import search
+
+        return search(self, query)
 
     def close(self) -> None:
         """Close the manifest."""
