@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from pipeline.config import ModelConfig
+from pipeline.cost import Usage
 from pipeline.records import Batch, BatchResult
 
 
@@ -35,6 +36,11 @@ class Executor(ABC):
     @abstractmethod
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
         """Embed every batch; yield one result per batch, in any order."""
+
+    def usage(self) -> Usage:
+        """What served the batches so far: devices, containers, start-up and failed
+        attempts (billed but not in any batch's timings). Read after ``embed``."""
+        return Usage()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release devices and remote handles."""
