@@ -67,6 +67,11 @@ class Prices:
         """From a ``[cost]`` section."""
         return cls(cost.hourly_usd / 3600.0, cost.cpu_core_usd_per_s, cost.memory_gib_usd_per_s)
 
+    @classmethod
+    def gpu_only(cls, hourly_usd: float) -> Prices:
+        """Only the device's hourly price (a report finalized without ``[cost]``)."""
+        return cls(gpu_per_s=hourly_usd / 3600.0)
+
 
 @dataclass(slots=True, frozen=True)
 class Footprint:

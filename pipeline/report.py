@@ -89,7 +89,7 @@ class RunReport:
             load_s=self.model_load_s,
             job_s=self.wall_s,
             usage=usage,
-            prices=prices or Prices(gpu_per_s=self.hourly_usd / 3600.0),
+            prices=prices or Prices.gpu_only(self.hourly_usd),
         )
         self.billed_usd = self.bill.total_usd
         for name in ("wall_s", "embed_s", "device_s", "model_load_s"):
