@@ -49,9 +49,7 @@ def measure(n_batches: int, size: int, text_bytes: int) -> dict[str, float]:
     base = tracemalloc.get_traced_memory()[0]
     start = time.perf_counter()
     held = 0
-    seen = 0
-    for _ in ex.embed(batches()):
-        seen += 1
+    for seen, _ in enumerate(ex.embed(batches()), start=1):
         if seen == n_batches:
             held = tracemalloc.get_traced_memory()[0] - base
     peak = tracemalloc.get_traced_memory()[1] - base

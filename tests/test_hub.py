@@ -68,12 +68,15 @@ def _kept(files: list[str]) -> set[str]:
 
 def test_the_patterns_keep_an_instructor_layout_and_drop_other_formats() -> None:
     needed = [
-        "config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json",
-        "pytorch_model.bin", "spiece.model", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "1_Pooling/config.json", "2_Dense/config.json", "2_Dense/pytorch_model.bin",
-    ]  # fmt: skip
-    extra = ["README.md", ".gitattributes", "tf_model.h5", "flax_model.msgpack", "rust_model.ot",
-             "onnx/model.onnx", "onnx/config.json", "openvino/openvino_model.bin", "training_args.bin"]  # fmt: skip
+        *("config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json"),
+        *("pytorch_model.bin", "spiece.model", "tokenizer.json", "tokenizer_config.json"),
+        *("special_tokens_map.json", "1_Pooling/config.json", "2_Dense/config.json"),
+        "2_Dense/pytorch_model.bin",
+    ]
+    extra = [
+        *("README.md", ".gitattributes", "tf_model.h5", "flax_model.msgpack", "rust_model.ot"),
+        *("onnx/model.onnx", "onnx/config.json", "openvino/openvino_model.bin", "training_args.bin"),
+    ]
     assert _kept(needed + extra) == set(needed)
 
 
