@@ -74,6 +74,26 @@ except ImportError:  # pragma: no cover - depends on the local environment
 
 log = logging.getLogger("podembed.modal")
 
+
+class _ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (Modal's log capture; pytest's)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging() -> None:
+    """INFO and above to stderr, which ``modal app logs`` shows (idempotent). Every
+    container calls it: without it, Python drops INFO and prints warnings bare."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToStderr) for h in root.handlers):
+        handler = _ToStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 # ----------------------------------------------------------------------------------------
 # 1. Settings, from the podembed config. The image ships the chosen file at a fixed path
 #    and points PODEMBED_CONFIG at it, so containers read exactly what was deployed.
@@ -235,6 +255,7 @@ class Embedder:
         """Load on CPU; this state is what the memory snapshot holds. No CUDA call here."""
         from pipeline.embedder import InstructorEmbedder
 
+        configure_logging()
         start = time.perf_counter()
         self.model_cfg = read_config(self.config_path or CONFIG_PATH).model
         quiet = logging.getLogger("pipeline.embedder")
@@ -298,24 +319,6 @@ def report_dir(configured: str) -> str:
     return str(Path(REPORTS_MOUNT) / configured.lstrip("/"))
 
 
-class _ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is now (Modal's log capture; pytest's)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-def configure_job_logging() -> None:
-    """INFO and above to stderr, which ``modal app logs`` shows (idempotent)."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _ToStderr) for h in root.handlers):
-        handler = _ToStderr()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
 def gpu_map() -> Any:
     """``Embedder().embed.map`` of this app (tests stand in for it)."""
     return Embedder().embed.map
@@ -330,7 +333,7 @@ def run_job(
     ``Embedder().embed.map`` (tests run this offline)."""
     from pipeline.runner import RunOptions, run
 
-    configure_job_logging()
+    configure_logging()
     config = read_config(CONFIG_PATH)
     config = dataclasses.replace(config, report=ReportConfig(dir=report_dir(config.report.dir)))
     executor = ModalExecutor(
@@ -406,7 +409,10 @@ def ingest_episode(episode_id: str) -> dict[str, Any]:
 def reindex(episodes: str = "", podcasts: str = "", since: str = "") -> dict[str, Any]:
     """Re-embed the selection even if current (comma-separated ids; since = YYYY-MM-DD);
     nothing selected = everything: ``modal run jobs/modal_app.py::reindex --episodes a,b``."""
-    when = datetime.fromisoformat(since) if since else None
+    try:
+        when = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise ConfigError(f"--since: {since!r} is not a date (use YYYY-MM-DD or an ISO timestamp)") from None
     selection = Selection(
         episode_ids=tuple(check_episode_id(e) for e in episodes.split(",") if e.strip()),
         podcast_ids=tuple(p.strip() for p in podcasts.split(",") if p.strip()),

@@ -37,6 +37,20 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_logging():
+    """The app's containers configure logging at INFO; leave the session as it was."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+
+
 @pytest.fixture(scope="module")
 def minilm_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return modal_minilm_config(tmp_path_factory.mktemp("modal-cfg"))
