@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -58,6 +59,9 @@ class ModelConfig:
     dimension: int
     package: str = ""
     path: str = ""
+    # Hub models: the commit (or tag) of the weights; downloaded and loaded at exactly this
+    # revision, and part of the fingerprint. "" = the hub's default branch, unpinned.
+    revision: str = ""
     instruction: str = "Represent the podcast transcript for retrieval:"
     query_instruction: str = "Represent the podcast question for retrieving relevant transcript passages:"
     max_seq_length: int = 512
@@ -72,6 +76,16 @@ class ModelConfig:
         """Reject values that cannot work."""
         if self.package and self.path:
             raise ConfigError(f"{prefix}.package / {prefix}.path: set one of them, not both")
+        self.revision = self.revision.strip()
+        if self.revision and (self.package or self.path):
+            raise ConfigError(
+                f"{prefix}.revision: applies to hub models (model.id) only; a local model "
+                "(model.package / model.path) is fingerprinted by the content of its files"
+            )
+        if self.revision and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", self.revision):
+            raise ConfigError(
+                f"{prefix}.revision: {self.revision!r} is not a commit hash, tag or branch name"
+            )
         # INSTRUCTOR measures the instruction stripped; a stray space would shift pooling.
         self.instruction = self.instruction.strip()
         self.query_instruction = self.query_instruction.strip()
@@ -126,18 +140,26 @@ class BatchingConfig:
 
 @dataclass(slots=True)
 class CostConfig:
-    """Price of device time, for run reports and ``plan`` estimates."""
+    """Prices, for run reports and ``plan`` estimates (formulas: ``pipeline/cost.py``).
+
+    Defaults are Modal's published list prices (mid-2026): A10G $0.000306/s ($1.10/h),
+    $0.0000131 per core-second, $0.00000222 per GiB-second."""
 
     device: str = "A10G"
-    hourly_usd: float = 1.10
+    hourly_usd: float = 1.10  # the GPU (or, for a local run, the machine)
+    cpu_core_usd_per_s: float = 0.0000131  # cores reserved by GPU and job containers
+    memory_gib_usd_per_s: float = 0.00000222  # memory reserved by GPU and job containers
     # Used by `plan` when no earlier run has measured the speed on this target.
     tokens_per_second: float = 4000.0
     devices: int = 1
+    # `plan`: start-up of one GPU container, model load included (the old system measured 13.6 s).
+    cold_start_s: float = 15.0
 
     def validate(self, prefix: str) -> None:
         """Prices and rates must make sense."""
-        if self.hourly_usd < 0:
-            raise ConfigError(f"{prefix}.hourly_usd: must not be negative")
+        for name in ("hourly_usd", "cpu_core_usd_per_s", "memory_gib_usd_per_s", "cold_start_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{prefix}.{name}: must not be negative")
         if self.tokens_per_second <= 0:
             raise ConfigError(f"{prefix}.tokens_per_second: must be positive")
         if self.devices < 1:

@@ -62,7 +62,7 @@ def _dtype(precision: str) -> Any:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
+def _load(location: str, max_seq_length: int, attention: str = "auto", revision: str = "") -> Any:
     # Imported here: sentence-transformers costs seconds to import and the CLI must start fast.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
@@ -73,6 +73,8 @@ def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
         kwargs: dict[str, Any] = {}
         if attention != "auto":
             kwargs["model_kwargs"] = {"attn_implementation": attention}
+        if revision:  # a hub id pinned to a commit (model.revision)
+            kwargs["revision"] = revision
         model = SentenceTransformer(location, device="cpu", **kwargs)
     except OSError as exc:
         raise ModelError(
@@ -139,10 +141,11 @@ class InstructorEmbedder:
         self._fp32: Any = None
 
     def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
-        return (self.location, self.cfg.max_seq_length, self.cfg.attention, device, precision)
+        cfg = self.cfg
+        return (self.location, cfg.revision, cfg.max_seq_length, cfg.attention, device, precision)
 
     def _load_for(self) -> Any:
-        model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
+        model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention, self.cfg.revision)
         return self._place(model, self.device, self.precision.weights)
 
     @staticmethod
@@ -219,7 +222,7 @@ class InstructorEmbedder:
             key = self._cache_key(self.device, "fp32")
 
             def load() -> Any:
-                model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
+                model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention, self.cfg.revision)
                 return self._place(model, self.device, "fp32")
 
             self._fp32 = model_cache.cached(key, load)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.cost import Prices
 from pipeline.errors import PodembedError
 from pipeline.executor import Executor
 from pipeline.progress import Progress
@@ -290,7 +291,7 @@ class Runner:
                 report.error = _describe(self._error)
             report.wall_s = time.perf_counter() - started
             report.finished_at = datetime.now(UTC).isoformat()
-            report.finalize()
+            report.finalize(self.executor.usage(), Prices.of(cfg.cost))
             try:
                 checkpoint.finish_run(run_id, status, report.to_dict())
             finally:
