@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from pipeline.config import ModelConfig
 from pipeline.cost import Footprint, Usage
+from pipeline.precision import Resolved, detect
 from pipeline.records import Batch, BatchResult
 
 
@@ -25,6 +26,14 @@ class Executor(ABC):
     device_label: str = "cpu"
     #: Whether batches run in containers of their own (billed per container, with cold starts).
     remote: ClassVar[bool] = False
+
+    @classmethod
+    def planned_precision(cls, options: Any, model: ModelConfig) -> Resolved:
+        """The precision a run would compute in, decided without loading the model (for ``plan``):
+        in-process, for this machine's device."""
+        from pipeline.embedder import resolve_device
+
+        return detect(model.precision, resolve_device(model.device))
 
     @classmethod
     def footprint(cls, options: Any) -> Footprint:

@@ -10,7 +10,7 @@ from pipeline import registry
 from pipeline.config import Config
 from pipeline.cost import Bill, Prices, device_cost_usd, make_bill, padding_ratio
 from pipeline.fingerprint import model_fingerprint
-from pipeline.precision import Resolved, detect, for_gpu_name
+from pipeline.precision import Resolved
 from pipeline.registry import Parts
 from pipeline.runner import RunOptions
 from pipeline.shard_work import WORK_REASONS, Preparer
@@ -76,14 +76,9 @@ class Plan:
 
 
 def planned_precision(config: Config) -> Resolved:
-    """The precision a run of ``config`` would use: decided for this machine's device, or, for
-    an executor whose options name a GPU (Modal), for that GPU (the container decides again)."""
-    gpu = str(getattr(config.executor.options, "gpu", "") or "")
-    if gpu:
-        return for_gpu_name(config.model.precision, gpu)
-    from pipeline.embedder import resolve_device
-
-    return detect(config.model.precision, resolve_device(config.model.device))
+    """The precision a run of ``config`` would use, as its executor decides it."""
+    executor_cls = registry.resolve("executor", config.executor.kind)
+    return executor_cls.planned_precision(config.executor.options, config.model)
 
 
 def _measured_speed(config: Config, parts: Parts, fingerprint: str, precision: str) -> float | None:

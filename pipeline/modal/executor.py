@@ -40,6 +40,7 @@ from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.stream import MapFn
+from pipeline.precision import Resolved, for_gpu_name
 from pipeline.records import Batch, BatchResult
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class ModalExecutor(Executor):
 
     Options = ModalOptions
     remote = True
+
+    @classmethod
+    def planned_precision(cls, options: ModalOptions, model: ModelConfig) -> Resolved:
+        """Decided for the configured GPU (each container decides again on the real one)."""
+        return for_gpu_name(model.precision, options.gpu)
 
     @classmethod
     def footprint(cls, options: ModalOptions) -> Footprint:
