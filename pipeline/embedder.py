@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import model_cache
+from pipeline import model_cache, t5_attention
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.fingerprint import model_fingerprint, resolve_model_location
@@ -70,7 +70,9 @@ def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
     try:
         kwargs: dict[str, Any] = {}
         if attention != "auto":
-            kwargs["model_kwargs"] = {"attn_implementation": attention}
+            # The patched T5 attentions take the boolean padding mask that "sdpa" builds.
+            impl = "sdpa" if attention in t5_attention.PATCHED else attention
+            kwargs["model_kwargs"] = {"attn_implementation": impl}
         model = SentenceTransformer(location, device="cpu", **kwargs)
     except OSError as exc:
         raise ModelError(
@@ -79,6 +81,17 @@ def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
         ) from None
     model.max_seq_length = max_seq_length
     model.set_pooling_include_prompt(False)
+    if attention in t5_attention.PATCHED:
+        t5_attention.install(model, attention)
+    return model
+
+
+def _with_shapes(model: Any, cfg: ModelConfig) -> Any:
+    """``model.compile`` / ``model.seq_multiple``: bounded batch shapes, compiled or not."""
+    if cfg.compile or cfg.seq_multiple:
+        from pipeline import encoder_shapes
+
+        encoder_shapes.install(model, cfg.seq_multiple, cfg.compile)
     return model
 
 
@@ -127,10 +140,11 @@ class InstructorEmbedder:
         self._fp32: Any = None
 
     def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
-        return (self.location, self.cfg.max_seq_length, self.cfg.attention, device, precision)
+        shapes = (self.cfg.compile, self.cfg.seq_multiple)
+        return (self.location, self.cfg.max_seq_length, self.cfg.attention, shapes, device, precision)
 
     def _load_for(self) -> Any:
-        model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
+        model = _with_shapes(_load(self.location, self.cfg.max_seq_length, self.cfg.attention), self.cfg)
         return self._place(model, self.device, self.cfg.precision)
 
     @staticmethod
@@ -184,7 +198,7 @@ class InstructorEmbedder:
 
             def load() -> Any:
                 model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
-                return self._place(model, self.device, "fp32")
+                return self._place(_with_shapes(model, self.cfg), self.device, "fp32")
 
             self._fp32 = model_cache.cached(key, load)
         return self._fp32
