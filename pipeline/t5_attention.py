@@ -82,7 +82,15 @@ def _classes() -> dict[str, type]:
 
         podembed_mode = "fused"
 
-        def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kw):  # type: ignore[no-untyped-def] # noqa: E501
+        def forward(
+            self,
+            hidden_states: Any,
+            mask: Any = None,
+            key_value_states: Any = None,
+            position_bias: Any = None,
+            cache: Any = None,
+            **kw: Any,
+        ) -> tuple[Any, Any, None]:
             if key_value_states is not None or cache is not None:
                 return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
             q, k, v = _project(self, hidden_states)
@@ -97,7 +105,15 @@ def _classes() -> dict[str, type]:
 
         podembed_mode = "flex"
 
-        def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kw):  # type: ignore[no-untyped-def] # noqa: E501
+        def forward(
+            self,
+            hidden_states: Any,
+            mask: Any = None,
+            key_value_states: Any = None,
+            position_bias: Any = None,
+            cache: Any = None,
+            **kw: Any,
+        ) -> tuple[Any, Any, None]:
             if key_value_states is not None or cache is not None:
                 return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
             q, k, v = _project(self, hidden_states)

@@ -23,17 +23,17 @@ from pipeline.embedder import InstructorEmbedder
 from pipeline.errors import ConfigError, ModelError
 from tests.synthetic_model import TINY
 
-_WORDS = (
+_SENTENCE = (
     "the guest explained how they priced the first batch of candles and why the winter market "
     "paid for the whole year while the host kept asking about suppliers shipping and taxes"
-).split()
+)
 
 
 def _texts() -> list[str]:
     """Real lengths from 1 word to past max_seq_length, in an order that mixes them."""
     rng = np.random.default_rng(7)
     lengths = [1, 150, 2, 45, 7, 90, 3, 20]
-    return [" ".join(rng.choice(_WORDS, size=n)) + "." for n in lengths]
+    return [" ".join(rng.choice(_SENTENCE.split(), size=n)) + "." for n in lengths]
 
 
 def _cfg(path: str, **kw: Any) -> ModelConfig:
