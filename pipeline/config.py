@@ -69,8 +69,8 @@ class ModelConfig:
     attention: Literal["auto", "eager", "sdpa", "fused", "flex"] = "auto"
     # torch.compile the encoder (pipeline/encoder_shapes.py); pays off on GPUs only.
     compile: bool = False
-    # Round each batch's padded length up to this multiple (0: 64 when compile is on, else off),
-    # so a compiled encoder sees a handful of shapes.
+    # Round each batch's padded length up to this multiple (0: 16 when compile is on, else off),
+    # so a compiled encoder sees few shapes and the attention mask rows stay aligned.
     seq_multiple: int = 0
 
     def validate(self, prefix: str) -> None:

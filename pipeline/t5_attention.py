@@ -59,6 +59,17 @@ def install(model: Any, mode: str) -> int:
     return patched
 
 
+def uninstall(model: Any) -> None:
+    """Give every patched module transformers' own attention back (benchmarks switch modes)."""
+    if not _CLASSES:
+        return
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    for module in model.modules():
+        if type(module) in _CLASSES.values():
+            module.__class__ = T5Attention
+
+
 def installed(model: Any) -> str | None:
     """The mode patched onto ``model`` (None when it runs transformers' own attention)."""
     for module in model.modules():
@@ -237,5 +248,5 @@ def _flex(q: Any, k: Any, v: Any, bias: Any, block_mask: Any) -> Any:
         # Uncompiled, FlexAttention materialises the scores: compile the kernel once.
         fn = _COMPILED_FLEX.get("cuda")
         if fn is None:
-            fn = _COMPILED_FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
+            fn = _COMPILED_FLEX["cuda"] = torch.compile(flex_attention)  # sizes turn dynamic
     return fn(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=1.0)
