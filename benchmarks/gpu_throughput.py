@@ -20,6 +20,15 @@ then estimates chunks/s per A10G and the cost of 100k chunks from the measured M
 
     python benchmarks/gpu_throughput.py                 # on a CUDA machine (< 5 min)
     python benchmarks/gpu_throughput.py --tiny          # CPU smoke test, tiny shape (~1 min)
+
+With ``--variants`` it instead measures each attention/compile variant (``model.attention``
+eager, sdpa, fused, flex; ``model.compile``; ``model.seq_multiple``) at one budget, in one
+process, against an eager fp32 reference: tokens/s, chunks/s, MFU against the measured bf16
+peak, peak memory, first-pass and compile time, graphs compiled, chunks until the compile
+pays off against eager, min cosine and max abs diff to eager fp32:
+
+    python benchmarks/gpu_throughput.py --variants all --budgets 65536 --json $OUT/gpu_variants.json
+    python benchmarks/gpu_throughput.py --cpu-smoke     # every variant, tiny T5 on CPU (minutes)
 """
 
 from __future__ import annotations
