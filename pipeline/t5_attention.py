@@ -204,7 +204,6 @@ def _sdpa_mask(bias: Any, mask: Any, q: Any) -> Any:
 
 
 def _sdpa(q: Any, k: Any, v: Any, attn_mask: Any) -> Any:
-    import torch
     from torch.nn.functional import scaled_dot_product_attention
 
     if q.device.type == "cuda":
@@ -214,7 +213,6 @@ def _sdpa(q: Any, k: Any, v: Any, attn_mask: Any) -> Any:
         # math path (what SDPA picks silently otherwise) upcasts to fp32.
         with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
             return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
-    del torch
     return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
 
 
