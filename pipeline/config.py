@@ -68,9 +68,16 @@ class ModelConfig:
     normalize: bool = True
     precision: Precision = "fp32"
     device: str = "auto"
-    # transformers' attention kernel. "eager" is 1.28x faster than "sdpa" for T5 on GPUs:
-    # T5's position bias makes SDPA fall back to an fp32 math path (BENCHMARKS.md section 5).
-    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # The attention kernel. "eager" is 1.28x faster than "sdpa" for T5 on GPUs: T5's position
+    # bias makes SDPA fall back to an fp32 math path (BENCHMARKS.md section 5). "fused" and
+    # "flex" (T5 only, pipeline/t5_attention.py) put the bias into a fused kernel. "auto" is
+    # transformers' default until a GPU run has measured which is fastest.
+    attention: Literal["auto", "eager", "sdpa", "fused", "flex"] = "auto"
+    # torch.compile the encoder (pipeline/encoder_shapes.py); pays off on GPUs only.
+    compile: bool = False
+    # Round each batch's padded length up to this multiple (0: 16 when compile is on, else off),
+    # so a compiled encoder sees few shapes and the attention mask rows stay aligned.
+    seq_multiple: int = 0
 
     def validate(self, prefix: str) -> None:
         """Reject values that cannot work."""
@@ -95,6 +102,11 @@ class ModelConfig:
             raise ConfigError(f"{prefix}.max_seq_length: must be at least 8")
         if self.dimension < 1:
             raise ConfigError(f"{prefix}.dimension: must be positive")
+        if self.seq_multiple < 0 or self.seq_multiple > self.max_seq_length:
+            raise ConfigError(
+                f"{prefix}.seq_multiple: must be between 0 (off) and max_seq_length "
+                f"({self.max_seq_length}); 64 is a good value"
+            )
         check_fp16(self, prefix)
 
 

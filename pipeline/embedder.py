@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import model_cache, precision
+from pipeline import model_cache, precision, t5_attention
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.fingerprint import model_fingerprint, resolve_model_location
@@ -72,7 +72,9 @@ def _load(location: str, max_seq_length: int, attention: str = "auto", revision:
     try:
         kwargs: dict[str, Any] = {}
         if attention != "auto":
-            kwargs["model_kwargs"] = {"attn_implementation": attention}
+            # The patched T5 attentions take the boolean padding mask that "sdpa" builds.
+            impl = "sdpa" if attention in t5_attention.PATCHED else attention
+            kwargs["model_kwargs"] = {"attn_implementation": impl}
         if revision:  # a hub id pinned to a commit (model.revision)
             kwargs["revision"] = revision
         model = SentenceTransformer(location, device="cpu", **kwargs)
@@ -83,6 +85,17 @@ def _load(location: str, max_seq_length: int, attention: str = "auto", revision:
         ) from None
     model.max_seq_length = max_seq_length
     model.set_pooling_include_prompt(False)
+    if attention in t5_attention.PATCHED:
+        t5_attention.install(model, attention)
+    return model
+
+
+def _with_shapes(model: Any, cfg: ModelConfig) -> Any:
+    """``model.compile`` / ``model.seq_multiple``: bounded batch shapes, compiled or not."""
+    if cfg.compile or cfg.seq_multiple:
+        from pipeline import encoder_shapes
+
+        encoder_shapes.install(model, cfg.seq_multiple, cfg.compile)
     return model
 
 
@@ -142,11 +155,12 @@ class InstructorEmbedder:
 
     def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
         cfg = self.cfg
-        return (self.location, cfg.revision, cfg.max_seq_length, cfg.attention, device, precision)
+        shapes = (cfg.compile, cfg.seq_multiple)
+        return (self.location, cfg.revision, cfg.max_seq_length, cfg.attention, shapes, device, precision)
 
     def _load_for(self) -> Any:
         model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention, self.cfg.revision)
-        return self._place(model, self.device, self.precision.weights)
+        return self._place(_with_shapes(model, self.cfg), self.device, self.precision.weights)
 
     @staticmethod
     def _place(model: Any, device: str, precision: str) -> Any:
@@ -223,7 +237,7 @@ class InstructorEmbedder:
 
             def load() -> Any:
                 model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention, self.cfg.revision)
-                return self._place(model, self.device, "fp32")
+                return self._place(_with_shapes(model, self.cfg), self.device, "fp32")
 
             self._fp32 = model_cache.cached(key, load)
         return self._fp32
