@@ -20,6 +20,15 @@ then estimates chunks/s per A10G and the cost of 100k chunks from the measured M
 
     python benchmarks/gpu_throughput.py                 # on a CUDA machine (< 5 min)
     python benchmarks/gpu_throughput.py --tiny          # CPU smoke test, tiny shape (~1 min)
+
+With ``--variants`` it instead measures each attention/compile variant (``model.attention``
+eager, sdpa, fused, flex; ``model.compile``; ``model.seq_multiple``) at one budget, in one
+process, against an eager fp32 reference: tokens/s, chunks/s, MFU against the measured bf16
+peak, peak memory, first-pass and compile time, graphs compiled, chunks until the compile
+pays off against eager, min cosine and max abs diff to eager fp32:
+
+    python benchmarks/gpu_throughput.py --variants all --budgets 65536 --json $OUT/gpu_variants.json
+    python benchmarks/gpu_throughput.py --cpu-smoke     # every variant, tiny T5 on CPU (minutes)
 """
 
 from __future__ import annotations
@@ -115,11 +124,25 @@ def build_model(shape: Any, device: str, dtype: Any, tokenizer_dir: str) -> Any:
         return sm.build_in_memory(shape, device, dtype, seed=0, tokenizer_dir=tokenizer_dir)
 
 
-def make_embedder(model: Any, location: str, precision: str, device: str, max_seq: int) -> Any:
-    """podembed's InstructorEmbedder around ``model`` (put in the model cache under its key)."""
+def make_embedder(
+    model: Any,
+    location: str,
+    precision: str,
+    device: str,
+    max_seq: int,
+    attention: str = "auto",
+    compile: bool = False,
+    seq_multiple: int = 0,
+) -> Any:
+    """podembed's InstructorEmbedder around ``model`` (put in the model cache under its key).
+
+    The fast-path settings only go into the config and the cache key: the caller has already
+    put them on ``model`` (``apply_variant``), exactly as the embedder's loader would.
+    """
     from pipeline import model_cache
     from pipeline.config import ModelConfig
     from pipeline.embedder import InstructorEmbedder
+    from pipeline.fingerprint import resolve_model_location
 
     cfg = ModelConfig(
         id="synthetic/instructor-xl-shape",
@@ -131,16 +154,57 @@ def make_embedder(model: Any, location: str, precision: str, device: str, max_se
         max_seq_length=max_seq,
         precision=precision,  # type: ignore[arg-type]
         device=device,
+        attention=attention,  # type: ignore[arg-type]
+        compile=compile,
+        seq_multiple=seq_multiple,
     )
     cfg.validate("model")
     model.max_seq_length = max_seq
     model.set_pooling_include_prompt(False)
     model_cache.clear()
-    key = (str(Path(location).resolve()), max_seq, device, precision)
-    model_cache.cached(key, lambda: model)
+    # The embedder's own key (its layout changes with the embedder; never rebuild it here).
+    probe = object.__new__(InstructorEmbedder)
+    probe.cfg, probe.location = cfg, resolve_model_location(cfg)
+    model_cache.cached(probe._cache_key(device, precision), lambda: model)
     emb = InstructorEmbedder(cfg, device=device)
     assert emb.model is model, "embedder did not take the cached model"
     return emb, cfg
+
+
+#: name -> (model.attention, model.compile, model.seq_multiple). "eager" is production today.
+VARIANTS: dict[str, tuple[str, bool, int]] = {
+    "eager": ("eager", False, 0),
+    "sdpa": ("sdpa", False, 0),
+    "fused": ("fused", False, 0),
+    "fused+pad64": ("fused", False, 64),
+    "flex": ("flex", False, 0),
+    "eager+compile": ("eager", True, 16),
+    "fused+compile": ("fused", True, 16),
+    "fused+compile+pad64": ("fused", True, 64),
+    "flex+compile": ("flex", True, 16),
+}
+
+
+def apply_variant(model: Any, attention: str, compile: bool, seq_multiple: int, backend: str) -> None:
+    """Put one variant's attention and shape/compile settings on ``model`` (undoing the last)."""
+    import torch
+
+    from pipeline import encoder_shapes, t5_attention
+
+    encoder_shapes.uninstall(model)
+    t5_attention.uninstall(model)
+    torch._dynamo.reset()
+    enc = model[0].auto_model
+    impl = "sdpa" if attention in (*t5_attention.PATCHED, "auto") else attention
+    setter = getattr(enc, "set_attn_implementation", None)
+    if callable(setter):
+        setter(impl)
+    else:
+        enc.config._attn_implementation = impl
+    if attention in t5_attention.PATCHED:
+        t5_attention.install(model, attention)
+    if compile or seq_multiple:
+        encoder_shapes.install(model, seq_multiple, compile, backend=backend)
 
 
 # --------------------------------------------------------------------------- runs
@@ -245,6 +309,261 @@ def encoder_only(model: Any, batches: list[Any], device: str, sync: Any, spec: d
     }
 
 
+def embed_pass(
+    embedder: Any, batches: list[Any], sync: Any
+) -> tuple[float, list[float], dict[str, Any], int]:
+    """One pass over ``batches``: wall time, per-batch times, vectors by chunk id, fp32 retries."""
+    per_batch: list[float] = []
+    vectors: dict[str, Any] = {}
+    retries = 0
+    t0 = time.perf_counter()
+    for b in batches:
+        tb = time.perf_counter()
+        out = embedder.embed(b.texts)
+        per_batch.append(time.perf_counter() - tb)
+        retries += out.fp32_retries
+        if out.failed:
+            raise RuntimeError(f"{len(out.failed)} bad vectors in batch {b.batch_id}")
+        vectors.update(zip(b.chunk_ids, out.vectors, strict=True))
+    sync()
+    return time.perf_counter() - t0, per_batch, vectors, retries
+
+
+def rate_row(
+    label: str, batches: list[Any], wall: float, spec: dict[str, int], peak: float
+) -> dict[str, Any]:
+    """tokens/s, chunks/s, padding, MFU and HFU of one timed pass over ``batches``."""
+    lengths = [b.token_counts for b in batches]
+    useful, executed = batch_flops(lengths, spec)
+    real = sum(sum(x) for x in lengths)
+    chunks = sum(len(x) for x in lengths)
+    return {
+        "run": label,
+        "batches": len(batches),
+        "chunks": chunks,
+        "wall_s": wall,
+        "tokens_per_s": real / wall,
+        "chunks_per_s": chunks / wall,
+        "padding": sum(len(x) * max(x) for x in lengths) / real,
+        "useful_tflops": useful / wall / 1e12,
+        "mfu": useful / wall / peak,
+        "hfu": executed / wall / peak,
+    }
+
+
+def run_variants(
+    model: Any,
+    names: list[str],
+    texts: list[str],
+    plan: Any,
+    ctx: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every attention/compile variant through podembed's embedder, against eager fp32.
+
+    First the reference: eager attention in strict fp32 (TF32 off) over the first
+    ``ref_texts`` chunks. Then, per variant in the compute precision: a first pass over the
+    whole plan (it triggers every compile; its extra time over the timed pass is the compile
+    time), a timed pass, peak memory, and the cosine of each reference chunk's vector to its
+    fp32 eager vector. A variant that fails is recorded with its error; the others still run.
+    """
+    import numpy as np
+    import torch
+
+    device, sync, budget, tmp = ctx["device"], ctx["sync"], ctx["budget"], ctx["tmp"]
+    precision, backend, spec, peak = ctx["precision"], ctx["backend"], ctx["spec"], ctx["peak"]
+    cuda = device == "cuda"
+
+    # ---- reference: eager attention, strict fp32
+    t = time.perf_counter()
+    model.to(torch.float32)
+    apply_variant(model, "eager", False, 0, backend)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    emb, cfg = make_embedder(model, tmp, "fp32", device, ctx["max_seq"], attention="eager")
+    ref_batches = plan(cfg, texts[: ctx["ref_texts"]], budget)
+    _, _, reference, _ = embed_pass(emb, ref_batches, sync)
+    ref_s = time.perf_counter() - t
+    log(f"eager fp32 reference: {len(reference)} chunks in {ref_s:.1f} s")
+    if precision != "fp32":
+        model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    sync()
+
+    batches = plan(cfg, texts, budget)
+    eager_cps: float | None = None
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        attention, compile, multiple = VARIANTS[name]
+        label = f"{precision} {name}"
+        try:
+            apply_variant(model, attention, compile, multiple, backend)
+            emb, _ = make_embedder(
+                model, tmp, precision, device, ctx["max_seq"], attention, compile, multiple
+            )
+            graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            first_s, _, _, _ = embed_pass(emb, batches, sync)  # compiles every shape in the plan
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            wall, per_batch, vectors, retries = embed_pass(emb, batches, sync)
+            row = rate_row(label, batches, wall, spec, peak)
+            cos = np.array([float(np.dot(vectors[c], v)) for c, v in reference.items()])
+            diff = max(float(np.abs(vectors[c] - v).max()) for c, v in reference.items())
+            peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            row.update(
+                variant=name,
+                attention=attention,
+                compile=compile,
+                seq_multiple=multiple,
+                first_pass_s=first_s,
+                compile_s=max(0.0, first_s - wall) if compile else None,
+                compiled_graphs=graphs if compile else None,
+                peak_gib=peak_gib,
+                fits_a10g=(peak_gib < 21.0) if peak_gib is not None else None,
+                min_cosine=float(cos.min()),
+                mean_cosine=float(cos.mean()),
+                max_abs_diff=diff,
+                batch_s_median=median(per_batch),
+                fp32_retries=retries,
+                budget=budget,
+            )
+            if name == "eager":
+                eager_cps = row["chunks_per_s"]
+            if compile and eager_cps and row["chunks_per_s"] > eager_cps:
+                # Chunks after which the compile time is paid back against eager attention.
+                saved_per_chunk = 1 / eager_cps - 1 / row["chunks_per_s"]
+                row["breakeven_chunks"] = row["compile_s"] / saved_per_chunk
+            log(
+                f"{label}: {row['tokens_per_s']:,.0f} tok/s, {row['chunks_per_s']:.1f} chunks/s, "
+                f"MFU {row['mfu']:.3f}, min cos {row['min_cosine']:.6f}, first pass {first_s:.1f} s, "
+                f"peak mem {peak_gib}"
+            )
+        except Exception as exc:  # one broken variant must not cost the run (GPU time is scarce)
+            import traceback
+
+            row = {"run": label, "variant": name, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            log(f"{label}: FAILED {row['error']}")
+            traceback.print_exc()
+        rows.append(row)
+        if cuda:
+            torch.cuda.empty_cache()
+    apply_variant(model, "eager", False, 0, backend)
+    return rows, {"reference_chunks": len(reference), "reference_s": ref_s}
+
+
+def report_variants(
+    args: Any,
+    rows: list[dict[str, Any]],
+    ref_info: dict[str, Any],
+    ctx: dict[str, Any],
+    texts: list[str],
+    shape: Any,
+    spec: dict[str, int],
+    peaks: dict[str, float],
+    gpu_name: str,
+    build_s: float,
+    t_start: float,
+) -> int:
+    """Print the variants table, the A10G estimate from the fastest safe one, write the JSON."""
+    import sentence_transformers
+    import torch
+    import transformers
+
+    ok = [r for r in rows if "error" not in r]
+    safe = [r for r in ok if r["min_cosine"] >= 0.999]
+    best = max(safe, key=lambda r: r["tokens_per_s"]) if safe else None
+    cols = [
+        "run",
+        "tokens_per_s",
+        "chunks_per_s",
+        "mfu",
+        "hfu",
+        "padding",
+        "peak_gib",
+        "first_pass_s",
+        "compile_s",
+        "compiled_graphs",
+        "breakeven_chunks",
+        "min_cosine",
+        "max_abs_diff",
+    ]
+    print()
+    print(
+        table(
+            ok,
+            cols,
+            title=f"attention/compile variants on {gpu_name}, {shape.num_layers}x{shape.d_model} T5, "
+            f"{ctx['precision']}, budget {ctx['budget']} (MFU against the measured "
+            f"{ctx['precision']} matmul peak, {ctx['peak'] / 1e12:.1f} TFLOP/s; cosine to eager fp32 "
+            f"over {ref_info['reference_chunks']} chunks)",
+        )
+    )
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['run']}: FAILED {r['error'][:300]}")
+    estimate: dict[str, Any] = {}
+    sheet = next((v for k, v in DATASHEET.items() if k in gpu_name.upper()), None)
+    if best is not None and sheet is not None and ctx["device"] == "cuda":
+        mfu_sheet = best["useful_tflops"] * 1e12 / sheet["bf16"]
+        cps_flops = mfu_sheet * A10G_PEAK_BF16
+        useful_per_chunk = best["useful_tflops"] * 1e12 * best["wall_s"] / best["chunks"]
+        cps = cps_flops / useful_per_chunk
+        hours = 100_000 / cps / 3600
+        estimate = {
+            "basis": f"{best['run']}, budget {ctx['budget']}, measured on {gpu_name}",
+            "mfu_vs_datasheet": mfu_sheet,
+            "a10g_chunks_per_s": cps,
+            "a10g_tokens_per_s": cps * best["tokens_per_s"] / best["chunks_per_s"],
+            "usd_per_100k": hours * A10G_USD_PER_H,
+            "a10g_hours_per_100k": hours,
+            "peak_gib_on_this_gpu": best.get("peak_gib"),
+        }
+        print(
+            table(
+                [{k: v for k, v in estimate.items() if k != "basis"}],
+                title=f"A10G estimate ({estimate['basis']})",
+            )
+        )
+    if best is not None:
+        print(f"fastest variant with min cosine >= 0.999: {best['variant']} (MFU {best['mfu']:.3f})")
+    total_s = time.perf_counter() - t_start
+    print(f"total {total_s:.1f} s (model build {build_s:.1f} s)")
+    result = {
+        "benchmark": "gpu_throughput_variants",
+        "machine": machine(),
+        "device": gpu_name,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+        },
+        "shape": dataclasses.asdict(shape),
+        "encoder_parameters": shape.encoder_parameters(),
+        "n_texts": len(texts),
+        "max_seq_length": ctx["max_seq"],
+        "precision": ctx["precision"],
+        "budget": ctx["budget"],
+        "compile_backend": ctx["backend"],
+        "peaks_flops": peaks,
+        "datasheet_flops": sheet,
+        "reference": ref_info,
+        "rows": rows,
+        "fastest_safe_variant": best["variant"] if best else None,
+        "a10g_estimate": estimate,
+        "model_build_s": build_s,
+        "total_s": total_s,
+        "cpu_smoke": bool(args.cpu_smoke),
+    }
+    name = (
+        "gpu_variants_cpu_smoke" if args.cpu_smoke else ("gpu_variants_tiny" if args.tiny else "gpu_variants")
+    )
+    path = write_json(name, result)
+    if args.json:
+        write_json(name, result, args.json)
+    print(f"wrote {path}" + (f" and {args.json}" if args.json else ""))
+    failed = [r for r in rows if "error" in r]
+    return 1 if failed or best is None else 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -274,8 +593,33 @@ def main(argv: list[str] | None = None) -> int:
         choices=["sdpa", "eager"],
         help="transformers attention implementation of the T5 encoder (default: its own choice, sdpa)",
     )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=[*VARIANTS, "all"],
+        help="measure these attention/compile variants at the main budget, each against eager fp32 "
+        "(replaces the budget sweep)",
+    )
+    p.add_argument("--ref-texts", type=int, default=1000, help="chunks in the eager fp32 reference")
+    p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor)")
+    p.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="every variant on the tiny T5 on CPU, in fp32, compile backend aot_eager: shows the "
+        "script runs end to end (minutes: dynamo traces each compiled variant)",
+    )
     p.add_argument("--json", default=None, help="also write the JSON here (e.g. $OUT/gpu.json)")
     args = p.parse_args(argv)
+    if args.cpu_smoke:
+        args.tiny = True
+        args.variants = args.variants or ["all"]
+        args.n_texts = args.n_texts or 40
+        args.budgets = args.budgets or [2048]
+        args.max_seq_length = min(args.max_seq_length, 256)
+        args.compile_backend = args.compile_backend or "aot_eager"
+    if args.variants and "all" in args.variants:
+        args.variants = list(VARIANTS)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t_start = time.perf_counter()
@@ -347,6 +691,25 @@ def main(argv: list[str] | None = None) -> int:
         counts = TokenCounter(emb_cfg, model.tokenizer).count(subset)  # the model's own tokenizer
         items = [Item(f"c{i:06d}", s, c.tokens) for i, (s, c) in enumerate(zip(subset, counts, strict=True))]
         return make_batches(items, budget, args.max_batch_size, f"b{budget}")
+
+    if args.variants:
+        precision = "bf16" if cuda else "fp32"
+        ctx = {
+            "device": device,
+            "sync": sync,
+            "budget": main_budget,
+            "tmp": tmp,
+            "precision": precision,
+            "backend": args.compile_backend or "inductor",
+            "spec": spec,
+            "peak": peaks[precision],
+            "max_seq": args.max_seq_length,
+            "ref_texts": args.ref_texts,
+        }
+        vrows, ref_info = run_variants(model, args.variants, texts, plan, ctx)
+        return report_variants(
+            args, vrows, ref_info, ctx, texts, shape, spec, peaks, gpu_name, build_s, t_start
+        )
 
     # ---- bf16 (GPU) across budgets
     precisions = ["bf16"] if cuda else ["fp32"]

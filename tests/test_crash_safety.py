@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL or Ctrl-C at chosen points, then rerun: exactly one, correct, vector each.
 
-Every interrupted run goes through :class:`tests.gated.GatedRun`: the run blocks before
+Every interrupted run goes through :class:`tests.gated_local.GatedRun`: the run blocks before
 each batch until the test lets it through, so a signal always lands at the intended
 point whatever the machine's speed (no sleeps, no races).
 """
@@ -19,7 +19,7 @@ from pipeline.config import FieldMap
 from pipeline.files.source import ParquetSource, ParquetSourceOptions
 from pipeline.runner import RunOptions, run
 from pipeline.selection import Selection
-from tests.gated import GatedRun
+from tests.gated_local import KIND, GatedRun
 from tests.helpers import (
     config_dict,
     dataset_ids,
@@ -59,7 +59,7 @@ def _assert_equals_reference(out: Path, reference: dict[str, np.ndarray]) -> Non
 
 def _gated_config(tmp_path: Path, src: Path, out: Path, model: dict | None = None) -> tuple[Path, Path]:
     gate = tmp_path / "gate"
-    raw = config_dict(src, out, model, BATCHING, executor={"kind": "gated", "gate": str(gate)})
+    raw = config_dict(src, out, model, BATCHING, executor={"kind": KIND, "gate": str(gate)})
     return write_toml(tmp_path / "c.toml", raw), gate
 
 

@@ -36,7 +36,7 @@ import pytest
 
 from pipeline.files.sink import read_vectors
 from pipeline.runner import RunOptions, run
-from tests.gated import POLL_S, GatedRun
+from tests.gated_local import KIND, POLL_S, GatedRun
 from tests.helpers import (
     config_dict,
     dataset_ids,
@@ -105,7 +105,7 @@ def test_random_sigkill_then_resume_parquet(tmp_path: Path, tiny_model_dir: str)
         before = len(read_vectors(out)) if scenario == "edited" else 0
         to_embed = len(version) if scenario == "fresh" else 10  # 5 changed texts, 5 moved
         gate = work / "gate"
-        raw = config_dict(src, out, model, BATCHING, executor={"kind": "gated", "gate": str(gate)})
+        raw = config_dict(src, out, model, BATCHING, executor={"kind": KIND, "gate": str(gate)})
         config = write_toml(work / "c.toml", raw)
 
         late = rng.random() < 0.25  # in the write/prune phase, after the last batch

@@ -39,7 +39,7 @@ from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import Sink
+from pipeline.sink import SearchOutcome, Sink, VectorQuery
 
 MANIFEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS owner (
@@ -348,6 +348,19 @@ class ParquetSink(Sink):
             self._rewrite(name, None, drop=drop)
         self._clear_pending(by_file)
         return len(owners)
+
+    # ------------------------------------------------------------------ search
+    def fingerprint_counts(self) -> dict[str, int]:
+        """Stored vectors per fingerprint, from the manifest (see pipeline/files/search.py)."""
+        from pipeline.files.search import fingerprint_counts
+
+        return fingerprint_counts(self)
+
+    def search(self, query: VectorQuery) -> SearchOutcome:
+        """Exact search streamed over the vector files (see pipeline/files/search.py)."""
+        from pipeline.files.search import search
+
+        return search(self, query)
 
     def close(self) -> None:
         """Close the manifest."""

@@ -60,7 +60,7 @@ from pipeline.mongo.connection import (
 from pipeline.mongo.retry import ensure_index, retrying
 from pipeline.mongo.values import get_path, id_filter, id_to_str, one_id_filter, pages
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import Sink
+from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,30 @@ class MongoSink(Sink):
         ]
         rows = retrying(self.conn, "counting vectors", lambda: list(self.target.aggregate(pipeline)))
         return {str(r["_id"]): int(r["n"]) for r in rows}
+
+    # ------------------------------------------------------------------ search
+    # Atlas Vector Search or an exact scan, and the index: pipeline/mongo/search.py.
+    def fingerprint_counts(self) -> dict[str, int]:
+        """Stored vectors per model fingerprint, counted by the server."""
+        return self.coverage()
+
+    def search_filters(self, fields: FieldMap) -> frozenset[str]:
+        """In place, the chunk documents hold episode, podcast and date; a vectors collection, the episode."""
+        from pipeline.mongo.search import native_filters
+
+        return native_filters(self, fields)
+
+    def search(self, query: VectorQuery) -> SearchOutcome:
+        """``$vectorSearch`` when the server has a queryable index, else an exact scan."""
+        from pipeline.mongo.search import search
+
+        return search(self, query)
+
+    def ensure_search_index(self, fields: FieldMap) -> IndexOutcome:
+        """Create or update the Atlas Vector Search index (or say the server has none)."""
+        from pipeline.mongo.search import ensure_index
+
+        return ensure_index(self, fields)
 
     def close(self) -> None:
         """Release the shared client."""

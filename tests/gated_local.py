@@ -1,4 +1,4 @@
-"""A test-only executor that lets a test decide when each batch runs, and a CLI that knows it.
+"""The real in-process executor behind file gates, and a CLI that knows it (tests only).
 
 Tests that interrupt a run (SIGKILL, Ctrl-C, SIGTERM) must not depend on the machine's
 speed: a signal sent "after about 2 shards" may arrive after the run ended on a fast or
@@ -8,9 +8,11 @@ creates ``go-i`` (or ``open``); after each batch it appends the number of chunks
 to ``embedded.log``. With ``hold-close`` present, ``close()`` (called after the run's
 outcome is recorded) writes ``closing`` and blocks until ``go-close`` exists.
 
-Run the CLI with it: ``python -m tests.gated backfill --config c.toml`` where the config
-has ``[executor] kind = "gated"`` and ``gate = "<folder>"``. It is registered only here,
-never by the product.
+Run the CLI with it: ``python -m tests.gated_local backfill --config c.toml`` where the
+config has ``[executor] kind = "gated-local"`` and ``gate = "<folder>"``. It is registered
+only here, never by the product. Unlike ``tests/gated_executor.py`` (fake vectors, no
+model, a pipe), it computes real vectors, so a killed and resumed run can be compared with
+an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from pipeline.config import ModelConfig
 from pipeline.local import LocalExecutor, LocalOptions
 from pipeline.records import Batch, BatchResult
 
+KIND = "gated-local"
 POLL_S = 0.005  # how often a blocked gate looks for its file (waiting, not timing)
 
 
 @dataclass(slots=True)
-class GatedOptions(LocalOptions):
-    """``[executor]`` options for ``kind = "gated"``: the local options plus the gate folder."""
+class GatedLocalOptions(LocalOptions):
+    """``[executor]`` options for ``kind = "gated-local"``: the local options plus the gate folder."""
 
     gate: str = ""
 
@@ -42,17 +45,17 @@ def _wait_for(*paths: Path) -> None:
         time.sleep(POLL_S)
 
 
-class GatedExecutor(LocalExecutor):
+class GatedLocalExecutor(LocalExecutor):
     """The local executor, one batch at a time when the test says so."""
 
-    Options = GatedOptions
+    Options = GatedLocalOptions
 
-    def __init__(self, options: GatedOptions, model: ModelConfig) -> None:
+    def __init__(self, options: GatedLocalOptions, model: ModelConfig) -> None:
         super().__init__(options, model)
         self.gate = Path(options.gate) if options.gate else None
 
     @classmethod
-    def open(cls, options: GatedOptions, model: ModelConfig) -> GatedExecutor:
+    def open(cls, options: GatedLocalOptions, model: ModelConfig) -> GatedLocalExecutor:
         """Like the local executor: the model loads on the first batch."""
         return cls(options, model)
 
@@ -80,8 +83,8 @@ class GatedExecutor(LocalExecutor):
 
 
 def register() -> None:
-    """Make ``[executor] kind = "gated"`` resolvable in this process."""
-    registry.EXECUTORS["gated"] = "tests.gated:GatedExecutor"
+    """Make ``[executor] kind = "gated-local"`` resolvable in this process."""
+    registry.EXECUTORS[KIND] = f"{__name__}:GatedLocalExecutor"
 
 
 def embedded_so_far(gate: Path) -> int:
@@ -105,7 +108,7 @@ class GatedRun:
         for stale in gate.iterdir():  # a previous run's markers would release this one
             stale.unlink()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.gated", command, "--config", str(config), *args],
+            [sys.executable, "-m", "tests.gated_local", command, "--config", str(config), *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -162,7 +165,7 @@ class GatedRun:
 
 
 def main() -> None:
-    """``python -m tests.gated ARGS``: the podembed CLI with the gated executor registered."""
+    """``python -m tests.gated_local ARGS``: the podembed CLI with the gated executor registered."""
     register()
     from jobs.cli import main as cli_main
 

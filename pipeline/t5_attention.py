@@ -1,0 +1,250 @@
+"""T5 self-attention with the relative-position bias inside a fused attention kernel.
+
+transformers' T5 hands its position bias to SDPA as a float mask that it rebuilds in every
+layer (``torch.where`` over batch x heads x s x s); on GPUs that mask sent SDPA to its fp32
+math path and attention took ~45% of the kernel time for ~3% of the FLOPs
+(BENCHMARKS.md section 5). Two replacements, patched onto the encoder's ``T5Attention``
+modules (the model and its weights stay transformers'):
+
+``fused``
+    Layer 0 builds one additive mask per batch, position bias plus key padding, in the
+    compute dtype (bf16 on GPUs) and in storage aligned for the memory-efficient kernel; the
+    other layers reuse it. Attention is ``scaled_dot_product_attention`` with that mask; on
+    CUDA it is pinned to the memory-efficient kernel so a silent fall-back to the fp32 math
+    path is impossible (an unsupported shape raises instead).
+``flex``
+    FlexAttention: a ``score_mod`` adds the (heads x s x s) bias and a block mask skips the
+    padded keys, so no batch-sized mask exists. Fused by ``torch.compile`` (on CUDA the
+    kernel is compiled on first use; on CPU it runs unfused, for tests).
+
+Both compute exactly what eager attention computes (T5 does not scale q.k); the tests
+check that to 1e-5 in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.errors import ModelError
+
+#: ``model.attention`` values handled here (the others are transformers' own implementations).
+PATCHED = ("fused", "flex")
+
+#: The memory-efficient kernel reads the mask in rows aligned to this many elements; an
+#: unaligned mask is copied to an aligned one inside SDPA, in every layer.
+_MASK_ALIGN = 16
+
+
+def install(model: Any, mode: str) -> int:
+    """Patch every encoder self-attention module of ``model`` to ``mode``; return how many.
+
+    ``model`` is a SentenceTransformer or a transformers model. Raises :class:`ModelError`
+    when it holds no T5 encoder attention (the patch is T5-specific).
+    """
+    if mode not in PATCHED:
+        raise ValueError(f"unknown attention mode {mode!r}")
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    cls = _classes()[mode]
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, T5Attention) and not module.is_decoder:
+            module.__class__ = cls
+            patched += 1
+    if not patched:
+        raise ModelError(
+            f'model.attention: "{mode}" is for T5 encoders (INSTRUCTOR, GTR, sentence-T5) and this '
+            'model has none; use "auto", "eager" or "sdpa"'
+        )
+    return patched
+
+
+def uninstall(model: Any) -> None:
+    """Give every patched module transformers' own attention back (benchmarks switch modes)."""
+    if not _CLASSES:
+        return
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    for module in model.modules():
+        if type(module) in _CLASSES.values():
+            module.__class__ = T5Attention
+
+
+def installed(model: Any) -> str | None:
+    """The mode patched onto ``model`` (None when it runs transformers' own attention)."""
+    for module in model.modules():
+        mode = getattr(type(module), "podembed_mode", None)
+        if mode:
+            return str(mode)
+    return None
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def _classes() -> dict[str, type]:
+    # Built on first use: importing transformers at module import would slow the CLI's start.
+    if _CLASSES:
+        return _CLASSES
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    class FusedT5Attention(T5Attention):
+        """T5 encoder self-attention through SDPA with one bias+padding mask per batch."""
+
+        podembed_mode = "fused"
+
+        def forward(
+            self,
+            hidden_states: Any,
+            mask: Any = None,
+            key_value_states: Any = None,
+            position_bias: Any = None,
+            cache: Any = None,
+            **kw: Any,
+        ) -> tuple[Any, Any, None]:
+            if key_value_states is not None or cache is not None:
+                return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
+            q, k, v = _project(self, hidden_states)
+            if position_bias is None:
+                # Layer 0: the bias and the padding, once for the whole stack.
+                position_bias = _sdpa_mask(_bias(self, q), mask, q)
+            out = _sdpa(q, k, v, position_bias)
+            return _output(self, out, hidden_states), position_bias, None
+
+    class FlexT5Attention(T5Attention):
+        """T5 encoder self-attention through FlexAttention with the bias in a score_mod."""
+
+        podembed_mode = "flex"
+
+        def forward(
+            self,
+            hidden_states: Any,
+            mask: Any = None,
+            key_value_states: Any = None,
+            position_bias: Any = None,
+            cache: Any = None,
+            **kw: Any,
+        ) -> tuple[Any, Any, None]:
+            if key_value_states is not None or cache is not None:
+                return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
+            q, k, v = _project(self, hidden_states)
+            if position_bias is None:
+                position_bias = (_bias(self, q)[0], _flex_block_mask(mask, q))
+            bias, block_mask = position_bias
+            out = _flex(q, k, v, bias, block_mask)
+            return _output(self, out, hidden_states), position_bias, None
+
+    _CLASSES.update(fused=FusedT5Attention, flex=FlexT5Attention)
+    return _CLASSES
+
+
+def _project(module: Any, hidden_states: Any) -> tuple[Any, Any, Any]:
+    """q, k, v as (batch, heads, s, d_kv)."""
+    shape = (*hidden_states.shape[:-1], module.n_heads, module.key_value_proj_dim)
+    q = module.q(hidden_states).view(shape).transpose(1, 2)
+    k = module.k(hidden_states).view(shape).transpose(1, 2)
+    v = module.v(hidden_states).view(shape).transpose(1, 2)
+    return q, k, v
+
+
+def _output(module: Any, out: Any, hidden_states: Any) -> Any:
+    """(batch, heads, s, d_kv) back to (batch, s, d_model) through the output projection."""
+    out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], module.inner_dim)
+    return module.o(out)
+
+
+def _bias(module: Any, q: Any) -> Any:
+    """T5's relative-position bias, (1, heads, s, s), in the compute dtype."""
+    import torch
+
+    s = q.shape[-2]
+    if module.has_relative_attention_bias:
+        bias = module.compute_bias(s, s, device=q.device)
+    else:  # T5 gives layers without the embedding a zero bias when layer 0 did not pass one
+        bias = torch.zeros((1, module.n_heads, s, s), device=q.device, dtype=q.dtype)
+    return bias.to(q.dtype)
+
+
+def _key_keep(mask: Any, q: Any) -> Any:
+    """(batch, s) bool: which keys are real tokens, from whatever mask transformers built.
+
+    None means no padding. An encoder's mask does not depend on the query row, so row 0 of a
+    (batch, 1, q, k) mask is the key mask.
+    """
+    import torch
+
+    if mask is None:
+        return None
+    m = mask[:, 0, 0, :]
+    if m.dtype == torch.bool:
+        return m
+    # An additive float mask: 0 where attended, the dtype's minimum where not.
+    return m == 0
+
+
+def _sdpa_mask(bias: Any, mask: Any, q: Any) -> Any:
+    """Bias plus key padding as one additive mask in q's dtype, rows aligned for the kernel."""
+    import torch
+
+    batch, heads, s = q.shape[0], q.shape[1], q.shape[-2]
+    keep = _key_keep(mask, q)
+    if keep is None and s % _MASK_ALIGN == 0:
+        # No padding: the batch dimension is a broadcast (stride 0), nothing batch-sized exists.
+        return bias.expand(batch, heads, s, s)
+    width = -(-s // _MASK_ALIGN) * _MASK_ALIGN
+    storage = torch.empty((batch, heads, s, width), dtype=q.dtype, device=q.device)
+    out = storage[..., :s]
+    if keep is None:
+        out.copy_(bias.expand(batch, heads, s, s))
+    else:
+        # The dtype's minimum, as transformers uses: exp() of it is exactly 0 after the max shift.
+        floor = torch.tensor(torch.finfo(q.dtype).min, dtype=q.dtype, device=q.device)
+        torch.where(keep[:, None, None, :], bias, floor, out=out)
+    return out
+
+
+def _sdpa(q: Any, k: Any, v: Any, attn_mask: Any) -> Any:
+    from torch.nn.functional import scaled_dot_product_attention
+
+    if q.device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # Only the memory-efficient kernel takes an arbitrary additive mask at full speed; the
+        # math path (what SDPA picks silently otherwise) upcasts to fp32.
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+            return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+    return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+
+
+def _flex_block_mask(mask: Any, q: Any) -> Any:
+    """A FlexAttention block mask that hides the padded keys (None when nothing is padded)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    keep = _key_keep(mask, q)
+    if keep is None:
+        return None
+    batch, s = q.shape[0], q.shape[-2]
+
+    def keep_key(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return keep[b, kv_idx]
+
+    return create_block_mask(keep_key, batch, None, s, s, device=q.device)
+
+
+_COMPILED_FLEX: dict[str, Any] = {}
+
+
+def _flex(q: Any, k: Any, v: Any, bias: Any, block_mask: Any) -> Any:
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def add_bias(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return score + bias[h, q_idx, kv_idx]
+
+    fn = flex_attention
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        # Uncompiled, FlexAttention materialises the scores: compile the kernel once.
+        fn = _COMPILED_FLEX.get("cuda")
+        if fn is None:
+            fn = _COMPILED_FLEX["cuda"] = torch.compile(flex_attention)  # sizes turn dynamic
+    return fn(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=1.0)
