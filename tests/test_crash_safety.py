@@ -178,7 +178,7 @@ def test_a_sigint_inherited_as_ignored_still_interrupts(tmp_path: Path, tiny_mod
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     proc = GatedRun(config, gate, preexec_fn=ignore_sigint)
-    proc.block_at(1)
+    proc.release_until(lambda: _done_shards(out) >= 1)  # mid-run, blocked before a batch
     proc.proc.send_signal(signal.SIGINT)
     try:
         code, _, stderr = proc.finish(timeout=60)
