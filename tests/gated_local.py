@@ -101,12 +101,20 @@ class GatedRun:
     """``podembed COMMAND --config CONFIG`` in a subprocess, driven batch by batch."""
 
     def __init__(
-        self, config: Path, gate: Path, *args: str, command: str = "backfill", **popen: object
+        self,
+        config: Path,
+        gate: Path,
+        *args: str,
+        command: str = "backfill",
+        hold_close: bool = False,
+        **popen: object,
     ) -> None:
         self.gate = gate
         gate.mkdir(parents=True, exist_ok=True)
         for stale in gate.iterdir():  # a previous run's markers would release this one
             stale.unlink()
+        if hold_close:  # before the start: the run must find it whatever its speed
+            (gate / "hold-close").touch()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.gated_local", command, "--config", str(config), *args],
             cwd=ROOT,

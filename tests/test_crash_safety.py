@@ -193,8 +193,7 @@ def test_a_sigterm_after_the_run_is_recorded_exits_0(tmp_path: Path, tiny_model_
     src = write_rows(tmp_path / "s.parquet", sample_rows(n=20))
     out = tmp_path / "out"
     config, gate = _gated_config(tmp_path, src, out, tiny_model(tiny_model_dir))
-    proc = GatedRun(config, gate)
-    (gate / "hold-close").touch()
+    proc = GatedRun(config, gate, hold_close=True)
     proc.open()
     proc.wait_for("closing")  # the run is recorded; the executor is being closed
     with sqlite3.connect(out / "state.sqlite") as conn:
