@@ -42,7 +42,7 @@ def _corpus(path: Path, rows: int, invalid: tuple[int, ...], row_group_size: int
     return write_rows(path, data, row_group_size=row_group_size)
 
 
-def _toml(tmp_path: Path, source: Path, gate_fd: int) -> Path:
+def _toml(tmp_path: Path, source: Path, gate_fd: int, window: int = 10) -> Path:
     out = tmp_path / "out"
     model = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in MODEL.items())
     path = tmp_path / "gated.toml"
@@ -50,7 +50,7 @@ def _toml(tmp_path: Path, source: Path, gate_fd: int) -> Path:
         f'[source]\nkind = "parquet"\npath = "{source}"\n'
         f'[sink]\nkind = "parquet"\npath = "{out}"\n'
         f"[model]\n{model}\n".replace("'", '"')
-        + "[batching]\nwindow_chunks = 10\ntoken_budget = 4096\nmax_batch_size = 5\n"
+        + f"[batching]\nwindow_chunks = {window}\ntoken_budget = 4096\nmax_batch_size = 5\n"
         + f'[executor]\nkind = "gated"\ngate_fd = {gate_fd}\n'
         + f'[report]\ndir = "{out / "runs"}"\n',
         encoding="utf-8",
@@ -112,14 +112,15 @@ def _frames(screen: str) -> list[str]:
 
 
 def test_bar_in_a_terminal_moves_with_every_batch(tmp_path: Path) -> None:
-    # One shard (one row group), as most real files: the bar must still move per batch.
+    # One shard (one row group, within a window), as most real files: the bar must still
+    # move per batch. (A row group bigger than a window is cut into row-range shards.)
     source = _corpus(tmp_path / "one_shard.parquet", rows=40, invalid=(3, 17), row_group_size=1000)
     gate_r, gate_w = os.pipe()
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, COLUMNS, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     env["TERM"] = "xterm"
-    toml = _toml(tmp_path, source, gate_r)
+    toml = _toml(tmp_path, source, gate_r, window=64)
     child = subprocess.Popen(
         [*GATED_CLI, "backfill", "--config", str(toml), "--limit", "30"],
         stdin=slave,
