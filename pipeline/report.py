@@ -23,6 +23,7 @@ class Counts:
     removed: int = 0  # in the sink but no longer in the source
     pruned: int = 0
     deferred: int = 0  # left for a later run by --limit
+    claimed_elsewhere: int = 0  # in episodes another live run was embedding: left to it
 
     def add(self, other: Counts) -> None:
         """Add ``other`` into this."""
@@ -67,6 +68,10 @@ class RunReport:
     cost_usd: float = 0.0
     error: str | None = None
     resume_hint: str | None = None
+    # Episodes left to other live runs (episode -> the run that holds it), and time spent
+    # waiting for episodes other runs held (ingest and reindex wait, backfill does not).
+    left_to_other_runs: dict[str, str] = field(default_factory=dict)
+    claim_wait_s: float = 0.0
 
     def finalize(self) -> None:
         """Derive rates and cost from the raw figures."""
@@ -75,7 +80,7 @@ class RunReport:
         self.chunks_per_s = round(self.counts.embedded / basis, 2) if basis else 0.0
         self.tokens_per_s = round(self.tokens / basis, 1) if basis else 0.0
         self.cost_usd = round(self.device_s / 3600.0 * self.hourly_usd, 6)
-        for name in ("wall_s", "embed_s", "device_s", "model_load_s"):
+        for name in ("wall_s", "embed_s", "device_s", "model_load_s", "claim_wait_s"):
             setattr(self, name, round(getattr(self, name), 3))
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +103,14 @@ class RunReport:
             lines.append(f"  removed from source: {c.removed} (pruned from sink: {c.pruned})")
         if c.deferred:
             lines.append(f"  deferred by --limit: {c.deferred}")
+        if c.claimed_elsewhere or self.left_to_other_runs:
+            runs = sorted(set(self.left_to_other_runs.values()))
+            lines.append(
+                f"  left to other live runs (they write them): {c.claimed_elsewhere} chunks of "
+                f"{len(self.left_to_other_runs)} episodes, held by {'; '.join(runs)}"
+            )
+        if self.claim_wait_s >= 0.05:
+            lines.append(f"  waited {self.claim_wait_s:.1f}s for episodes other runs were embedding")
         lines.append(
             f"  tokens: {self.tokens} in {self.batches} batches, padding ratio {self.padding_ratio:.3f}"
         )
