@@ -133,12 +133,14 @@ def test_claims_are_exclusive_renewed_and_taken_over_from_expired_or_dead_runs(m
         mongo.db.podembed_owners.update_one({"_id": "owner-a"}, {"$set": {"expires_at": past}})
         assert b.claim(["e1"]) == {}
         assert claims.find_one({"unit": "e1"})["owner"] == "owner-b"
-        a._renew()  # a comes back: it notices the loss, and its release leaves b's claim alone
-        assert a._lost == {"e1"}
-        a.release_claims(["e1"])
-        assert claims.find_one({"unit": "e1"})["owner"] == "owner-b"
         assert [r.owner for r in b.live_runs()] == ["owner-b"]  # the dead run's documents are gone
         assert claims.count_documents({"owner": "owner-a"}) == 0
+        a._renew()  # a comes back: it notices the loss, and its release leaves b's claim alone
+        assert a._lost == {"e1", "e2"}
+        a.release_claims(["e1"])
+        assert claims.find_one({"unit": "e1"})["owner"] == "owner-b"
+        assert sorted(r.owner for r in b.live_runs()) == ["owner-a", "owner-b"]  # alive again
+        a.unregister()
 
         # A claim held for 10 minutes more by a process of this machine that is gone: taken at once.
         claims.insert_one(

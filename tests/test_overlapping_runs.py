@@ -7,7 +7,7 @@ a run waiting for an episode says so on stderr before the test moves on.
 
 - SQLite ledger + Parquet sink, and MongoDB ledger + sink on SecantusDB.
 - A backfill over ten episodes, while it holds its first episode: an ingest of that
-  episode (waits), two ingests of other episodes and a forced reindex of a fourth (run
+  episode (waits), an ingest of another episode and then a forced reindex of it (run
   to the end), two ingests of one episode at once, and an ingest holding an episode the
   backfill reaches later (the backfill leaves it to that run and says so).
 - A backfill killed with ``kill -9`` while an ingest waits on its claim: the ingest
@@ -191,11 +191,7 @@ def _live(target: Target) -> dict[str, list[str]]:
 
 def test_overlapping_runs_embed_every_chunk_once_and_all_exit_0(target: Target, tmp_path: Path) -> None:
     ep = sorted({r["episode_id"] for r in _rows()})
-    waits_on, ingest_b, ingest_c, held_by_ingest, reindexed, twice = ep[0], ep[2], ep[3], ep[5], ep[7], ep[8]
-
-    # Before: one episode already embedded (so the reindex below re-embeds current vectors).
-    first = Run(target, tmp_path, "pre", ["ingest", reindexed])
-    assert first.report()["counts"]["embedded"] == PER_EPISODE
+    waits_on, ingested, held_by_ingest, twice = ep[0], ep[2], ep[5], ep[8]
 
     # An ingest holds its episode (stopped right after claiming it) ...
     g_gate = tmp_path / "gate-g"
@@ -216,12 +212,9 @@ def test_overlapping_runs_embed_every_chunk_once_and_all_exit_0(target: Target, 
     assert live[f"ingest episode={held_by_ingest}"] == [held_by_ingest]
     assert live[f"ingest episode={waits_on}"] == []
 
-    others = [
-        Run(target, tmp_path, "ingest-b", ["ingest", ingest_b]),
-        Run(target, tmp_path, "ingest-c", ["ingest", ingest_c]),
-        Run(target, tmp_path, "reindex", ["reindex", "--episode", reindexed]),
-    ]
-    reports = {r.name: r.report() for r in others}
+    # An ingest of another episode, then a forced reindex of it, run to their end meanwhile.
+    reports = {"ingest": Run(target, tmp_path, "ingest", ["ingest", ingested]).report()}
+    reports["reindex"] = Run(target, tmp_path, "reindex", ["reindex", "--episode", ingested]).report()
 
     # Two ingests of one episode at once: the second waits for the first's claim.
     f_gate = tmp_path / "gate-f"
@@ -240,25 +233,24 @@ def test_overlapping_runs_embed_every_chunk_once_and_all_exit_0(target: Target, 
     reports["ingest-held"] = g.report()
 
     embedded = {name: r["counts"]["embedded"] for name, r in reports.items()}
-    print(f"\n[{target.kind}] chunks embedded by each overlapping run: {embedded}")
+    print(f"\n[{target.kind}] chunks embedded by each of {len(reports)} overlapping runs: {embedded}")
     assert all(r["status"] == "completed" for r in reports.values())
-    needed = (EPISODES - 1) * PER_EPISODE  # all but the pre-embedded episode
-    forced = PER_EPISODE  # the reindex of a current episode
+    needed, forced = EPISODES * PER_EPISODE, PER_EPISODE  # every chunk once, plus the reindex
     assert sum(embedded.values()) == needed + forced
     assert embedded == {
-        "ingest-b": PER_EPISODE,
-        "ingest-c": PER_EPISODE,
+        "ingest": PER_EPISODE,
         "reindex": PER_EPISODE,
         "same-1": PER_EPISODE,
-        "same-2": 0,
-        "backfill": 5 * PER_EPISODE,  # episodes 0, 1, 4, 6 and 9: the others were done or held
-        "ingest-waits": 0,  # waited for the backfill's episode 0, then found it current
+        "same-2": 0,  # waited for same-1, then found its episode current
+        "backfill": 7 * PER_EPISODE,  # all but the ingested, the held and the twice-ingested episode
+        "ingest-waits": 0,  # waited for the backfill's first episode, then found it current
         "ingest-held": PER_EPISODE,
     }
     bf = reports["backfill"]
     assert bf["counts"]["claimed_elsewhere"] == PER_EPISODE
     assert list(bf["left_to_other_runs"]) == [held_by_ingest]
     assert reports["ingest-held"]["run_id"] in bf["left_to_other_runs"][held_by_ingest]
+    assert "left to other live runs (they write them): 4 chunks of 1 episodes" in backfill.stderr()
     assert reports["ingest-waits"]["claim_wait_s"] > 0 and reports["same-2"]["claim_wait_s"] > 0
 
     # Every chunk has exactly one current vector, written by the run that claimed its episode.
@@ -266,16 +258,13 @@ def test_overlapping_runs_embed_every_chunk_once_and_all_exit_0(target: Target, 
     ids = [cid for cid, _ in rows]
     assert len(ids) == len(set(ids)) == EPISODES * PER_EPISODE
     by_episode = {r["chunk_id"]: r["episode_id"] for r in _rows()}
-    writers = {(by_episode[cid], run_id) for cid, run_id in rows}
     owner = {
-        ingest_b: reports["ingest-b"]["run_id"],
-        ingest_c: reports["ingest-c"]["run_id"],
-        reindexed: reports["reindex"]["run_id"],
+        ingested: reports["reindex"]["run_id"],
         twice: reports["same-1"]["run_id"],
         held_by_ingest: reports["ingest-held"]["run_id"],
     }
-    for episode, run_id in writers:
-        assert run_id == owner.get(episode, bf["run_id"]), (episode, run_id)
+    for cid, run_id in rows:
+        assert run_id == owner.get(by_episode[cid], bf["run_id"]), (cid, run_id)
     assert _status(target)["live_runs"] == []
 
 

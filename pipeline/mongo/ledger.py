@@ -116,6 +116,7 @@ class MongoCheckpointStore(CheckpointStore):
         self._owner: str | None = None
         self._run_id = ""
         self._command = ""
+        self._owner_doc: dict[str, Any] = {}
         self._mine: set[str] = set()  # units this run holds
         self._lost: set[str] = set()
         self._last_beat = 0.0
@@ -174,6 +175,7 @@ class MongoCheckpointStore(CheckpointStore):
             lambda: self.owners.update_one({"_id": owner}, {"$set": doc}, upsert=True),
         )
         self._owner, self._command, self._run_id = owner, command, ""
+        self._owner_doc = doc
         self._mine, self._lost = set(), set()
         self._last_beat = time.monotonic()
         self._stop.clear()
@@ -187,11 +189,18 @@ class MongoCheckpointStore(CheckpointStore):
             return
         with self._beat_lock:
             now = server_now(self.conn)
-            times = {"heartbeat_at": now, "expires_at": now + self.ttl}
+            # The whole document, upserted: a run that stalled past its expiry and was
+            # cleaned up as dead shows up again as live.
+            doc = {
+                **self._owner_doc,
+                "run_id": self._run_id,
+                "heartbeat_at": now,
+                "expires_at": now + self.ttl,
+            }
             retrying(
                 self.conn,
                 "renewing the run's heartbeat",
-                lambda: self.owners.update_one({"_id": owner}, {"$set": times}),
+                lambda: self.owners.update_one({"_id": owner}, {"$set": doc}, upsert=True),
             )
             if self._mine:
                 mine = sorted(self._mine)
