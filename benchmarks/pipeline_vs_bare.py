@@ -19,11 +19,22 @@ by the measured fp32 matmul rate at the same thread count (issue item 2).
 
     python benchmarks/pipeline_vs_bare.py                  # 300 chunks, seq 256, 5 reps (~3.5 min)
     python benchmarks/pipeline_vs_bare.py --seq 512        # the same at 512 tokens
+
+``--precision`` compares precisions instead (issue 12), in one run on the same chunks:
+``podembed`` with ``model.precision = "auto"`` (what configs/local.toml ships) and the same
+command in fp32, against a bare ``encode`` in fp32 and in the precision ``auto`` chose, each
+with its min cosine to the bare fp32 vectors. ``--candidates`` adds bare ``encode`` in both
+bf16 forms (bf16 weights; fp32 weights under autocast): the measurement behind ``auto``'s
+choice. On a CPU without bf16 units those run ~5x slower than fp32.
+
+    python benchmarks/pipeline_vs_bare.py --precision --n 256 --reps 3
+    python benchmarks/pipeline_vs_bare.py --precision --candidates --n 256 --reps 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import random
@@ -64,8 +75,9 @@ def make_corpus(n: int, tmp: Path, seed: int = 0) -> Path:
     return path
 
 
-def podembed_config(source: Path, out: Path, max_seq: int) -> Any:
-    """``configs/local.toml`` with the paths pointed at the benchmark's files."""
+def podembed_config(source: Path, out: Path, max_seq: int, precision: str | None = "fp32") -> Any:
+    """``configs/local.toml`` with the paths pointed at the benchmark's files, in ``precision``
+    (fp32 by default, as the bare model it is compared with; ``None``: as the file says)."""
     from pipeline.config import parse_config
 
     raw = tomllib.loads((ROOT / "configs" / "local.toml").read_text())
@@ -73,7 +85,181 @@ def podembed_config(source: Path, out: Path, max_seq: int) -> Any:
     raw["sink"]["path"] = str(out)
     raw["report"]["dir"] = str(out / "runs")
     raw["model"]["max_seq_length"] = max_seq
+    if precision is not None:
+        raw["model"]["precision"] = precision
     return parse_config(raw)
+
+
+def min_cosine(vectors: Any, reference: Any) -> float:
+    """The smallest row-wise cosine between two ``(n, dim)`` arrays (same row order)."""
+    import numpy as np
+
+    a = np.asarray(vectors, np.float64)
+    b = np.asarray(reference, np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def precision_main(args: argparse.Namespace) -> int:
+    """podembed ``auto`` and fp32 against bare ``encode`` in fp32 and in ``auto``'s precision."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline import precision
+    from pipeline.embedder import InstructorEmbedder
+    from pipeline.files.sink import read_vectors
+    from pipeline.runner import RunOptions, run
+
+    seq = args.seq[0]
+    tmp = Path(tempfile.mkdtemp(prefix="podembed-bench-prec-"))
+    source = make_corpus(args.n, tmp)
+    rows = pq.read_table(source, columns=["chunk_id", "text"]).to_pylist()
+    ids = [r["chunk_id"] for r in rows]
+    stripped = [r["text"].strip() for r in rows]
+    cfg = podembed_config(source, tmp / "unused", seq, None)
+    shipped = cfg.model.precision
+    auto = precision.detect(shipped, "cpu")
+    flags = precision.cpu_bf16_units(precision.read_cpu_flags())
+    print(
+        f"{len(rows)} chunks; torch threads {torch.get_num_threads()}; cpu capability "
+        f"{torch.backends.cpu.get_cpu_capability()}; bf16 flags {flags or 'none'}; "
+        f"configs/local.toml precision = {shipped!r}: {auto.describe()}",
+        flush=True,
+    )
+
+    def model_in(p: str) -> Any:
+        """The INSTRUCTOR-configured model with its weights in ``p`` (through podembed's cache)."""
+        return InstructorEmbedder(dataclasses.replace(cfg.model, precision=p), device="cpu").model
+
+    fp32_model = model_in("fp32")  # podembed's fp32 and autocast runs find this one in the cache
+    bare: dict[str, tuple[Any, str]] = {"bare fp32": (fp32_model, "")}
+    if auto.reduced:
+        bare[f"bare {auto.label}"] = (model_in(auto.weights), auto.dtype if auto.autocast else "")
+    if args.candidates:
+        bare.setdefault("bare bf16-autocast", (fp32_model, "bf16"))
+        bare.setdefault("bare bf16", (model_in("bf16"), ""))
+    instr = cfg.model.instruction
+
+    def encode(model: Any, autocast: str, texts: list[str]) -> Any:
+        amp: Any = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            out = model.encode(
+                texts,
+                prompt=instr,
+                normalize_embeddings=True,
+                batch_size=args.encode_batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(out, np.float32)
+
+    def run_bare(model: Any, autocast: str) -> Any:
+        def go(rep: int) -> dict[str, Any]:
+            t, c = time.perf_counter(), time.process_time()
+            vecs = encode(model, autocast, stripped)
+            return {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c, "vectors": vecs}
+
+        return go
+
+    def run_podembed(p: str) -> Any:
+        def go(rep: int) -> dict[str, Any]:
+            out = tmp / f"out-{p}-{rep}"
+            t, c = time.perf_counter(), time.process_time()
+            report = run(podembed_config(source, out, seq, p), RunOptions())
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            assert report.status == "completed", report.error
+            assert report.counts.embedded == len(rows), report.counts
+            tab = read_vectors(out)
+            by_id = dict(zip(tab["chunk_id"].to_pylist(), tab["embedding"].to_pylist(), strict=True))
+            shutil.rmtree(out, ignore_errors=True)
+            return {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "embed_s": report.embed_s,
+                "precision": report.precision_reason,
+                "vectors": np.asarray([by_id[i] for i in ids], np.float32),
+            }
+
+        return go
+
+    runners: dict[str, Any] = {
+        f"podembed {shipped}": run_podembed(shipped),
+        "podembed fp32": run_podembed("fp32"),
+    }
+    runners.update({name: run_bare(m, a) for name, (m, a) in bare.items()})
+    # Warm-up, not timed: the first bf16 pass sets up its kernels; the first run opens SQLite/Parquet.
+    warm_src = tmp / "warm.parquet"
+    pq.write_table(pq.read_table(source).slice(0, 16), warm_src)
+    for p in dict.fromkeys([shipped, "fp32"]):
+        assert run(podembed_config(warm_src, tmp / f"warm-{p}", seq, p), RunOptions()).status == "completed"
+    for model, autocast in bare.values():
+        encode(model, autocast, stripped[:64])
+    names = list(runners)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    cpu_times: dict[str, list[float]] = {k: [] for k in names}
+    last: dict[str, dict[str, Any]] = {}
+    for rep in range(args.reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            r = runners[name](rep)
+            times[name].append(r["wall_s"])
+            cpu_times[name].append(r["cpu_s"])
+            last[name] = r
+            print(f"rep {rep} {name}: {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s cpu", flush=True)
+    reference = last["bare fp32"]["vectors"]
+    base = median(times["podembed fp32"])
+    base_cpu = median(cpu_times["podembed fp32"])
+    out_rows = []
+    for name in names:
+        med = median(times[name])
+        out_rows.append(
+            {
+                "variant": name,
+                "median_s": med,
+                "min_s": min(times[name]),
+                "max_s": max(times[name]),
+                "chunks_per_s": len(rows) / med,
+                "speed_vs_podembed_fp32": base / med,
+                "cpu_s": median(cpu_times[name]),
+                "cpu_vs_podembed_fp32": base_cpu / median(cpu_times[name]),
+                "min_cos_to_fp32": f"{min_cosine(last[name]['vectors'], reference):.6f}",
+            }
+        )
+    print()
+    print(
+        table(
+            out_rows,
+            title=(
+                f"{len(rows)} chunks, MiniLM-L6, seq {seq}, medians of {args.reps} interleaved runs "
+                f"(min/max: the spread); cpu_s = process CPU time (steadier on a shared machine); "
+                f"*_vs_podembed_fp32 = podembed fp32 / variant; min_cos_to_fp32 = smallest cosine "
+                f"to bare fp32 encode"
+            ),
+        )
+    )
+    print(f"podembed {shipped}: {last[f'podembed {shipped}']['precision']}")
+    path = write_json(
+        args.name or "pipeline_vs_bare_precision",
+        {
+            "benchmark": "pipeline_vs_bare --precision",
+            "machine": machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16_flags": flags,
+            "auto": auto.describe(),
+            "n_chunks": len(rows),
+            "reps": args.reps,
+            "max_seq_length": seq,
+            "times_s": times,
+            "cpu_times_s": cpu_times,
+            "rows": out_rows,
+        },
+    )
+    print(f"wrote {path}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 def st_padding(
@@ -104,7 +290,20 @@ def main(argv: list[str] | None = None) -> int:
         help="batch_size of the bare encode calls (sentence-transformers' default)",
     )
     p.add_argument("--name", default=None, help="result name (default pipeline_vs_bare[_seqN])")
+    p.add_argument(
+        "--precision",
+        action="store_true",
+        help="compare precisions: podembed auto and fp32 vs bare encode in fp32 and in auto's precision",
+    )
+    p.add_argument(
+        "--candidates",
+        action="store_true",
+        help="with --precision: also bare encode in bf16 weights and bf16 autocast (auto's two options)",
+    )
     args = p.parse_args(argv)
+    if args.precision:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return precision_main(args)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import numpy as np

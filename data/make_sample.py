@@ -115,8 +115,7 @@ PODCASTS: list[dict[str, Any]] = [
                     "Feed your sourdough starter at a one to one to one ratio, flour, water, "
                     "starter, and keep it somewhere around {n:74-80} degrees.",
                     "If the starter smells like nail polish remover it's just hungry, feed it.",
-                    "A starter at {n:70-80} percent hydration behaves totally differently from a "
-                    "stiff one.",
+                    "A starter at {n:70-80} percent hydration behaves totally differently from a stiff one.",
                     "The float test is kind of a myth, watch whether it doubles instead.",
                     "Wild yeast and lactobacillus live together in the jar, that's the sour part.",
                     "Do the bulk ferment until the dough is jiggly and domed, not by the clock.",
@@ -243,8 +242,7 @@ PODCASTS: list[dict[str, Any]] = [
                     "za'atar",
                 ],
                 "lines": [
-                    "Toast whole spices in a dry pan until they smell nutty, maybe {n:1-3} "
-                    "minutes.",
+                    "Toast whole spices in a dry pan until they smell nutty, maybe {n:1-3} minutes.",
                     "Ground spices lose most of their aroma in about {n:6-12} months.",
                     "Our garam masala has cumin seed, coriander, cardamom, clove and cinnamon.",
                     "Za'atar is thyme, sumac and sesame, and it's great on eggs.",
@@ -301,8 +299,7 @@ PODCASTS: list[dict[str, Any]] = [
                     "the planet crosses in front.",
                     "Radial velocity measures the star wobbling as the exoplanet tugs on it.",
                     "The habitable zone is where liquid water could exist on the surface.",
-                    "We've confirmed over {n:5000-5800} exoplanets and most are weird, like hot "
-                    "Jupiters.",
+                    "We've confirmed over {n:5000-5800} exoplanets and most are weird, like hot Jupiters.",
                     "The light curve has this flat-bottomed dip that's the signature of a transit.",
                 ],
             },
@@ -317,8 +314,7 @@ PODCASTS: list[dict[str, Any]] = [
                     "magnification",
                 ],
                 "lines": [
-                    "Aperture matters way more than magnification, get the biggest mirror you can "
-                    "carry.",
+                    "Aperture matters way more than magnification, get the biggest mirror you can carry.",
                     "An {n:6-10} inch Dobsonian is the best first telescope, hands down.",
                     "Collimation is just lining up the mirrors, it takes five minutes with a tool.",
                     "Start with a low power eyepiece so you can actually find things.",
@@ -337,8 +333,7 @@ PODCASTS: list[dict[str, Any]] = [
                 ],
                 "lines": [
                     "Galaxy rotation curves stay flat at the edges, which means missing mass.",
-                    "Gravitational lensing lets us map dark matter by how it bends background "
-                    "light.",
+                    "Gravitational lensing lets us map dark matter by how it bends background light.",
                     "Dark matter is roughly {n:80-85} percent of the matter in the universe.",
                     "The WIMP searches in underground detectors keep coming up empty.",
                     "The Bullet Cluster is the famous case where the mass and the gas separated.",
@@ -374,8 +369,7 @@ PODCASTS: list[dict[str, Any]] = [
                 ],
                 "lines": [
                     "Cepheids pulse with a period tied to their luminosity, that's the key.",
-                    "Henrietta Leavitt found the period-luminosity relation and it gave us a "
-                    "cosmic ruler.",
+                    "Henrietta Leavitt found the period-luminosity relation and it gave us a cosmic ruler.",
                     "Eclipsing binaries dim when one star passes in front of the other.",
                     "Citizen science volunteers have submitted millions of magnitude estimates.",
                     "Some variable stars change brightness over {n:2-400} days.",
@@ -396,8 +390,7 @@ PODCASTS: list[dict[str, Any]] = [
                     "The Perseids peak in August with maybe {n:50-100} meteors an hour.",
                     "Don't stare at the radiant, look about forty degrees away from it.",
                     "A fireball is just a meteor brighter than Venus.",
-                    "Most meteors are the size of a grain of sand, moving {n:20-70} kilometers a "
-                    "second.",
+                    "Most meteors are the size of a grain of sand, moving {n:20-70} kilometers a second.",
                 ],
             },
             {
@@ -464,8 +457,7 @@ PODCASTS: list[dict[str, Any]] = [
             "We were doing like {n:20-90} transactions a day in the first year.",
             "Talk to {term} early, don't wait until there's a problem.",
             "I wish somebody had explained {kw} to me before I signed anything.",
-            "Small businesses don't fail from lack of passion, "
-            "they fail from running out of money.",
+            "Small businesses don't fail from lack of passion, they fail from running out of money.",
             "Track it weekly, not monthly, because by month end it's too late.",
             "Our margin was around {n:8-45} percent, which for retail is decent.",
             "You wear every hat in the beginning, marketing, payroll, plumbing.",
@@ -483,8 +475,7 @@ PODCASTS: list[dict[str, Any]] = [
                 ],
                 "lines": [
                     "Build a thirteen week cash flow forecast and update it every Monday.",
-                    "Net 30 terms from suppliers but customers paying in {n:45-90} days will "
-                    "kill you.",
+                    "Net 30 terms from suppliers but customers paying in {n:45-90} days will kill you.",
                     "A line of credit is something you open when you don't need it.",
                     "Chase accounts receivable politely but on a schedule.",
                     "Working capital is what lets you survive a slow quarter.",
@@ -558,11 +549,9 @@ PODCASTS: list[dict[str, Any]] = [
                 "lines": [
                     "The email list is the only audience you actually own.",
                     "Claim your Google business profile and answer every review.",
-                    "A referral program with a {n:10-25} dollar credit brought in half our new "
-                    "customers.",
+                    "A referral program with a {n:10-25} dollar credit brought in half our new customers.",
                     "Word of mouth is still the best marketing, you just have to nudge it.",
-                    "Post on social media consistently, "
-                    "even if it feels like shouting into a void.",
+                    "Post on social media consistently, even if it feels like shouting into a void.",
                 ],
             },
             {
@@ -932,8 +921,7 @@ PODCASTS: list[dict[str, Any]] = [
                     "the ultra",
                 ],
                 "lines": [
-                    "On trails you run by effort, not pace, pace means nothing with elevation "
-                    "gain.",
+                    "On trails you run by effort, not pace, pace means nothing with elevation gain.",
                     "Power hiking the steep climbs is faster than shuffling up them.",
                     "Technical descents, look three steps ahead, not at your feet.",
                     "Trail shoes with lugs around {n:4-6} millimeters grip the mud.",
@@ -1059,8 +1047,7 @@ HESITATIONS = ["uh,", "um,", "uh", "like,"]
 INTRO_LINES = [
     "Hey everybody, welcome back to {podcast}. I'm {host}, and today we're talking about "
     "{title}. I'm here with {guest}. {guest}, thanks for coming on.",
-    "Welcome to {podcast}, I'm your host {host}. This episode is all about {title}, and my "
-    "guest is {guest}.",
+    "Welcome to {podcast}, I'm your host {host}. This episode is all about {title}, and my guest is {guest}.",
     "Hi, hello, this is {podcast}, I'm {host}. Today, {title}, which is a topic you all have "
     "been asking about forever. Joining me is {guest}.",
 ]
@@ -1075,8 +1062,7 @@ OUTRO_LINES = [
     "That's all for this episode of {podcast}. Thanks {guest}, this was great. See you next week.",
     "Okay, we're out of time. {guest}, where can people find you? Great. Thanks everyone for "
     "listening to {podcast}.",
-    "Alright, that's a wrap. If you liked this one, tell a friend. I'm {host}, this has been "
-    "{podcast}.",
+    "Alright, that's a wrap. If you liked this one, tell a friend. I'm {host}, this has been {podcast}.",
 ]
 
 _TITLES = frozenset({"Dr.", "Coach", "Professor"})
@@ -1360,9 +1346,7 @@ def make_large(
         while produced < quota:
             date = dates[ep] if ep < len(dates) else dates[-1] + step * (ep - len(dates) + 1)
             topic, title = _episode_topic(podcast, order, ep)
-            rows = _episode_rows(
-                rng, podcast, ep, title, topic, date, quota - produced, ep_width=ep_width
-            )
+            rows = _episode_rows(rng, podcast, ep, title, topic, date, quota - produced, ep_width=ep_width)
             produced += len(rows)
             buf.extend(rows)
             ep += 1

@@ -62,23 +62,11 @@ def _load(config_path: str | None, executor: str | None) -> Any:
     return with_executor(config, executor) if executor else config
 
 
-class _Bar:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal)."""
+def _progress(config: Any, command: str) -> Any:
+    """A bar on a terminal; elsewhere (cron, CI, a pipe) progress lines on stderr."""
+    from pipeline.progress import BarProgress, LogProgress
 
-    def __init__(self, desc: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, unit="chunk", desc=desc, file=sys.stderr, disable=None, leave=False)
-
-    def set_total(self, total: int) -> None:
-        self.bar.total = total
-        self.bar.refresh()
-
-    def advance(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
+    return BarProgress(command) if sys.stderr.isatty() else LogProgress.from_config(config, command)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -90,24 +78,11 @@ def _sigterm_as_interrupt() -> None:
 
 
 def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
-    from pipeline.runner import Progress, RunOptions, run
+    from pipeline.runner import RunOptions, run
 
     config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))
     opts = RunOptions(command=command, **opts_kwargs)
     _sigterm_as_interrupt()
-
-    class Bar(Progress):
-        def __init__(self) -> None:
-            self.impl = _Bar(command)
-
-        def set_total(self, total: int) -> None:
-            self.impl.set_total(total)
-
-        def advance(self, n: int) -> None:
-            self.impl.advance(n)
-
-        def close(self) -> None:
-            self.impl.close()
 
     with contextlib.ExitStack() as stack:
         executor = None
@@ -119,7 +94,7 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
 
             executor = ModalExecutor.open(config.executor.options, config.model)
             executor.use_map(stack.enter_context(ephemeral_map(config.executor.options)))
-        report = run(config, opts, executor=executor, progress=Bar())
+        report = run(config, opts, executor=executor, progress=_progress(config, command))
     if report.status == "interrupted":
         report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
     click.echo(report.summary(), err=True)
@@ -340,6 +315,105 @@ def plan(
     finally:
         parts.close()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+
+
+# --- Search (issue 13) ---------------------------------------------------------------------
+def _mmss(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    total = max(0, round(seconds))
+    return f"{total // 60:02d}:{total % 60:02d}"
+
+
+@cli.command("search")
+@click.argument("question")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(min=1, max=1000),
+    default=10,
+    show_default=True,
+    help="Hits to show.",
+)
+@_filters
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON on stdout.")
+@_guard
+def search_cmd(
+    question: str,
+    config_path: str | None,
+    k: int,
+    episodes: tuple[str, ...],
+    podcasts: tuple[str, ...],
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Find the passages nearest to QUESTION (embedded with [model].query_instruction)."""
+    import time
+
+    from pipeline.search import Searcher
+
+    config = _load(config_path, None)
+    filters = _selection(episodes, podcasts, since)
+    searcher = Searcher(config)
+    try:
+        start = time.perf_counter()
+        searcher.embedder  # noqa: B018 - load the model first, so the timing below is the search's
+        load_s = time.perf_counter() - start
+        hits = searcher.search(question, k, filters)
+        stats = searcher.stats
+    finally:
+        searcher.close()
+    for notice in stats.notices:
+        click.echo(f"podembed: {notice}", err=True)
+    if as_json:
+        doc = {
+            "question": question,
+            "k": k,
+            "filters": filters.describe(),
+            "method": stats.method,
+            "scanned": stats.scanned,
+            "model_load_s": round(load_s, 3),
+            "search_s": round(stats.total_s, 4),
+            "hits": [h.to_dict() for h in hits],
+        }
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    for h in hits:
+        click.echo(
+            f"{h.rank:>2}. {h.score:.3f}  {h.chunk_id}  episode {h.episode_id}  "
+            f"podcast {h.podcast_id or '-'}  {_mmss(h.start_s)}–{_mmss(h.end_s)}"
+        )
+        click.echo(f"    {h.snippet}")
+    scanned = f", {stats.scanned} vectors scanned" if stats.method == "exact" else ""
+    click.echo(
+        f"{len(hits)} hits in {stats.total_s:.3f} s "
+        f"({stats.method}{scanned}; model loaded in {load_s:.1f} s)",
+        err=True,
+    )
+
+
+@cli.command("index")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
+@_guard
+def index_cmd(config_path: str | None) -> None:
+    """Create the vector search index of the sink (MongoDB Atlas), or print its definition.
+
+    Idempotent: an index with the same definition is left alone, another one is updated.
+    On a server without Atlas Vector Search the definition is printed on stdout (exit 0).
+    """
+    from pipeline.registry import resolve
+
+    config = _load(config_path, None)
+    sink = resolve("sink", config.sink.kind).open(config.sink.options, config.model.dimension)
+    try:
+        outcome = sink.ensure_search_index(config.fields)
+    finally:
+        sink.close()
+    click.echo(f"podembed: {outcome.message}", err=True)
+    if outcome.definition is not None:
+        click.echo(json.dumps(outcome.definition, indent=2))
 
 
 # --- MongoDB: load the sample corpus into a collection (issue 3) --------------------------

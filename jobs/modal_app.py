@@ -9,16 +9,21 @@
 3. A Volume caches the model weights (``HF_HOME`` lives on it); ``download_weights``
    fills it once, so no container downloads 5 GB at start-up.
 4. Secrets: the MongoDB URI, and the bearer token of the web trigger.
-5. ``Embedder``: the GPU class. It loads the model on CPU into a memory snapshot, moves it
-   to the GPU on restore, and embeds one batch per call with the same
+5. ``Embedder``: the GPU class. It loads the model on CPU into a memory snapshot (nothing
+   touches CUDA before it), moves it to the GPU on restore, or fails its start-up if CUDA
+   is unusable: GPUs or nothing. It embeds one batch per call with the same
    ``InstructorEmbedder`` as the local executor (same INSTRUCTOR code path, same
-   fingerprint, same non-finite guard).
-6. Jobs: the nightly backfill (``modal.Cron``) and ``ingest_episode(episode_id)`` run the
-   ordinary podembed runner in a CPU container, fanning batches out to ``Embedder``.
-   Their run reports go to the ledger (``podembed status`` shows them) and, as JSON, to
-   a reports Volume.
+   fingerprint, same non-finite guard) and names its device in every result. An
+   out-of-memory error fails the batch (the client splits it); any other CUDA error
+   retires the container, so Modal starts a fresh one.
+6. Jobs: the nightly backfill (``modal.Cron``), ``ingest_episode(episode_id)`` and
+   ``reindex`` run the ordinary podembed runner in a CPU container (sized from a measured
+   run), fanning batches out to ``Embedder``. Each logs its summary at INFO (``modal app
+   logs``); the run report goes to the ledger (``podembed status``) and, as JSON, to a
+   reports Volume.
 7. ``trigger``: a web endpoint (POST ``{"episode_id": ...}`` with ``Authorization: Bearer
-   <token>``) that spawns ``ingest_episode`` and answers with the call id.
+   <token>``) that checks the id, caps requests per minute, and spawns ``ingest_episode``
+   unless that episode is already pending or running; it answers with the call id.
 
 Everything here is importable offline and without a Modal token (tests call the
 functions with ``.local()``).
@@ -31,18 +36,23 @@ import dataclasses
 import hmac
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import modal
 
-from pipeline.config import Config, ReportConfig, load_config
+from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor
+from pipeline.modal.gpu import GpuFault, require_cuda
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
+from pipeline.modal.trigger import PendingEpisodes, RateLimit, check_episode_id
 from pipeline.modal.wire import embed_payload
+from pipeline.selection import Selection
 
 try:  # in the image; the machine that deploys does not need FastAPI
     from fastapi import Header, HTTPException
@@ -63,6 +73,26 @@ except ImportError:  # pragma: no cover - depends on the local environment
 
 
 log = logging.getLogger("podembed.modal")
+
+
+class _ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (Modal's log capture; pytest's)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging() -> None:
+    """INFO and above to stderr, which ``modal app logs`` shows (idempotent). Every
+    container calls it: without it, Python drops INFO and prints warnings bare."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToStderr) for h in root.handlers):
+        handler = _ToStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
 
 # ----------------------------------------------------------------------------------------
 # 1. Settings, from the podembed config. The image ships the chosen file at a fixed path
@@ -140,14 +170,18 @@ OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 @app.function(image=image, volumes={HF_HOME: weights}, timeout=3600)
 def download_weights() -> str:
-    """Fill the weights Volume once: ``modal run jobs/modal_app.py::download_weights``."""
+    """Fill the weights Volume once: ``modal run jobs/modal_app.py::download_weights``.
+
+    Exactly ``model.revision`` (part of the fingerprint), and only the files the model
+    needs (``pipeline.hub.ALLOW_PATTERNS``)."""
     if MODEL.package or MODEL.path:
         return f"{MODEL.id}: loaded from model.package/model.path, nothing to download"
-    from huggingface_hub import snapshot_download
+    from pipeline.hub import download_model
 
-    path = snapshot_download(MODEL.id)
+    path = download_model(MODEL)
     weights.commit()
-    return f"{MODEL.id} cached in Volume {OPTIONS.weights_volume!r} at {path}"
+    at = f" at revision {MODEL.revision}" if MODEL.revision else " (unpinned: set model.revision)"
+    return f"{MODEL.id}{at} cached in Volume {OPTIONS.weights_volume!r} at {path}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,6 +200,9 @@ trigger_secret = modal.Secret.from_name(OPTIONS.trigger_secret, required_keys=[O
 # ----------------------------------------------------------------------------------------
 # 5. The GPU embedder. One model load per container: on CPU inside the memory snapshot,
 #    then onto the GPU when the container is restored. One batch per call.
+#    GPUs or nothing: the snapshot phase never calls into CUDA (torch would cache "no GPU"
+#    for the life of the process), and the restore phase asks for "cuda" explicitly and
+#    fails the container's start-up if CUDA is unusable, instead of embedding on the CPU.
 # ----------------------------------------------------------------------------------------
 EMBEDDER_SETTINGS: dict[str, Any] = {
     "gpu": OPTIONS.gpu,
@@ -175,39 +212,75 @@ EMBEDDER_SETTINGS: dict[str, Any] = {
     "startup_timeout": OPTIONS.startup_timeout_s,
     "retries": modal.Retries(max_retries=OPTIONS.retries, backoff_coefficient=2.0, initial_delay=1.0),
     "enable_memory_snapshot": True,
-    "cpu": 2.0,
-    "memory": 12 * 1024,  # MiB: fp32 weights are read, then kept in the configured precision
+    "cpu": OPTIONS.gpu_cpu,  # reserved and billed, like the memory (see [cost])
+    "memory": OPTIONS.gpu_memory_mib,  # fp32 weights are read, then kept in the configured precision
+    "region": OPTIONS.region or None,
 }
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started, as the kernel counts them (Linux), or None."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def retire_container(reason: str) -> None:
+    """This container's GPU is broken: take no more inputs, so Modal starts a fresh one."""
+    log.error("GPU fault, retiring this container: %s", reason)
+    if modal.is_local():  # `.local()` (tests): there is no container to leave
+        return
+    try:
+        from modal.experimental import stop_fetching_inputs
+
+        stop_fetching_inputs()  # finishes this input (it fails), then the container exits
+    except Exception:  # no graceful way out: leave hard, Modal replaces the container
+        logging.shutdown()
+        os._exit(70)
 
 
 @app.cls(image=image, volumes={HF_HOME: weights.read_only()}, env=OFFLINE, **EMBEDDER_SETTINGS)
 class Embedder:
-    """``Embedder().embed.map(payloads)``: float32 vectors as bytes, timings, fingerprint."""
+    """``Embedder().embed.map(payloads)``: float32 vectors as bytes, timings, fingerprint,
+    and the name of the GPU that computed them."""
 
     # Which config's [model] to embed with; "" = the deployed one. Tests pass a MiniLM config.
     config_path: str = modal.parameter(default="")
 
     @modal.enter(snap=True)
     def load(self) -> None:
-        """Load on CPU; this state is what the memory snapshot holds."""
+        """Load on CPU; this state is what the memory snapshot holds. No CUDA call here."""
         from pipeline.embedder import InstructorEmbedder
+        from pipeline.precision import for_gpu_name
 
+        configure_logging()
         start = time.perf_counter()
         self.model_cfg = read_config(self.config_path or CONFIG_PATH).model
+        # The snapshot holds the weights as the GPU will use them ("auto" on an A10G: bf16, half
+        # the size of fp32); to_device() checks that decision on the real GPU.
+        target = for_gpu_name(self.model_cfg.precision, OPTIONS.gpu)
         quiet = logging.getLogger("pipeline.embedder")
         level, quiet.level = quiet.level, logging.ERROR  # bf16 on CPU is fine for a snapshot
         try:
-            self.embedder = InstructorEmbedder(self.model_cfg, device="cpu")
+            self.embedder = InstructorEmbedder(
+                self.model_cfg, device="cpu", resolved=target if target.dtype else None
+            )
         finally:
             quiet.level = level
         self.load_s = time.perf_counter() - start
         self.loaded_in = os.environ.get("MODAL_TASK_ID", "")
+        self.snapshot_at = time.time()
+        self.retired = ""
 
     @modal.enter(snap=False)
     def to_device(self) -> None:
-        """After a restore (or a cold start): onto the GPU, and warm its kernels up."""
+        """After a restore (or a cold start): check CUDA, onto the GPU, warm its kernels up."""
         start = time.perf_counter()
-        self.embedder.move_to(self.model_cfg.device)  # "auto": the GPU
+        device, self.device_name = require_cuda()  # raises: the container fails to start
+        self.embedder.move_to(device)  # the GPU, in the precision "auto" picks for it
         self.embedder.embed(["warm-up"])
         move_s = time.perf_counter() - start
         # A container restored from the snapshot has a new task id and did not load the
@@ -215,14 +288,31 @@ class Embedder:
         # container's first batch, so run reports count each container's load once.
         restored = os.environ.get("MODAL_TASK_ID", "") != self.loaded_in
         self.unreported_load_s = move_s + (0.0 if restored else self.load_s)
+        # Start-up beyond the load (imports, runtime, restore), from the process's start as
+        # the kernel counts it. A restored process may report the snapshotted one's start:
+        # then only the restore hook's own time is known.
+        age = process_age_s()
+        if age is None or (restored and age > time.time() - self.snapshot_at):
+            age = move_s
+        self.unreported_boot_s = max(0.0, age - self.unreported_load_s)
+        log.info("Embedder ready on %s in %.1fs (load %.1fs)", self.device_name, age, self.unreported_load_s)
 
     @modal.method()
     def embed(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One batch: ``{"batch_id", "chunk_ids", "texts"}`` in; vectors (float32 bytes),
-        ``failed`` rows, ``compute_s``/``load_s``, fingerprint out. A bad batch comes back
-        with ``error`` set; it never raises for one."""
+        ``failed`` rows, ``compute_s``/``load_s``/``boot_s``, fingerprint, device name out.
+        A bad batch (out of memory included) comes back with ``error`` set; a CUDA fault
+        raises, and the container retires."""
+        if self.retired:
+            raise GpuFault(f"container retired after a GPU fault ({self.retired})")
         load_s, self.unreported_load_s = self.unreported_load_s, 0.0
-        return embed_payload(self.embedder, payload, load_s)
+        boot_s, self.unreported_boot_s = self.unreported_boot_s, 0.0
+        try:
+            return embed_payload(self.embedder, payload, load_s, boot_s=boot_s, device_name=self.device_name)
+        except GpuFault as exc:
+            self.retired = str(exc)
+            retire_container(self.retired)
+            raise
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,27 +325,50 @@ def report_dir(configured: str) -> str:
     return str(Path(REPORTS_MOUNT) / configured.lstrip("/"))
 
 
-def run_job(command: str, episode_ids: tuple[str, ...] = (), map_fn: Any = None) -> dict[str, Any]:
+def gpu_map() -> Any:
+    """``Embedder().embed.map`` of this app (tests stand in for it)."""
+    return Embedder().embed.map
+
+
+def run_job(
+    command: str, selection: Selection | None = None, *, force: bool = False, map_fn: Any = None
+) -> dict[str, Any]:
     """Run ``podembed <command>`` here with the Modal executor; returns the run report.
 
-    ``map_fn`` stands in for ``Embedder().embed.map`` (tests run this offline)."""
+    Logs the summary and where the report is at INFO. ``map_fn`` stands in for
+    ``Embedder().embed.map`` (tests run this offline)."""
+    from pipeline.progress import LogProgress
     from pipeline.runner import RunOptions, run
-    from pipeline.selection import Selection
 
+    configure_logging()
     config = read_config(CONFIG_PATH)
-    config = dataclasses.replace(config, report=ReportConfig(dir=report_dir(config.report.dir)))
-    executor = ModalExecutor(config.executor.options, config.model, map_fn=map_fn or Embedder().embed.map)
+    on_volume = dataclasses.replace(config.report, dir=report_dir(config.report.dir))  # other keys kept
+    config = dataclasses.replace(config, report=on_volume)
+    executor = ModalExecutor(
+        config.executor.options, config.model, map_fn=map_fn or gpu_map(), job_container=True
+    )
+    selection = selection or Selection()
+    log.info("podembed %s (%s) starting", command, selection.describe())
     try:
         report = run(
             config,
-            RunOptions(command=command, selection=Selection(episode_ids=episode_ids)),
+            RunOptions(command=command, selection=selection, force=force),
             executor=executor,
+            progress=LogProgress.from_config(config, command),  # INFO lines in `modal app logs`
         )
     finally:
         executor.close()
         if not modal.is_local():
             reports.commit()  # make the JSON report visible outside this container
     log.info("%s", report.summary())
+    relative = Path(config.report.dir, f"{report.run_id}.json").relative_to(REPORTS_MOUNT)
+    log.info(
+        "report: %s/%s (`modal volume get %s %s`); the ledger has it too (`podembed status`)",
+        REPORTS_MOUNT,
+        relative,
+        OPTIONS.reports_volume,
+        relative,
+    )
     return report.to_dict()
 
 
@@ -273,8 +386,20 @@ JOB_SETTINGS: dict[str, Any] = {
     "secrets": job_secrets,
     "volumes": {HF_HOME: weights.read_only(), REPORTS_MOUNT: reports},
     "env": OFFLINE,  # the tokenizer (for token counts) comes from the weights Volume
+    # Sized from a measured run of the client (README, "What a run costs"); billed.
+    "cpu": OPTIONS.job_cpu,
+    "memory": OPTIONS.job_memory_mib,
+    "region": OPTIONS.region or None,  # near MongoDB
+    "proxy": modal.Proxy.from_name(OPTIONS.proxy) if OPTIONS.proxy else None,  # a static IP
 }
 SCHEDULE = modal.Cron(OPTIONS.schedule, timezone="UTC") if OPTIONS.schedule else None
+
+
+# Episodes with an ingest pending or running (shared by the trigger and the jobs).
+PENDING = PendingEpisodes(
+    modal.Dict.from_name(f"{OPTIONS.app_name}-pending-episodes", create_if_missing=True),
+    ttl_s=OPTIONS.ingest_timeout_s + 300,
+)
 
 
 @app.function(schedule=SCHEDULE, timeout=OPTIONS.backfill_timeout_s, **JOB_SETTINGS)
@@ -286,7 +411,27 @@ def nightly_backfill() -> dict[str, Any]:
 @app.function(timeout=OPTIONS.ingest_timeout_s, **JOB_SETTINGS)
 def ingest_episode(episode_id: str) -> dict[str, Any]:
     """Embed one episode now (what is new or changed in it); returns the run report."""
-    return run_job("ingest", (episode_id,))
+    try:
+        return run_job("ingest", Selection(episode_ids=(check_episode_id(episode_id),)))
+    finally:
+        with contextlib.suppress(Exception):  # an entry left behind expires after ttl_s
+            PENDING.finish(episode_id, modal.current_function_call_id())
+
+
+@app.function(timeout=OPTIONS.backfill_timeout_s, **JOB_SETTINGS)
+def reindex(episodes: str = "", podcasts: str = "", since: str = "") -> dict[str, Any]:
+    """Re-embed the selection even if current (comma-separated ids; since = YYYY-MM-DD);
+    nothing selected = everything: ``modal run jobs/modal_app.py::reindex --episodes a,b``."""
+    try:
+        when = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise ConfigError(f"--since: {since!r} is not a date (use YYYY-MM-DD or an ISO timestamp)") from None
+    selection = Selection(
+        episode_ids=tuple(check_episode_id(e) for e in episodes.split(",") if e.strip()),
+        podcast_ids=tuple(p.strip() for p in podcasts.split(",") if p.strip()),
+        since=when.replace(tzinfo=when.tzinfo or UTC) if when else None,
+    )
+    return run_job("reindex", selection, force=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,10 +453,17 @@ def spawn_ingest(episode_id: str) -> str:
     return ingest_episode.spawn(episode_id).object_id
 
 
-@app.function(image=image, secrets=[trigger_secret])
+# One trigger container serves every request (max_containers=1, concurrent inputs), so this
+# in-memory cap is global.
+RATE = RateLimit(OPTIONS.trigger_per_minute)
+
+
+@app.function(image=image, secrets=[trigger_secret], max_containers=1)
+@modal.concurrent(max_inputs=32)
 @modal.fastapi_endpoint(method="POST", docs=False)
 def trigger(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:
-    """Authenticated per-episode trigger; answers ``{"call_id", "episode_id"}``."""
+    """Authenticated per-episode trigger; answers ``{"call_id", "episode_id", "deduplicated"}``:
+    401 bad token, 422 bad episode id, 429 too many requests, 503 no token configured."""
     expected = os.environ.get(OPTIONS.token_env, "")
     if not expected:
         log.error("trigger: %s is not set in Secret %r", OPTIONS.token_env, OPTIONS.trigger_secret)
@@ -320,11 +472,23 @@ def trigger(body: dict[str, Any], authorization: str | None = Header(default=Non
         raise HTTPException(
             status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
-    episode_id = body.get("episode_id") if isinstance(body, dict) else None
-    if not isinstance(episode_id, str) or not episode_id.strip():
+    wait_s = RATE.wait_s()
+    if wait_s:
+        raise HTTPException(
+            status_code=429,
+            detail=f"more than {OPTIONS.trigger_per_minute} requests a minute; retry later",
+            headers={"Retry-After": str(max(1, round(wait_s)))},
+        )
+    if not isinstance(body, dict) or "episode_id" not in body:
         raise HTTPException(status_code=422, detail='body must be {"episode_id": "<id>"}')
-    episode_id = episode_id.strip()
-    return {"call_id": spawn_ingest(episode_id), "episode_id": episode_id}
+    try:
+        episode_id = check_episode_id(body["episode_id"])
+    except ConfigError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    call_id, started = PENDING.start(episode_id, spawn_ingest)
+    if not started:
+        log.info("trigger: episode %s already pending or running as %s", episode_id, call_id)
+    return {"call_id": call_id, "episode_id": episode_id, "deduplicated": not started}
 
 
 __all__ = [
@@ -334,5 +498,6 @@ __all__ = [
     "download_weights",
     "ingest_episode",
     "nightly_backfill",
+    "reindex",
     "trigger",
 ]

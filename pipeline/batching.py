@@ -82,8 +82,3 @@ def make_batches(
         real += item.tokens
     flush()
     return batches
-
-
-def padding_ratio(padded_tokens: int, real_tokens: int) -> float:
-    """Padded over real tokens: 1.0 means no padding at all."""
-    return padded_tokens / real_tokens if real_tokens else 1.0

@@ -24,6 +24,16 @@ class StoredDeadLetter:
     episode_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SinkHome:
+    """Where a sink keeps its vectors, so that a checkpoint store can live beside them."""
+
+    target: str  # a stable name for the sink's data: one ledger serves one target
+    folder: str = ""  # a local folder (file sinks)
+    database: str = ""  # a MongoDB database (MongoDB sinks)
+    uri_env: str = ""  # the environment variable holding that database's URI
+
+
 @dataclass(slots=True, frozen=True)
 class Holder:
     """The live run that holds a claim."""
@@ -63,8 +73,8 @@ class CheckpointStore(ABC):
 
     @classmethod
     @abstractmethod
-    def open(cls, options: Any, sink_options: Any) -> CheckpointStore:
-        """Open the store; ``sink_options`` lets it default to living beside the sink."""
+    def open(cls, options: Any, home: SinkHome) -> CheckpointStore:
+        """Open the store; ``home`` lets it default to living beside the sink."""
 
     # How long an ingest or reindex waits for an episode another run holds (stores set it
     # from their options), and how often it looks again.

@@ -9,7 +9,9 @@ Secrets never live in the file: a section names the environment variable that ho
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,7 +22,8 @@ from pipeline.errors import ConfigError
 from pipeline.toml_schema import from_table
 
 DEFAULT_CONFIG = Path("configs/local.toml")
-Precision = Literal["fp32", "bf16", "fp16"]
+# "auto": bf16 where the device has bf16 matrix units, else fp32 (pipeline/precision.py).
+Precision = Literal["auto", "fp32", "bf16", "bf16-autocast", "fp16"]
 
 
 @dataclass(slots=True)
@@ -56,6 +59,9 @@ class ModelConfig:
     dimension: int
     package: str = ""
     path: str = ""
+    # Hub models: the commit (or tag) of the weights; downloaded and loaded at exactly this
+    # revision, and part of the fingerprint. "" = the hub's default branch, unpinned.
+    revision: str = ""
     instruction: str = "Represent the podcast transcript for retrieval:"
     query_instruction: str = "Represent the podcast question for retrieving relevant transcript passages:"
     max_seq_length: int = 512
@@ -70,6 +76,16 @@ class ModelConfig:
         """Reject values that cannot work."""
         if self.package and self.path:
             raise ConfigError(f"{prefix}.package / {prefix}.path: set one of them, not both")
+        self.revision = self.revision.strip()
+        if self.revision and (self.package or self.path):
+            raise ConfigError(
+                f"{prefix}.revision: applies to hub models (model.id) only; a local model "
+                "(model.package / model.path) is fingerprinted by the content of its files"
+            )
+        if self.revision and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", self.revision):
+            raise ConfigError(
+                f"{prefix}.revision: {self.revision!r} is not a commit hash, tag or branch name"
+            )
         # INSTRUCTOR measures the instruction stripped; a stray space would shift pooling.
         self.instruction = self.instruction.strip()
         self.query_instruction = self.query_instruction.strip()
@@ -101,8 +117,8 @@ def check_fp16(model: ModelConfig, prefix: str = "model") -> None:
     if model.precision == "fp16" and is_t5_model(model):
         raise ConfigError(
             f"{prefix}.precision: fp16 is not allowed for {model.id!r}: T5 encoders overflow in "
-            'float16 (NaN or silently wrong vectors). Use precision = "bf16" on the GPU '
-            '(the A10G supports it) or "fp32".'
+            'float16 (NaN or silently wrong vectors). Use precision = "auto" (bf16 where the '
+            'device has bf16 units, such as the A10G; fp32 elsewhere), "bf16" or "fp32".'
         )
 
 
@@ -124,18 +140,26 @@ class BatchingConfig:
 
 @dataclass(slots=True)
 class CostConfig:
-    """Price of device time, for run reports and ``plan`` estimates."""
+    """Prices, for run reports and ``plan`` estimates (formulas: ``pipeline/cost.py``).
+
+    Defaults are Modal's published list prices (mid-2026): A10G $0.000306/s ($1.10/h),
+    $0.0000131 per core-second, $0.00000222 per GiB-second."""
 
     device: str = "A10G"
-    hourly_usd: float = 1.10
+    hourly_usd: float = 1.10  # the GPU (or, for a local run, the machine)
+    cpu_core_usd_per_s: float = 0.0000131  # cores reserved by GPU and job containers
+    memory_gib_usd_per_s: float = 0.00000222  # memory reserved by GPU and job containers
     # Used by `plan` when no earlier run has measured the speed on this target.
     tokens_per_second: float = 4000.0
     devices: int = 1
+    # `plan`: start-up of one GPU container, model load included (the old system measured 13.6 s).
+    cold_start_s: float = 15.0
 
     def validate(self, prefix: str) -> None:
         """Prices and rates must make sense."""
-        if self.hourly_usd < 0:
-            raise ConfigError(f"{prefix}.hourly_usd: must not be negative")
+        for name in ("hourly_usd", "cpu_core_usd_per_s", "memory_gib_usd_per_s", "cold_start_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{prefix}.{name}: must not be negative")
         if self.tokens_per_second <= 0:
             raise ConfigError(f"{prefix}.tokens_per_second: must be positive")
         if self.devices < 1:
@@ -144,9 +168,21 @@ class CostConfig:
 
 @dataclass(slots=True)
 class ReportConfig:
-    """Where run reports go."""
+    """Where run reports go, and how often a run without a terminal logs its progress."""
 
     dir: str = "data/out/runs"
+    # Seconds between progress lines when stderr is not a terminal (cron, CI, Modal logs);
+    # 0 keeps only the line logged at each shard done.
+    progress_every_s: float = 30.0
+
+    def validate(self, prefix: str) -> None:
+        """A finite interval of at least a second, or 0 for none."""
+        every = self.progress_every_s
+        if not math.isfinite(every) or every < 0 or 0 < every < 1:
+            raise ConfigError(
+                f"{prefix}.progress_every_s: must be 0 (no periodic lines) or at least 1 second, "
+                f"got {every!r}"
+            )
 
 
 @dataclass(slots=True)
@@ -204,11 +240,10 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
     fields_map = from_table(FieldMap, fields_table, "source.fields")
     sink = _section("sink", raw["sink"])
     # A sink that writes onto the source's own records checks the field names agree.
-    check = getattr(sink.options, "check_fields", None)
-    if callable(check):
-        check(fields_map, source.kind, "sink")
+    sink_cls = registry.resolve("sink", sink.kind)
+    sink_cls.check_fields(sink.options, fields_map, source.kind)
     # The checkpoint store lives with the sink unless told otherwise.
-    default_checkpoint = {"parquet": "sqlite"}.get(sink.kind, sink.kind)
+    default_checkpoint = sink_cls.default_checkpoint
     return Config(
         source=source,
         fields=fields_map,

@@ -14,15 +14,17 @@ wherever a vector is computed. INSTRUCTOR semantics with sentence-transformers:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipeline import model_cache
+from pipeline import model_cache, precision
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.fingerprint import model_fingerprint, resolve_model_location
@@ -60,7 +62,7 @@ def _dtype(precision: str) -> Any:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
+def _load(location: str, max_seq_length: int, attention: str = "auto", revision: str = "") -> Any:
     # Imported here: sentence-transformers costs seconds to import and the CLI must start fast.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
@@ -71,6 +73,8 @@ def _load(location: str, max_seq_length: int, attention: str = "auto") -> Any:
         kwargs: dict[str, Any] = {}
         if attention != "auto":
             kwargs["model_kwargs"] = {"attn_implementation": attention}
+        if revision:  # a hub id pinned to a commit (model.revision)
+            kwargs["revision"] = revision
         model = SentenceTransformer(location, device="cpu", **kwargs)
     except OSError as exc:
         raise ModelError(
@@ -100,17 +104,27 @@ def check_instructor_semantics(model: Any) -> None:
 class InstructorEmbedder:
     """Embeds texts exactly as INSTRUCTOR does, with a guard against NaN and zero vectors."""
 
-    def __init__(self, cfg: ModelConfig, device: str | None = None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, device: str | None = None, resolved: precision.Resolved | None = None
+    ) -> None:
+        """``resolved`` overrides the precision decided for ``device`` (the Modal snapshot loads on
+        the CPU in the precision the GPU will use)."""
         self.cfg = cfg
         self.location = resolve_model_location(cfg)
         self.device = resolve_device(device or cfg.device)
-        if self.device.startswith("cpu") and cfg.precision != "fp32":
+        self.precision = resolved or precision.detect(cfg.precision, self.device)
+        if (
+            self.device.startswith("cpu")
+            and self.precision.reduced
+            and not precision.cpu_bf16_units(precision.read_cpu_flags())
+        ):
             log.warning(
-                "model.precision=%s on CPU is far slower than fp32 here; use bf16 on GPUs only",
+                "model.precision=%s: this CPU has no bf16 units (amx_bf16, avx512_bf16); reduced "
+                'precision runs about 5x slower than fp32 here. Use "auto" (fp32 on this CPU).',
                 cfg.precision,
             )
         start = time.perf_counter()
-        self._key = self._cache_key(self.device, cfg.precision)
+        self._key = self._cache_key(self.device, self.precision.weights)
         self.model = model_cache.cached(self._key, self._load_for)
         self.load_s = time.perf_counter() - start
         check_instructor_semantics(self.model)
@@ -127,11 +141,12 @@ class InstructorEmbedder:
         self._fp32: Any = None
 
     def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
-        return (self.location, self.cfg.max_seq_length, self.cfg.attention, device, precision)
+        cfg = self.cfg
+        return (self.location, cfg.revision, cfg.max_seq_length, cfg.attention, device, precision)
 
     def _load_for(self) -> Any:
-        model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
-        return self._place(model, self.device, self.cfg.precision)
+        model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention, self.cfg.revision)
+        return self._place(model, self.device, self.precision.weights)
 
     @staticmethod
     def _place(model: Any, device: str, precision: str) -> Any:
@@ -141,14 +156,26 @@ class InstructorEmbedder:
         return model
 
     def move_to(self, device: str) -> None:
-        """Move the loaded model to ``device`` (Modal: loaded on CPU for the snapshot)."""
+        """Move the loaded model to ``device`` (Modal: loaded on CPU for the snapshot), in the
+        precision decided for that device."""
         device = resolve_device(device)
-        if device == self.device:
+        resolved = precision.detect(self.cfg.precision, device)
+        if device == self.device and resolved == self.precision:
             return
-        new_key = self._cache_key(device, self.cfg.precision)
-        self._place(self.model, device, self.cfg.precision)
-        model_cache.rekey(self._key, new_key)
-        self._key, self.device = new_key, device
+        new_key = self._cache_key(device, resolved.weights)
+        if resolved.weights == "fp32" and self.precision.weights != "fp32":
+            # The weights were cast down already: fp32 ones come from disk, not from bf16.
+            def load() -> Any:
+                return self._place(
+                    _load(self.location, self.cfg.max_seq_length, self.cfg.attention), device, "fp32"
+                )
+
+            self.model = model_cache.cached(new_key, load)
+        else:
+            self._place(self.model, device, resolved.weights)
+            model_cache.rekey(self._key, new_key)
+        self._key, self.device, self.precision = new_key, device, resolved
+        self._fp32 = None  # a fallback copy loaded for the old device stays behind
         check_instructor_semantics(self.model)
 
     @property
@@ -156,13 +183,25 @@ class InstructorEmbedder:
         """The model's tokenizer (for token counting)."""
         return self.model.tokenizer
 
-    def _encode(self, model: Any, texts: list[str], reduced_precision: bool = False) -> np.ndarray:
+    def _encode(
+        self,
+        model: Any,
+        texts: list[str],
+        reduced_precision: bool = False,
+        autocast: str = "",
+        prompt: str | None = None,
+    ) -> np.ndarray:
+        """One ``encode`` call; ``autocast`` (``bf16``) runs the matrix products in that dtype;
+        ``prompt`` replaces the documents' instruction (``""``: none)."""
         import torch
 
-        with torch.inference_mode():
+        amp: Any = contextlib.nullcontext()
+        if autocast:
+            amp = torch.autocast(self.device.split(":", 1)[0], dtype=_dtype(autocast))
+        with torch.inference_mode(), amp:
             out = model.encode(
                 texts,
-                prompt=self.cfg.instruction,
+                prompt=self.cfg.instruction if prompt is None else (prompt or None),
                 normalize_embeddings=self.cfg.normalize,
                 batch_size=max(1, len(texts)),
                 convert_to_numpy=True,
@@ -177,37 +216,83 @@ class InstructorEmbedder:
         return vectors
 
     def _fp32_model(self) -> Any:
-        if self.cfg.precision == "fp32":
-            return self.model
+        if self.precision.weights == "fp32":
+            return self.model  # fp32 or autocast: the same weights, run without autocast
         if self._fp32 is None:
             key = self._cache_key(self.device, "fp32")
 
             def load() -> Any:
-                model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention)
+                model = _load(self.location, self.cfg.max_seq_length, self.cfg.attention, self.cfg.revision)
                 return self._place(model, self.device, "fp32")
 
             self._fp32 = model_cache.cached(key, load)
         return self._fp32
 
-    def embed(self, texts: list[str]) -> EmbedOutput:
-        """Embed ``texts`` in one forward pass. Rows listed in ``failed`` must not be stored."""
+    def embed(self, texts: list[str], instruction: str | None = None) -> EmbedOutput:
+        """Embed ``texts`` in one forward pass. Rows listed in ``failed`` must not be stored.
+
+        ``instruction`` overrides the documents' instruction (``""``: none at all); only
+        search uses it, through :meth:`embed_queries`: stored vectors always carry the
+        configured one, which is what their fingerprint says.
+        """
         if not texts:
             return EmbedOutput(np.zeros((0, self.cfg.dimension), dtype=np.float32))
         stripped = [t.strip() for t in texts]
+        prompt = None if instruction is None else instruction.strip()
         start = time.perf_counter()
-        vectors = self._encode(self.model, stripped, reduced_precision=self.cfg.precision != "fp32")
+        p = self.precision
+        vectors = self._encode(
+            self.model,
+            stripped,
+            reduced_precision=p.reduced,
+            autocast=p.dtype if p.autocast else "",
+            prompt=prompt,
+        )
         retries = 0
         bad = _bad_rows(vectors)
-        if bad and self.cfg.precision != "fp32":
+        if bad and p.reduced:
             # Reduced precision overflows on some inputs (T5 in fp16 does); fp32 is the fallback.
-            log.warning(
-                "%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), self.cfg.precision
-            )
-            vectors = self._encode(self._fp32_model(), stripped)
+            log.warning("%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), p.label)
+            vectors = self._encode(self._fp32_model(), stripped, prompt=prompt)
             retries = 1
             bad = _bad_rows(vectors)
         compute_s = time.perf_counter() - start
         return EmbedOutput(vectors=vectors, failed=bad, compute_s=compute_s, fp32_retries=retries)
+
+    def embed_queries(self, questions: list[str], instruction: str | None = None) -> np.ndarray:
+        """Embed search questions with ``[model].query_instruction``.
+
+        INSTRUCTOR pairs a query instruction with the documents' one, so that questions
+        and passages meet in one space. ``instruction`` replaces it (``""``: none), only
+        to measure what it is worth.
+        """
+        prompt = self.cfg.query_instruction if instruction is None else instruction
+        with _few_threads(self.device, len(questions)):
+            out = self.embed(questions, instruction=prompt)
+        if out.failed:
+            raise ModelError(f"model: could not embed the question: {next(iter(out.failed.values()))}")
+        return out.vectors
+
+
+@contextlib.contextmanager
+def _few_threads(device: str, texts: int) -> Iterator[None]:
+    """One CPU thread for a handful of short texts (a search question).
+
+    Splitting a tiny forward pass across threads only adds synchronisation: measured
+    here on a busy 2-core machine, one MiniLM question took 2.0 s with 2 threads and
+    0.15 s with 1. Batches (many texts) keep every thread.
+    """
+    if not device.startswith("cpu") or texts > 8:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bad_rows(vectors: np.ndarray) -> dict[int, str]:

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from pipeline.config import ModelConfig
+from pipeline.cost import Footprint, Usage
+from pipeline.precision import Resolved, detect
 from pipeline.records import Batch, BatchResult
 
 
@@ -22,6 +24,21 @@ class Executor(ABC):
     Options: ClassVar[type]
     #: What the device-seconds in reports are seconds of ("cpu", "A10G", ...).
     device_label: str = "cpu"
+    #: Whether batches run in containers of their own (billed per container, with cold starts).
+    remote: ClassVar[bool] = False
+
+    @classmethod
+    def planned_precision(cls, options: Any, model: ModelConfig) -> Resolved:
+        """The precision a run would compute in, decided without loading the model (for ``plan``):
+        in-process, for this machine's device."""
+        from pipeline.embedder import resolve_device
+
+        return detect(model.precision, resolve_device(model.device))
+
+    @classmethod
+    def footprint(cls, options: Any) -> Footprint:
+        """What this executor's containers reserve and how long they idle (for bills and plans)."""
+        return Footprint()
 
     @classmethod
     @abstractmethod
@@ -33,8 +50,18 @@ class Executor(ABC):
         """The model fingerprint vectors from this executor carry."""
 
     @abstractmethod
+    def tokenizer(self) -> Any:
+        """The model's tokenizer if this executor holds the model in-process, else ``None``
+        (the runner then loads the tokenizer alone, without weights, to count tokens)."""
+
+    @abstractmethod
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
         """Embed every batch; yield one result per batch, in any order."""
+
+    def usage(self) -> Usage:
+        """What served the batches so far: devices, containers, start-up and failed
+        attempts (billed but not in any batch's timings). Read after ``embed``."""
+        return Usage()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release devices and remote handles."""

@@ -1,8 +1,9 @@
 """Model fingerprints: what a vector was computed with, stored beside every vector.
 
 Two vectors are comparable only if they share a fingerprint. It covers the weights
-(a hub id, or a content hash of a local model folder, since a path says nothing about
-what is in it), the instruction, the sequence length, normalization and dimension.
+(a hub id with its pinned revision, or a content hash of a local model folder, since a
+path says nothing about what is in it), the instruction, the sequence length,
+normalization and dimension.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def _hash_dir(path: str) -> str:
 
 
 def weights_identity(cfg: ModelConfig) -> str:
-    """Hub id for hub models; ``sha256:<content hash>`` for models in a local folder."""
+    """Hub id for hub models (``id@revision`` when pinned); ``sha256:<content hash>`` for
+    models in a local folder."""
     location = resolve_model_location(cfg)
     if Path(location).is_dir():
         return "sha256:" + _hash_dir(location)
-    return location
+    # Unpinned ids keep the bare id, so fingerprints (and stored vectors) from before
+    # model.revision existed stay current.
+    return f"{location}@{cfg.revision}" if cfg.revision else location
 
 
 def model_fingerprint(cfg: ModelConfig) -> str:

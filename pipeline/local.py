@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ModelConfig
+from pipeline.cost import Usage
 from pipeline.embedder import InstructorEmbedder
 from pipeline.executor import Executor
 from pipeline.fingerprint import model_fingerprint
 from pipeline.records import Batch, BatchResult
+from pipeline.split_retry import embed_with_split_retry
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class LocalExecutor(Executor):
         self.model_cfg = model
         self._embedder: InstructorEmbedder | None = None
         self._pending_load_s = 0.0
+        self._served = 0
         self.device_label = "cpu" if model.device in ("cpu", "auto") else model.device
 
     @classmethod
@@ -66,18 +69,20 @@ class LocalExecutor(Executor):
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
         """Embed each batch in order; failures become results, never exceptions."""
         for batch in batches:
-            result = self._embed(batch)
+            result = embed_with_split_retry(batch, self._embed_once, self.model_cfg.dimension)
             result.load_s, self._pending_load_s = self._pending_load_s, 0.0
+            self._served += 1
             yield result
 
-    def _embed(self, batch: Batch, split: bool = True) -> BatchResult:
+    def usage(self) -> Usage:
+        """This process answered every batch, on its own device."""
+        return Usage(devices={self.device_label: self._served} if self._served else {}, containers=0)
+
+    def _embed_once(self, batch: Batch) -> BatchResult:
         embedder = self.embedder
         try:
             out = embedder.embed(batch.texts)
         except Exception as exc:  # an OOM or a tokenizer crash must not stop the run
-            if split and len(batch.texts) > 1:
-                log.warning("batch %s failed (%s); retrying in halves", batch.batch_id, exc)
-                return self._split(batch)
             return BatchResult(
                 batch_id=batch.batch_id,
                 chunk_ids=batch.chunk_ids,
@@ -91,31 +96,6 @@ class LocalExecutor(Executor):
             failed={batch.chunk_ids[i]: reason for i, reason in out.failed.items()},
             compute_s=out.compute_s,
             fp32_retries=out.fp32_retries,
-        )
-
-    def _split(self, batch: Batch) -> BatchResult:
-        mid = len(batch.texts) // 2
-        halves = [
-            Batch(
-                batch_id=f"{batch.batch_id}/{i}",
-                chunk_ids=batch.chunk_ids[sl],
-                texts=batch.texts[sl],
-                token_counts=batch.token_counts[sl],
-                padded_tokens=0,
-            )
-            for i, sl in enumerate((slice(0, mid), slice(mid, None)))
-        ]
-        results = [self._embed(h, split=False) for h in halves]
-        failed: dict[str, str] = {}
-        for r in results:
-            failed.update(r.failed)
-            if r.error:
-                failed.update(dict.fromkeys(r.chunk_ids, r.error))
-        return BatchResult(
-            batch_id=batch.batch_id,
-            chunk_ids=batch.chunk_ids,
-            vectors=np.concatenate([r.vectors for r in results]),
-            failed=failed,
-            compute_s=sum(r.compute_s for r in results),
-            fp32_retries=sum(r.fp32_retries for r in results),
+            precision=embedder.precision.label,
+            precision_reason=embedder.precision.describe(),
         )

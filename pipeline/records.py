@@ -111,6 +111,8 @@ class BatchResult:
     load_s: float = 0.0
     fp32_retries: int = 0
     error: str | None = None  # set when the whole batch failed; every chunk is dead-lettered
+    precision: str = ""  # what it was computed in: fp32, bf16, bf16-autocast, fp16
+    precision_reason: str = ""  # and why: "auto → fp32: cpu has no bf16 units (avx2)"
 
 
 @dataclass(slots=True)

@@ -83,7 +83,7 @@ def open_parts(config: Config) -> Parts:
         sink = sink_cls.open(config.sink.options, config.model.dimension)
         try:
             cp_cls = resolve("checkpoint", config.checkpoint.kind)
-            checkpoint = cp_cls.open(config.checkpoint.options, config.sink.options)
+            checkpoint = cp_cls.open(config.checkpoint.options, sink_cls.home(config.sink.options))
         except BaseException:
             sink.close()
             raise

@@ -1,4 +1,4 @@
-"""The run report: counts, speed, device time and its cost, for every run."""
+"""The run report: counts, speed, device time, the devices that served, and what it all costs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.cost import Bill, Prices, Usage, bill_usage, device_cost_usd, padding_ratio
 
 
 @dataclass(slots=True)
@@ -57,6 +59,8 @@ class RunReport:
     padding_ratio: float = 1.0
     batches: int = 0
     fp32_retries: int = 0
+    precision: str = ""  # what the vectors were computed in (fp32, bf16, bf16-autocast, fp16)
+    precision_reason: str = ""  # e.g. "auto → fp32: cpu has no bf16 units (avx2)"
     wall_s: float = 0.0
     embed_s: float = 0.0
     chunks_per_s: float = 0.0
@@ -65,7 +69,11 @@ class RunReport:
     device_s: float = 0.0
     model_load_s: float = 0.0
     hourly_usd: float = 0.0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # device_s at hourly_usd: what the devices worked
+    devices: dict[str, int] = field(default_factory=dict)  # device name -> batches it answered
+    containers: int = 0  # GPU containers that answered (Modal)
+    billed_usd: float = 0.0  # the billed estimate's total; its parts are in `bill`
+    bill: Bill = field(default_factory=Bill)
     error: str | None = None
     resume_hint: str | None = None
     # Episodes left to other live runs (episode -> the run that holds it), and time spent
@@ -73,13 +81,24 @@ class RunReport:
     left_to_other_runs: dict[str, str] = field(default_factory=dict)
     claim_wait_s: float = 0.0
 
-    def finalize(self) -> None:
-        """Derive rates and cost from the raw figures."""
-        self.padding_ratio = round(self.padded_tokens / self.tokens, 4) if self.tokens else 1.0
+    def finalize(self, usage: Usage | None = None, prices: Prices | None = None) -> None:
+        """Derive rates, the device cost and the billed estimate from the raw figures and
+        what the executor saw (``usage``), at ``prices`` (default: the GPU price alone)."""
+        self.padding_ratio = padding_ratio(self.padded_tokens, self.tokens)
         basis = self.embed_s or self.wall_s
         self.chunks_per_s = round(self.counts.embedded / basis, 2) if basis else 0.0
         self.tokens_per_s = round(self.tokens / basis, 1) if basis else 0.0
-        self.cost_usd = round(self.device_s / 3600.0 * self.hourly_usd, 6)
+        self.cost_usd = round(device_cost_usd(self.device_s, self.hourly_usd), 6)
+        usage = usage or Usage()
+        self.devices, self.containers = dict(usage.devices), usage.containers
+        self.bill = bill_usage(
+            compute_s=max(0.0, self.device_s - self.model_load_s),
+            load_s=self.model_load_s,
+            job_s=self.wall_s,
+            usage=usage,
+            prices=prices or Prices.gpu_only(self.hourly_usd),
+        )
+        self.billed_usd = self.bill.total_usd
         for name in ("wall_s", "embed_s", "device_s", "model_load_s", "claim_wait_s"):
             setattr(self, name, round(getattr(self, name), 3))
 
@@ -120,8 +139,22 @@ class RunReport:
         )
         lines.append(
             f"  device: {self.device_s:.1f} {self.device}-seconds = ${self.cost_usd:.4f} "
-            f"at ${self.hourly_usd:.2f}/h"
+            f"at ${self.hourly_usd:.2f}/h (compute and model loads, measured)"
         )
+        if self.precision_reason:
+            lines.append(f"  precision: {self.precision_reason}")
+        if self.devices:
+            served = ", ".join(f"{name or '?'} ({n} batches)" for name, n in sorted(self.devices.items()))
+            where = f" in {self.containers} containers" if self.containers else ""
+            lines.append(f"  served by: {served}{where}")
+        b = self.bill
+        if b.containers or b.job_s or b.failed_s:
+            lines.append(f"  billed (estimate): {b.line()}")
+            lines.append(
+                f"    GPU containers {b.gpu_container_s:.0f}s (boot {b.boot_s:.0f}s, failed attempts "
+                f"{b.failed_s:.0f}s in {b.failed_attempts}, idle {b.idle_s:.0f}s), "
+                f"job container {b.job_s:.0f}s"
+            )
         if self.error:
             lines.append(f"  error: {self.error}")
         if self.resume_hint:

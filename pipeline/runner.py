@@ -28,9 +28,11 @@ from typing import Any
 
 from pipeline.claims import Claims
 from pipeline.config import Config
+from pipeline.cost import Prices
 from pipeline.errors import PodembedError
 from pipeline.executor import Executor
 from pipeline.liveness import new_owner
+from pipeline.progress import Progress
 from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
 from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.report import RunReport, write_report
@@ -52,19 +54,6 @@ class RunOptions:
     limit: int | None = None
     retry_failed: bool = False
     prune: bool = False
-
-
-class Progress:
-    """Progress callbacks (the CLI draws a bar; the library stays silent)."""
-
-    def set_total(self, total: int) -> None:
-        """Chunks expected in this run."""
-
-    def advance(self, n: int) -> None:
-        """``n`` more chunks are settled (embedded, skipped or dead-lettered)."""
-
-    def close(self) -> None:
-        """The run is over."""
 
 
 def new_run_id() -> str:
@@ -177,7 +166,7 @@ class Runner:
                     report.counts.add(counts)
                     report.shards_done += int(finished)
                     report.left_to_other_runs.update({e: h.describe() for e, h in p.left_to_others.items()})
-                self.progress.advance(counts.seen)
+                self.progress.shard_written(finished)
             except BaseException as exc:
                 self._fail(exc)
 
@@ -274,30 +263,26 @@ class Runner:
         report.shards_total = len(shards)
         report.shards_skipped_done = sum(s.shard_id in done for s in shards)
         todo = [s for s in shards if s.shard_id not in done]
-        self.progress.set_total(sum(s.estimated_chunks for s in todo))
+        self.progress.planned(len(todo), sum(s.estimated_chunks for s in todo), opts.limit)
         status = "failed"
         # A backfill leaves episodes other runs hold to them; ingest and reindex wait.
         self._claims = Claims(checkpoint, wait=opts.command != "backfill", stop=self._stop)
         try:
-            duplicates = parts.source.duplicate_ids(opts.selection)
 
             def counter() -> TokenCounter:
                 # Deferred: a run with nothing to embed never loads the tokenizer or model.
-                return TokenCounter(cfg.model, _executor_tokenizer(self.executor))
+                return TokenCounter(cfg.model, self.executor.tokenizer())
 
-            preparer = Preparer(
+            preparer = Preparer.for_parts(
                 cfg,
-                parts.source,
-                parts.sink,
-                checkpoint,
-                counter,
-                fingerprint,
+                parts,
                 opts.selection,
-                run_id,
+                fingerprint=fingerprint,
+                counter=counter,
+                run_id=run_id,
                 force=opts.force,
                 retry_failed=opts.retry_failed,
                 limit=opts.limit,
-                duplicates=duplicates,
                 claims=self._claims,
             )
             status = self._pipeline(preparer, todo, report, fingerprint, run_id)
@@ -315,12 +300,12 @@ class Runner:
             report.wall_s = time.perf_counter() - started
             report.claim_wait_s = self._claims.waited_s
             report.finished_at = datetime.now(UTC).isoformat()
-            report.finalize()
+            report.finalize(self.executor.usage(), Prices.of(cfg.cost))
             try:
                 checkpoint.finish_run(run_id, status, report.to_dict())
             finally:
                 write_report(report, cfg.report.dir)
-                self.progress.close()
+                self.progress.close(status)
 
     def _pipeline(
         self, preparer: Preparer, shards: list[Any], report: RunReport, fingerprint: str, run_id: str
@@ -335,8 +320,10 @@ class Runner:
             target=self._writer, args=(write_q, report), name="podembed-writer", daemon=True
         )
         in_flight: dict[str, _InFlight] = {}
+        first_out: float | None = None
 
         def batches() -> Iterator[Batch]:
+            nonlocal first_out
             while not self._stop.is_set():
                 try:
                     item = prepared_q.get(timeout=0.2)
@@ -350,6 +337,7 @@ class Runner:
                     report.padded_tokens += prepared.padded_tokens
                     report.batches += len(prepared.batches)
                 flight = _InFlight(prepared, remaining=len(prepared.batches))
+                self.progress.shard_prepared(prepared)
                 if not prepared.batches:
                     self._put(write_q, flight)
                     continue
@@ -358,6 +346,9 @@ class Runner:
                 for batch in prepared.batches:
                     if self._stop.is_set():
                         return
+                    if first_out is None:
+                        first_out = time.perf_counter()  # the rate's clock: model loaded, work flowing
+                    self.progress.dispatched(batch)
                     yield batch
 
         reader.start()
@@ -371,9 +362,12 @@ class Runner:
                     log.warning("result for unknown or repeated batch %s ignored", result.batch_id)
                     continue
                 self._absorb(flight, result, fingerprint, run_id)
+                self.progress.settled(result)
                 report.device_s += result.compute_s + result.load_s
                 report.model_load_s += result.load_s
                 report.fp32_retries += result.fp32_retries
+                if result.precision:
+                    report.precision, report.precision_reason = result.precision, result.precision_reason
                 flight.remaining -= 1
                 if flight.remaining == 0:
                     self._put(write_q, flight)
@@ -383,7 +377,7 @@ class Runner:
             status = "interrupted"
             self._flush_partial(in_flight, write_q)
         finally:
-            report.embed_s = time.perf_counter() - embed_start
+            report.embed_s = time.perf_counter() - (first_out or embed_start)
             if status != "interrupted":
                 # Partial shards (stopped by an error) still write what they computed.
                 self._flush_partial(in_flight, write_q)
@@ -418,11 +412,6 @@ class Runner:
         report.counts.removed = len(removed)
         if self.opts.prune and removed:
             report.counts.pruned = sink.delete(removed)
-
-
-def _executor_tokenizer(executor: Executor) -> Any:
-    get = getattr(executor, "tokenizer", None)
-    return get() if callable(get) else None
 
 
 def _describe(exc: BaseException) -> str:

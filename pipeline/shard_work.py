@@ -5,6 +5,7 @@ Shared by runs, ``plan`` (which stops here) and ``status``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from pipeline.checkpoint import CheckpointStore, Holder
 from pipeline.claims import Claims
 from pipeline.config import Config
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
+from pipeline.registry import Parts
 from pipeline.report import Counts
 from pipeline.selection import Selection
 from pipeline.sink import Sink
@@ -24,6 +26,8 @@ from pipeline.validation import validate
 # A dead letter left by validation is re-checked every run; one left by the model is
 # retried only when the text changes (or with --retry-failed).
 MODEL_FAILURE_FIELD = "embedding"
+#: The decisions that send a chunk to the model.
+WORK_REASONS = frozenset({"new", "changed", "other_model", "forced"})
 
 
 @dataclass(slots=True)
@@ -41,6 +45,7 @@ class Prepared:
     previously_failed: set[str] = field(default_factory=set)
     claimed: set[str] = field(default_factory=set)  # episodes this run holds for the shard
     left_to_others: dict[str, Holder] = field(default_factory=dict)  # episodes other runs hold
+    reasons: Counter[str] = field(default_factory=Counter)  # every valid chunk's Decision.reason
 
 
 @dataclass(slots=True)
@@ -109,7 +114,42 @@ class Preparer:
         self.duplicates = duplicates or {}
         # Runs claim each shard's episodes before deciding (plan and status do not).
         self.claims = claims
-        self.on_decision: Callable[[Chunk, Decision], None] | None = None
+
+    @classmethod
+    def for_parts(
+        cls,
+        config: Config,
+        parts: Parts,
+        selection: Selection,
+        *,
+        fingerprint: str,
+        counter: TokenCounter | Callable[[], TokenCounter] | None,
+        run_id: str,
+        force: bool = False,
+        retry_failed: bool = False,
+        limit: int | None = None,
+        claims: Claims | None = None,
+    ) -> Preparer:
+        """A preparer over opened parts (runs, ``plan`` and ``status`` all build it here).
+
+        ``counter`` is ``None`` when no batches are wanted (``status``), or a factory that
+        defers loading the tokenizer until a shard needs it.
+        """
+        return cls(
+            config,
+            parts.source,
+            parts.sink,
+            parts.checkpoint,
+            counter,
+            fingerprint,
+            selection,
+            run_id,
+            force=force,
+            retry_failed=retry_failed,
+            limit=limit,
+            duplicates=parts.source.duplicate_ids(selection),
+            claims=claims,
+        )
 
     def counter(self) -> TokenCounter:
         """The token counter, created on first use."""
@@ -145,6 +185,7 @@ class Preparer:
         failures = self.checkpoint.dead_letters([c.chunk_id for c in valid]) if valid else {}
         todo: list[Chunk] = []
         previously_failed: set[str] = set()
+        reasons: Counter[str] = Counter()
         for chunk in valid:
             decision = decide(chunk, states.get(chunk.chunk_id), self.fingerprint, self.force, self.run_id)
             failure = failures.get(chunk.chunk_id)
@@ -158,8 +199,7 @@ class Preparer:
                 and not self.retry_failed
             ):
                 decision = Decision(False, "failed_before")
-            if self.on_decision is not None:
-                self.on_decision(chunk, decision)
+            reasons[decision.reason] += 1
             if not decision.needs_work:
                 if decision.reason == "failed_before":
                     counts.skipped_failed += 1
@@ -185,6 +225,7 @@ class Preparer:
             previously_failed=previously_failed,
             claimed=claimed,
             left_to_others=left,
+            reasons=reasons,
         )
         if todo and self._counter is not None:
             stripped = [c.text.strip() for c in todo]

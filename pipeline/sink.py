@@ -3,10 +3,71 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
+import numpy as np
+
+from pipeline.checkpoint import SinkHome
+from pipeline.config import FieldMap
+from pipeline.errors import ConfigError
 from pipeline.records import Chunk, StoredState, VectorRecord
+
+#: Filters a sink's search may apply itself; the caller resolves the others into episode ids.
+EPISODE, PODCAST, SINCE = "episode", "podcast", "since"
+
+
+@dataclass(slots=True)
+class VectorQuery:
+    """One search asked of a sink: a query vector, how many hits, and what to keep.
+
+    Only vectors with ``fingerprint`` are compared (another model's vectors live in
+    another space). ``episode_ids`` empty means every episode; ``podcast_ids`` and
+    ``since`` are set only when the sink said it can apply them (``search_filters``).
+    ``fields`` names the chunk's fields in the source (where in-place vectors find them).
+    """
+
+    vector: np.ndarray
+    k: int
+    fingerprint: str
+    fields: FieldMap
+    episode_ids: tuple[str, ...] = ()
+    podcast_ids: tuple[str, ...] = ()
+    since: datetime | None = None
+    # The stored vectors of this fingerprint are unit length (model.normalize): dot = cosine.
+    unit_vectors: bool = False
+
+
+@dataclass(slots=True)
+class VectorHit:
+    """A stored vector near the query: its chunk, its cosine similarity, what the sink knows of it."""
+
+    chunk_id: str
+    score: float
+    episode_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SearchOutcome:
+    """A sink's answer: hits best first, how it searched, and what the user should know."""
+
+    hits: list[VectorHit]
+    method: str  # "exact" or "vectorSearch"
+    scanned: int = 0  # vectors compared (exact search)
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IndexOutcome:
+    """What ``podembed index`` did, and the index definition it used."""
+
+    status: str  # created, updated, exists, unsupported (printed for the user) or not_needed
+    message: str
+    definition: dict[str, Any] | None = None
 
 
 class Sink(ABC):
@@ -18,11 +79,22 @@ class Sink(ABC):
     """
 
     Options: ClassVar[type]
+    #: The checkpoint store kind that lives beside this sink unless the config names one.
+    default_checkpoint: ClassVar[str]
 
     @classmethod
     @abstractmethod
     def open(cls, options: Any, dimension: int) -> Sink:
         """Open (creating what is missing: folders, indexes) and check it is writable."""
+
+    @classmethod
+    @abstractmethod
+    def home(cls, options: Any) -> SinkHome:
+        """Where this sink's data lives (without opening it): the checkpoint store's default home."""
+
+    @classmethod  # noqa: B027 - optional hook
+    def check_fields(cls, options: Any, fields: FieldMap, source_kind: str) -> None:
+        """Check the source's field names against the sink's (a sink writing onto source records)."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -43,6 +115,24 @@ class Sink(ABC):
     @abstractmethod
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove these chunks' vectors; returns how many were removed."""
+
+    # ------------------------------------------------------------------ search
+    # Technology-specific implementations live in pipeline/<technology>/search.py.
+    def fingerprint_counts(self) -> dict[str, int]:
+        """Stored vectors per model fingerprint (search compares only the configured one)."""
+        return dict(Counter(s.model_fingerprint for s in self.iter_states()))
+
+    def search_filters(self, fields: FieldMap) -> frozenset[str]:
+        """Which of ``EPISODE``, ``PODCAST``, ``SINCE`` :meth:`search` applies itself."""
+        return frozenset({EPISODE})
+
+    def search(self, query: VectorQuery) -> SearchOutcome:
+        """The ``query.k`` stored vectors most similar (cosine) to ``query.vector``, best first."""
+        raise ConfigError(f"sink: {self.describe()} cannot be searched")
+
+    def ensure_search_index(self, fields: FieldMap) -> IndexOutcome:
+        """Create (idempotently) whatever index search needs; by default there is none."""
+        return IndexOutcome("not_needed", f"{self.describe()}: search scans the vectors; nothing to index")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release resources."""

@@ -95,21 +95,11 @@ def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
     fp = model_fingerprint(config.model)
     cov = Coverage(source=parts.source.describe(), sink=parts.sink.describe(), fingerprint=fp)
     selection = Selection()
-    preparer = Preparer(
-        config,
-        parts.source,
-        parts.sink,
-        parts.checkpoint,
-        None,
-        fp,
-        selection,
-        run_id="status",
-        duplicates=parts.source.duplicate_ids(selection),
-    )
+    preparer = Preparer.for_parts(config, parts, selection, fingerprint=fp, counter=None, run_id="status")
     reasons: Counter[str] = Counter()
-    preparer.on_decision = lambda chunk, decision: reasons.update([decision.reason])
     for shard in parts.source.plan(selection):
         prepared = preparer.prepare(shard)
+        reasons.update(prepared.reasons)
         cov.total += prepared.counts.seen
         cov.invalid += len(prepared.dead_letters)
     cov.valid = cov.total - cov.invalid

@@ -33,7 +33,8 @@ class TokenCounter:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_location(cfg))
+            revision = {"revision": cfg.revision} if cfg.revision else {}
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_location(cfg), **revision)
         else:
             # A private copy: a fast tokenizer keeps its truncation setting in shared state that
             # every call rewrites, and the run's reader thread counts (no truncation) while the

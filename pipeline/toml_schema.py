@@ -99,8 +99,3 @@ def from_table(cls: type[T], table: dict[str, Any], prefix: str) -> T:
     if callable(check):
         check(prefix)
     return obj
-
-
-def to_table(obj: Any) -> dict[str, Any]:
-    """Dataclass to a plain dict (for reports and ``plan --json``)."""
-    return dataclasses.asdict(obj)

@@ -69,6 +69,10 @@ class FakeMap:
         load_s: float = 3.0,
         failed_rows: Callable[[str], str | None] | None = None,
         die_after: int | None = None,
+        device_name: str = "NVIDIA A10G",
+        boot_s: float = 1.5,
+        record: bool = True,
+        delay_s: float = 0.004,
     ) -> None:
         self.dim = dim
         self.rule = rule or (lambda payload, attempt: None)
@@ -79,6 +83,12 @@ class FakeMap:
         self.load_s = load_s
         self.failed_rows = failed_rows or (lambda cid: None)
         self.die_after = die_after  # the whole stream raises after this many outputs
+        self.device_name = device_name  # what torch.cuda.get_device_name() said in the container
+        self.boot_s = boot_s  # start-up beyond the load, reported once per container
+        self.record = record  # False: keep no per-payload history (memory tests)
+        self.delay_s = delay_s  # each answer takes up to this long (random)
+        self.reported_boot_s = 0.0
+        self._unit: dict[int, np.ndarray] = {}
         self.attempts: dict[str, int] = {}
         self.calls: list[dict[str, Any]] = []  # every payload answered
         self.reported_compute_s = 0.0
@@ -94,25 +104,30 @@ class FakeMap:
     def answer(self, payload: dict[str, Any], worker: int) -> Any:
         with self._lock:
             attempt = self.attempts.get(payload["batch_id"], 0)
-            self.attempts[payload["batch_id"]] = attempt + 1
-            self.calls.append(payload)
+            if self.record:
+                self.attempts[payload["batch_id"]] = attempt + 1
+                self.calls.append(payload)
             first_call = worker not in self._containers_started
             self._containers_started.add(worker)
         outcome = self.rule(payload, attempt)
         if outcome == "exception":
             return RuntimeError(f"container crashed on {payload['batch_id']}")
         load_s = self.load_s if first_call else 0.0
+        boot_s = self.boot_s if first_call else 0.0
         compute_s = self.compute_s * len(payload["texts"])
         with self._lock:
             self.reported_compute_s += compute_s
             self.reported_load_s += load_s
+            self.reported_boot_s += boot_s
         result: dict[str, Any] = {
             "batch_id": payload["batch_id"],
             "chunk_ids": payload["chunk_ids"],
             "fingerprint": self.fingerprint,
             "container": f"ta-fake-{worker}",
+            "device_name": self.device_name,
             "compute_s": compute_s,
             "load_s": load_s,
+            "boot_s": boot_s,
             "fp32_retries": 0,
             "dim": self.dim,
             "failed": {},
@@ -122,7 +137,11 @@ class FakeMap:
         if outcome == "error":
             result["error"] = f"CUDA out of memory on {payload['batch_id']}"
             return result
-        vecs = np.stack([fake_vector(c, self.dim) for c in payload["chunk_ids"]]).astype("<f4")
+        if self.record:
+            vecs = np.stack([fake_vector(c, self.dim) for c in payload["chunk_ids"]]).astype("<f4")
+        else:  # cheap: one unit vector for every row
+            unit = self._unit.setdefault(self.dim, fake_vector("unit", self.dim).astype("<f4"))
+            vecs = np.broadcast_to(unit, (len(payload["chunk_ids"]), self.dim))
         result["vectors"] = vecs.tobytes()
         result["failed"] = {c: r for c in payload["chunk_ids"] if (r := self.failed_rows(c))}
         return result
@@ -141,11 +160,16 @@ class FakeMap:
                 free = asyncio.Queue()
                 for w in range(self.workers):
                     free.put_nowait(w)
-                tasks = []
+                tasks: set[asyncio.Task[None]] = set()  # only unfinished ones (memory tests)
+
+                def start(payload: dict[str, Any]) -> None:
+                    task = asyncio.create_task(work(payload))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
 
                 async def work(payload: dict[str, Any]) -> None:
                     worker = await free.get()
-                    await asyncio.sleep(self.rng.random() * 0.004)
+                    await asyncio.sleep(self.rng.random() * self.delay_s)
                     out_q.put(self.answer(payload, worker))
                     free.put_nowait(worker)
 
@@ -157,13 +181,13 @@ class FakeMap:
                 if hasattr(inputs, "__aiter__"):
                     async for payload in inputs:
                         pulled()
-                        tasks.append(asyncio.create_task(work(payload)))
+                        start(payload)
                 else:
                     for payload in inputs:
                         pulled()
-                        tasks.append(asyncio.create_task(work(payload)))
+                        start(payload)
                         await asyncio.sleep(0)
-                await asyncio.gather(*tasks)
+                await asyncio.gather(*list(tasks))
 
             try:
                 asyncio.run(main())
@@ -184,6 +208,35 @@ class FakeMap:
             with self._lock:
                 self._consumed += 1
             yield item
+
+
+class MemoryDict:
+    """``modal.Dict``'s get/put/pop over a plain dict (offline; one process)."""
+
+    def __init__(self) -> None:
+        self.data: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self._lock:
+            return self.data.get(key, default)
+
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        with self._lock:
+            if skip_if_exists and key in self.data:
+                return False
+            self.data[key] = value
+            return True
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        with self._lock:
+            return self.data.pop(key, default)
+
+
+def cpu_as_a10g() -> tuple[str, str]:
+    """Stands in for ``require_cuda`` where there is no GPU: the class's ``.local()`` path
+    then runs on the CPU and names its device as an A10G would."""
+    return "cpu", "NVIDIA A10G"
 
 
 def local_map(call: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Iterator[Any]]:

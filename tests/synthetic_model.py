@@ -106,11 +106,6 @@ class T5Shape:
     out_dim: int
     feed_forward_proj: str = "gated-gelu"
 
-    @property
-    def tokenizer_pieces(self) -> int:
-        """SentencePiece vocabulary size asked of the trainer (sentinels come on top)."""
-        return _tokenizer_pieces(self.vocab_size)
-
     def encoder_parameters(self) -> int:
         """Number of parameters of the T5 encoder (token embeddings included)."""
         inner = self.num_heads * self.d_kv

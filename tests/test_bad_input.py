@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
+from pipeline.files.sink import ParquetSink
 from pipeline.runner import RunOptions, run
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 
@@ -85,7 +86,7 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_good_ones_embedded(tmp_pat
     assert report.status == "completed"
     assert sorted(vectors_by_id(out)) == ["good-0", "good-2", "long"]
     assert report.counts.truncated == 1
-    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), config.sink.options)
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), ParquetSink.home(config.sink.options))
     try:
         letters = {d.chunk_id: d for d in store.list_dead_letters()}
     finally:
@@ -102,7 +103,7 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_good_ones_embedded(tmp_pat
     # A rerun does not re-embed anything and keeps the letters (first_seen unchanged).
     again = run(config, RunOptions())
     assert again.counts.embedded == 0
-    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), config.sink.options)
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), ParquetSink.home(config.sink.options))
     try:
         assert {d.chunk_id: d.first_seen for d in store.list_dead_letters()} == {
             cid: d.first_seen for cid, d in letters.items()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from pipeline.batching import Item, make_batches, padding_ratio
+from pipeline.batching import Item, make_batches
+from pipeline.cost import padding_ratio
 
 
 def _items(n: int, seed: int = 1) -> list[Item]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from jobs.cli import cli
+from pipeline.checkpoint import SinkHome
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from tests.helpers import ROOT, sample_rows, write_rows
 
@@ -66,7 +67,7 @@ def test_an_episode_another_live_run_holds_is_left_to_it_and_status_shows_the_cl
     with toml.open("a") as fh:
         fh.write("[checkpoint]\nclaim_wait_s = 0.3\n")
     holder = SqliteCheckpointStore.open(
-        SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), None
+        SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), SinkHome(target="t")
     )
     holder.register("otherhost:4242:run-x", "ingest", "episode=pc-astro-ep01")
     holder.start_run("run-x", "key-x", "ingest", {})

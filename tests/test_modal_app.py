@@ -4,6 +4,7 @@ the bundled MiniLM, the jobs through the real runner, and the authenticated trig
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,14 @@ from pipeline.modal.options import EMBEDDER_CLASS
 from pipeline.modal.wire import decode_vectors
 from pipeline.records import Batch
 from pipeline.runner import RunOptions, run
+from pipeline.selection import Selection
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
-from tests.modal_fixtures import local_map, modal_minilm_config
+from tests.modal_fixtures import cpu_as_a10g, local_map, modal_minilm_config
 
-pytestmark = pytest.mark.filterwarnings("ignore:The Embedder.embed function is executing locally:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The Embedder.embed function is executing locally:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The .* function is executing locally and will not have access"),
+]
 
 TEXTS = [
     "  So the telescope arrived on a Tuesday, and honestly we were not ready for it.  ",
@@ -33,6 +38,20 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_logging():
+    """The app's containers configure logging at INFO; leave the session as it was."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+
+
 @pytest.fixture(scope="module")
 def minilm_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return modal_minilm_config(tmp_path_factory.mktemp("modal-cfg"))
@@ -40,8 +59,11 @@ def minilm_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def embedder_obj(minilm_config: Path):
-    """One local instance of the GPU class (its enter hooks run on the first call)."""
-    return modal_app.Embedder(config_path=str(minilm_config))
+    """One local instance of the GPU class (its enter hooks run on the first call, with a
+    stand-in for the CUDA check: there is no GPU here)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modal_app, "require_cuda", cpu_as_a10g)
+        yield modal_app.Embedder(config_path=str(minilm_config))
 
 
 # ------------------------------------------------------------------ the app definition
@@ -138,6 +160,14 @@ def test_modal_executor_through_the_runner_matches_the_local_executor(tmp_path: 
     # Device-seconds are what the containers reported, and cost follows from them.
     assert modal_report.device_s == pytest.approx(sum(timings), abs=2e-3)
     assert modal_report.cost_usd == pytest.approx(modal_report.device_s / 3600 * 1.10, abs=1e-6)
+    # The devices that served, and the billed estimate: measured parts from the container,
+    # its idle tail (one container, in this process), no job container (this is not one).
+    assert modal_report.devices == {"NVIDIA A10G": len(timings)} and modal_report.containers == 1
+    bill = modal_report.bill
+    assert bill.compute_s + bill.load_s == pytest.approx(modal_report.device_s, abs=2e-3)
+    assert bill.idle_s == 15.0 and bill.job_s == 0.0 and bill.containers == 1
+    assert modal_report.billed_usd == pytest.approx(sum(bill.parts_usd.values()), abs=1e-5)
+    assert modal_report.billed_usd > modal_report.cost_usd
     got, want = vectors_by_id(tmp_path / "out-modal"), vectors_by_id(tmp_path / "out-local")
     assert got.keys() == want.keys() and len(got) == 46
     assert max(float(np.abs(got[k] - want[k]).max()) for k in got) <= 1e-6
@@ -145,15 +175,24 @@ def test_modal_executor_through_the_runner_matches_the_local_executor(tmp_path: 
 
 
 def test_ingest_job_runs_one_episode_and_writes_its_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = write_rows(tmp_path / "chunks.parquet", sample_rows(episodes=2))
     cfg = modal_minilm_config(tmp_path / "cfg", source=src)
     monkeypatch.setattr(modal_app, "CONFIG_PATH", str(cfg))
     monkeypatch.setattr(modal_app, "REPORTS_MOUNT", str(tmp_path / "volume"))
 
-    report = modal_app.run_job("ingest", ("pc-astro-ep02",), map_fn=local_map(embedder_obj.embed.local))
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        report = modal_app.run_job(
+            "ingest", Selection(episode_ids=("pc-astro-ep02",)), map_fn=local_map(embedder_obj.embed.local)
+        )
     assert report["status"] == "completed" and report["command"] == "ingest"
+    # The progress lines an operator reads in `modal app logs`.
+    progress = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    done = report["counts"]["embedded"]
+    assert any(m.endswith("[shard done]") for m in progress), progress
+    assert progress[-1].startswith(f"ingest: {done}/{done} chunks (100%)"), progress
+    assert progress[-1].endswith("[completed]"), progress
     assert report["counts"]["embedded"] == len(sample_rows(episodes=2)) - len(sample_rows(episodes=1))
     assert report["device"] == "A10G" and report["device_s"] > 0
     written = list((tmp_path / "volume").rglob(f"{report['run_id']}.json"))
@@ -163,11 +202,23 @@ def test_ingest_job_runs_one_episode_and_writes_its_report(
 
 
 # ------------------------------------------------------------------ the web trigger
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 @pytest.fixture()
 def trigger_env(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from tests.modal_fixtures import MemoryDict
+
     spawned: list[str] = []
     monkeypatch.setenv(modal_app.OPTIONS.token_env, "s3cret-token")
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: spawned.append(eid) or "fc-42")
+    monkeypatch.setattr(modal_app, "PENDING", modal_app.PendingEpisodes(MemoryDict(), ttl_s=600))
+    monkeypatch.setattr(modal_app, "RATE", modal_app.RateLimit(1000))
     return spawned
 
 
@@ -192,7 +243,7 @@ def test_trigger_refuses_a_missing_or_wrong_token(trigger_env: list[str], header
 
 def test_trigger_accepts_the_right_token_and_returns_the_call_id(trigger_env: list[str]) -> None:
     out = modal_app.trigger.local({"episode_id": " ep-1 "}, authorization="Bearer s3cret-token")
-    assert out == {"call_id": "fc-42", "episode_id": "ep-1"}
+    assert out == {"call_id": "fc-42", "episode_id": "ep-1", "deduplicated": False}
     assert trigger_env == ["ep-1"]
     with pytest.raises(Exception) as exc:
         modal_app.trigger.local({"episode": "ep-1"}, authorization="bearer s3cret-token")
@@ -214,3 +265,225 @@ def test_bearer_token_check_is_constant_time() -> None:
     assert "hmac.compare_digest" in inspect.getsource(modal_app.bearer_token_ok)
     assert modal_app.bearer_token_ok("Bearer abc", "abc")
     assert not modal_app.bearer_token_ok("Bearer abc", "")
+
+
+# ------------------------------------------------------------ GPUs or nothing (issue 9)
+def test_the_gpu_class_fails_its_start_up_without_cuda(minilm_config: Path, monkeypatch) -> None:
+    """No usable CUDA (this machine has none): the container must not start, rather than
+    embed on the CPU and report it as an A10G."""
+    from pipeline.modal.gpu import GpuUnavailable, require_cuda
+
+    monkeypatch.setattr(modal_app, "require_cuda", require_cuda)  # the real check
+    obj = modal_app.Embedder(config_path=str(minilm_config))
+    with pytest.raises(GpuUnavailable, match=r"no usable CUDA device.*refusing to embed on the CPU"):
+        obj.embed.local({"batch_id": "b0", "chunk_ids": ["c0"], "texts": ["hello"]})
+
+
+def test_nothing_calls_into_cuda_before_the_snapshot(minilm_config: Path, monkeypatch) -> None:
+    """torch caches "no GPU" if CUDA is queried while the snapshot is taken (no GPU there):
+    every CUDA query must come after the restore hook started."""
+    import torch
+
+    from pipeline import model_cache
+
+    events: list[str] = []
+
+    def spy(name: str, real):
+        def call(*args, **kwargs):
+            events.append(f"cuda.{name}")
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "get_device_name"):
+        monkeypatch.setattr(torch.cuda, name, spy(name, getattr(torch.cuda, name)))
+
+    def probe() -> tuple[str, str]:
+        events.append("restore")
+        torch.cuda.is_available()  # what the real check does first
+        return cpu_as_a10g()
+
+    monkeypatch.setattr(modal_app, "require_cuda", probe)
+    model_cache.clear()  # a real load inside the snapshot phase, not a cached model
+    out = modal_app.Embedder(config_path=str(minilm_config)).embed.local(
+        {"batch_id": "b0", "chunk_ids": ["c0"], "texts": ["hello"]}
+    )
+    assert out["error"] is None and out["device_name"] == "NVIDIA A10G"
+    assert "restore" in events, events
+    assert all(not e.startswith("cuda.") for e in events[: events.index("restore")]), events
+
+
+class _FaultyEmbedder(InstructorEmbedder):
+    """The real embedder, with faults injected by marker texts."""
+
+    def embed(self, texts: list[str]):
+        import torch
+
+        if any("__oom__" in t for t in texts):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any("__xid__" in t for t in texts):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().embed(texts)
+
+
+@pytest.fixture()
+def faulty_container(minilm_config: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh GPU-class instance whose embedder injects faults; records retirements."""
+    import pipeline.embedder
+
+    retired: list[str] = []
+    monkeypatch.setattr(pipeline.embedder, "InstructorEmbedder", _FaultyEmbedder)
+    monkeypatch.setattr(modal_app, "require_cuda", cpu_as_a10g)
+    monkeypatch.setattr(modal_app, "retire_container", retired.append)
+    return modal_app.Embedder(config_path=str(minilm_config)), retired
+
+
+def test_out_of_memory_fails_the_batch_and_the_container_stays(faulty_container) -> None:
+    obj, retired = faulty_container
+    ids = ["c0", "c1"]
+    out = obj.embed.local({"batch_id": "big", "chunk_ids": ids, "texts": ["__oom__ a", "b"]})
+    assert out["batch_id"] == "big" and "out of memory" in out["error"]  # the client splits it
+    assert retired == []
+    again = obj.embed.local({"batch_id": "next", "chunk_ids": ids, "texts": ["a", "b"]})
+    assert again["error"] is None and len(decode_vectors(again, 2, 384)) == 2
+
+
+def test_a_cuda_fault_retires_the_container(faulty_container) -> None:
+    from pipeline.modal.gpu import GpuFault
+
+    obj, retired = faulty_container
+    with pytest.raises(GpuFault, match="illegal memory access"):
+        obj.embed.local({"batch_id": "b7", "chunk_ids": ["c0"], "texts": ["__xid__"]})
+    assert len(retired) == 1 and "b7" in retired[0] and "illegal memory access" in retired[0]
+    # A retired container takes no more work (Modal sends it to a fresh one).
+    with pytest.raises(GpuFault, match="retired"):
+        obj.embed.local({"batch_id": "b8", "chunk_ids": ["c1"], "texts": ["fine text"]})
+    assert len(retired) == 1
+
+
+# ------------------------------------------------------------- logs where operators look
+@pytest.fixture()
+def job_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj):
+    """The jobs, offline: a MiniLM config, the reports Volume in tmp, the GPU class local."""
+    import logging
+
+    from tests.modal_fixtures import MemoryDict
+
+    src = write_rows(tmp_path / "chunks.parquet", sample_rows(episodes=2))
+    monkeypatch.setattr(modal_app, "CONFIG_PATH", str(modal_minilm_config(tmp_path / "cfg", source=src)))
+    monkeypatch.setattr(modal_app, "REPORTS_MOUNT", str(tmp_path / "volume"))
+    monkeypatch.setattr(modal_app, "gpu_map", lambda: local_map(embedder_obj.embed.local))
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600)
+    monkeypatch.setattr(modal_app, "PENDING", pending)
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield tmp_path, pending
+    root.setLevel(level)
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+
+
+def test_every_job_logs_its_summary_and_report_location(job_env, capsys: pytest.CaptureFixture) -> None:
+    tmp_path, _ = job_env
+    reports = [
+        modal_app.nightly_backfill.local(),
+        modal_app.ingest_episode.local("pc-astro-ep02"),
+        modal_app.reindex.local(episodes="pc-astro-ep01"),
+    ]
+    err = capsys.readouterr().err
+    for report, command in zip(reports, ("backfill", "ingest", "reindex"), strict=True):
+        assert report["status"] == "completed" and report["command"] == command
+        # The one-screen summary, at INFO, on stderr (what `modal app logs` shows) ...
+        assert f"INFO podembed.modal: run {report['run_id']} ({command}," in err
+        # ... and where the report is: the path in the Volume and how to fetch it.
+        path = f"{report['run_id']}.json"
+        assert f"`modal volume get {modal_app.OPTIONS.reports_volume} " in err and path in err
+        assert list((tmp_path / "volume").rglob(path))
+        # A job container is billed too (cores and memory for the run's wall time).
+        assert report["bill"]["job_s"] > 0 and report["bill"]["parts_usd"]["job"] > 0
+    assert "billed (estimate):" in err and "served by: NVIDIA A10G" in err
+    assert reports[2]["counts"]["embedded"] > 0  # reindex re-embeds what backfill embedded
+
+
+# ---------------------------------------------------- the trigger's guards (issue 9)
+BEARER = "Bearer s3cret-token"
+
+
+@pytest.mark.parametrize(
+    "episode_id",
+    ["x" * 129, "ep\x001", "ep-1\nDROP", "ep 1", "../etc", "-ep", 42, None, ["ep-1"], "  "],
+)
+def test_trigger_refuses_a_bad_episode_id_with_422(trigger_env: list[str], episode_id) -> None:
+    with pytest.raises(Exception) as exc:
+        modal_app.trigger.local({"episode_id": episode_id}, authorization=BEARER)
+    assert getattr(exc.value, "status_code", None) == 422, exc.value
+    assert "episode id" in str(exc.value.detail)
+    assert trigger_env == []
+
+
+def test_trigger_accepts_real_ids(trigger_env: list[str]) -> None:
+    ids = ["pc-astro-ep02", "65f1c2a9e4b0a1b2c3d4e5f6", "3f2b8c1e-7d4a-4e9b-9c1d-2a3b4c5d6e7f", "x" * 128]
+    for eid in ids:
+        modal_app.trigger.local({"episode_id": eid}, authorization=BEARER)
+    assert trigger_env == ids
+
+
+def test_trigger_deduplicates_an_episode_pending_or_running(trigger_env: list[str], monkeypatch) -> None:
+    from tests.modal_fixtures import MemoryDict
+
+    clock = FakeClock()
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock)
+    monkeypatch.setattr(modal_app, "PENDING", pending)
+    calls = iter(f"fc-{i}" for i in range(10))
+    monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: trigger_env.append(eid) or next(calls))
+
+    first = modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)
+    again = modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)
+    other = modal_app.trigger.local({"episode_id": "ep-2"}, authorization=BEARER)
+    assert first == {"call_id": "fc-0", "episode_id": "ep-1", "deduplicated": False}
+    assert again == {"call_id": "fc-0", "episode_id": "ep-1", "deduplicated": True}
+    assert other["call_id"] == "fc-1" and trigger_env == ["ep-1", "ep-2"]
+    # The job ends and frees its episode (only its own entry): the next trigger spawns.
+    pending.finish("ep-1", "fc-other")
+    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["deduplicated"]
+    pending.finish("ep-1", "fc-0")
+    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["call_id"] == "fc-2"
+    # A job that died without freeing its episode holds it for ttl_s at most.
+    clock.t += 601
+    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["call_id"] == "fc-3"
+    assert trigger_env == ["ep-1", "ep-2", "ep-1", "ep-1"]
+
+
+def test_the_ingest_job_frees_its_episode_when_it_ends(job_env, monkeypatch) -> None:
+    _, pending = job_env
+    pending.store.put("pc-astro-ep02", {"call_id": "fc-job", "at": 1e12})
+    monkeypatch.setattr(modal_app.modal, "current_function_call_id", lambda: "fc-job")
+    modal_app.ingest_episode.local("pc-astro-ep02")
+    assert pending.store.get("pc-astro-ep02") is None
+
+
+def test_trigger_caps_requests_per_minute_with_429(trigger_env: list[str], monkeypatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(modal_app, "RATE", modal_app.RateLimit(3, clock=clock))
+    for i in range(3):
+        modal_app.trigger.local({"episode_id": f"ep-{i}"}, authorization=BEARER)
+    clock.t += 20
+    with pytest.raises(Exception) as exc:
+        modal_app.trigger.local({"episode_id": "ep-9"}, authorization=BEARER)
+    assert exc.value.status_code == 429 and exc.value.headers["Retry-After"] == "40"
+    # Requests without the token do not use up the budget; a minute later there is room again.
+    clock.t += 40
+    modal_app.trigger.local({"episode_id": "ep-9"}, authorization=BEARER)
+    assert trigger_env == ["ep-0", "ep-1", "ep-2", "ep-9"]
+
+
+def test_job_functions_reserve_measured_cpu_and_memory() -> None:
+    for fn in (modal_app.nightly_backfill, modal_app.ingest_episode, modal_app.reindex):
+        info = fn.info()
+        assert info.cpu == modal_app.OPTIONS.job_cpu >= 0.5, fn
+        assert info.memory_mib == modal_app.OPTIONS.job_memory_mib >= 1024, fn
+    gpu = modal_app.Embedder().embed.info()
+    assert (gpu.cpu, gpu.memory_mib) == (modal_app.OPTIONS.gpu_cpu, modal_app.OPTIONS.gpu_memory_mib)
+    # The trigger takes concurrent requests in one container, so its rate cap is global.
+    assert modal_app.trigger.info().concurrency_info.max_inputs == 32

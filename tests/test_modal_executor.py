@@ -203,7 +203,7 @@ def test_production_config_describes_the_modal_deployment() -> None:
     opts = config.executor.options
     assert config.executor.kind == "modal" and isinstance(opts, ModalOptions)
     assert opts.gpu == "A10G" and opts.max_containers == 10 and opts.schedule == "0 3 * * *"
-    assert config.model.precision == "bf16"
+    assert config.model.precision == "auto"  # bf16 on the A10G: tests/test_precision.py
     check_fp16(config.model)
 
 
@@ -352,3 +352,122 @@ def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkey
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"episode_id": "ep-9", "call_id": "fc-9", "app": "podembed"}
     assert calls == ["ep-9"]
+
+
+# ------------------------------------------------------ GPUs or nothing (issue 9)
+@pytest.mark.parametrize("device_name", ["cpu", "", "Tesla T4", "NVIDIA A100-SXM4-40GB"])
+def test_a_result_from_another_device_than_the_configured_gpu_is_refused(device_name: str) -> None:
+    fake = FakeMap(dim=DIM, device_name=device_name)
+    got: list[BatchResult] = []
+    with pytest.raises(TargetError, match=r"not from a A10G \(executor\.gpu\); its vectors are refused"):
+        got.extend(_executor(fake).embed(make_batches(3, 2)))
+    assert got == []  # nothing from that device reaches the sink
+
+
+@pytest.mark.parametrize(
+    ("configured", "name", "ok"),
+    [
+        ("A10G", "NVIDIA A10G", True),
+        ("A10", "NVIDIA A10G", True),  # Modal's docs call the A10G "A10"
+        ("A10G", "NVIDIA A100-SXM4-80GB", False),
+        ("A100-80GB", "NVIDIA A100-SXM4-80GB", True),
+        ("A100-80GB", "NVIDIA A100-SXM4-40GB", False),
+        ("H100!", "NVIDIA H100 80GB HBM3", True),
+        ("T4", "Tesla T4", True),
+        ("L4", "NVIDIA L40S", False),
+        ("A10G:2", "NVIDIA A10G", True),
+        ("A10G", "cpu", False),
+        ("A10G", None, False),
+    ],
+)
+def test_gpu_names_match_modal_gpu_strings(configured: str, name: str | None, ok: bool) -> None:
+    from pipeline.modal.gpu import gpu_matches
+
+    assert gpu_matches(configured, name) is ok
+
+
+def test_usage_lists_devices_containers_start_up_and_failed_attempts() -> None:
+    batches = make_batches(10, 4)
+    fake = FakeMap(
+        dim=DIM, workers=3, seed=2, rule=lambda p, a: "exception" if p["batch_id"] == "b3" else None
+    )
+    ex = _executor(fake, abort_after_failures=0)
+    _check_accounting(batches, list(ex.embed(batches)))
+    usage = ex.usage()
+    answered = sum(1 for p in fake.calls if p["batch_id"] != "b3")
+    assert usage.devices == {"NVIDIA A10G": answered}
+    assert usage.containers == len(ex.containers) == 3
+    assert usage.boot_s == pytest.approx(fake.reported_boot_s) and usage.boot_s == 3 * 1.5
+    assert usage.failed_attempts == 1 and usage.failed_s >= 0.0
+    # The footprint the bill prices: GPU and (none here: not a job container) job reservations.
+    assert usage.footprint.gpu_cpu == 2.0 and usage.footprint.job_cpu == 0.0
+    assert usage.footprint.attempt_limit_s == 300 * 3
+
+
+def test_failed_attempts_are_billed_from_dispatch_to_failure_bounded_by_the_timeout() -> None:
+    from pipeline.cost import Usage
+    from pipeline.modal.fanout import Fanout
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self) -> float:
+            self.t += 100.0  # every reading is 100 s later
+            return self.t
+
+    options = ModalOptions(max_containers=1, inflight_per_container=1, batch_timeout_s=60, retries=0)
+    fake = FakeMap(
+        dim=DIM, workers=1, rule=lambda p, a: "exception" if p["batch_id"].startswith("b0") else None
+    )
+    usage = Usage(footprint=options.footprint(job_container=False))
+    fanout = Fanout(fake, options, "fake/fp", DIM, set(), usage, clock=Clock())
+    fake.fingerprint = "fake/fp"
+    results = {r.batch_id: r for r in fanout.run(make_batches(2, 4))}
+    assert len(results["b0"].failed) == 4 and not results["b1"].failed
+    # b0 crashed whole, then both halves crashed: three attempts with no timings, each
+    # billed at most timeout x attempts = 60 s, though the clock says 100 s or more.
+    assert usage.failed_attempts == 3
+    assert usage.failed_s == pytest.approx(3 * 60.0)
+
+
+# ---------------------------------------------------------- flat client memory (issue 9)
+def _held_bytes(n_batches: int, size: int = 4, text_bytes: int = 1024) -> int:
+    """Bytes still allocated (over the start) while the last result is in hand, after
+    ``n_batches`` fresh batches went through the fan-out and every result was dropped."""
+    import gc
+    import tracemalloc
+
+    from pipeline.records import Batch
+
+    fake = FakeMap(dim=DIM, workers=4, record=False, delay_s=0.0, load_s=0.0, boot_s=0.0)
+    ex = _executor(fake, max_containers=4, inflight_per_container=4)
+
+    def batches():
+        for b in range(n_batches):
+            ids = [f"b{b}-c{i}" for i in range(size)]
+            texts = [f"{b:08d}-{i:04d} " + "x" * (text_bytes - 14) for i in range(size)]
+            yield Batch(f"b{b}", ids, texts, [5] * size, 5 * size)
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        held, seen = 0, 0
+        for _ in ex.embed(batches()):
+            seen += 1
+            if seen == n_batches:
+                held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert seen == n_batches
+    return held
+
+
+def test_fanout_memory_does_not_grow_with_the_number_of_batches() -> None:
+    """Before: every payload (texts included) stayed referenced until embed() returned:
+    2,000 batches of 4 x 1 KB held 8+ MB here. Now only what is in flight is held."""
+    small = _held_bytes(100)
+    large = _held_bytes(2000)
+    payload_total = 2000 * 4 * 1024
+    assert large < payload_total / 8, (small, large)
+    assert large <= small + 512 * 1024, (small, large)

@@ -322,7 +322,7 @@ def test_text_changed_between_read_and_write_is_not_stamped(
     vecs = stored(mongo, coll)
     assert victim not in vecs  # the vector of the old text was not written
     assert len(vecs) == len(rows) - 1
-    assert sinks[0].stale_skipped == 1
+    assert sinks[0].stale_dropped == 1
     again = run(cfg, RunOptions())
     assert again.counts.embedded == 1
     assert stored(mongo, coll)[victim]["meta"]["text_sha256"] == text_sha256(new_text)
@@ -357,7 +357,7 @@ def test_collection_mode_withdraws_a_vector_whose_text_changed_during_the_write(
     report = run(cfg, RunOptions(), on_parts=race)
     assert report.status == "completed", report.error
     assert victim not in stored(mongo, "vectors")
-    assert sinks[0].stale_skipped == 1
+    assert sinks[0].stale_dropped == 1
     assert len(stored(mongo, "vectors")) == len(rows) - 1
 
 

@@ -92,7 +92,7 @@ def _store(env: MongoEnv, **kw: Any) -> MongoCheckpointStore:
         MongoSinkOptions, {"uri_env": URI_ENV, "database": env.database, "collection": "chunks"}, "sink"
     )
     opts = from_table(MongoCheckpointOptions, {"lease_ttl_s": 1.5, **kw}, "checkpoint")
-    return MongoCheckpointStore.open(opts, sink_opts)
+    return MongoCheckpointStore.open(opts, MongoSink.home(sink_opts))
 
 
 def _dead_pid() -> int:
@@ -298,7 +298,7 @@ def test_collection_sink_deletes_vector_documents(mongo: MongoEnv) -> None:
     sink = _sink(mongo, collection="vectors", mode="collection", chunks_collection="chunks")
     try:
         assert sink.write([_record("a", "alpha", [1, 0, 0, 0]), _record("b", "changed", [0, 1, 0, 0])]) == 1
-        assert sink.stale_skipped == 1
+        assert sink.stale_dropped == 1
         assert [d["_id"] for d in mongo.db.vectors.find()] == ["a"]
         assert sink.delete(["a"]) == 1 and mongo.db.vectors.count_documents({}) == 0
         assert mongo.db.chunks.count_documents({}) == 2

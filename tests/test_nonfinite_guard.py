@@ -14,6 +14,7 @@ import pytest
 from pipeline.config import ModelConfig
 from pipeline.embedder import InstructorEmbedder
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
+from pipeline.files.sink import ParquetSink
 from pipeline.runner import RunOptions, run
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 from tests.synthetic_model import TINY
@@ -82,7 +83,7 @@ def test_chunks_still_bad_in_fp32_are_dead_lettered_never_written(
     assert report.counts.embedded == 0 and report.counts.dead_lettered == len(rows)
     assert report.fp32_retries >= 1
     assert vectors_by_id(out) == {}
-    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), config.sink.options)
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), ParquetSink.home(config.sink.options))
     try:
         letters = store.list_dead_letters()
     finally:

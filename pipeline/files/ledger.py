@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, StoredDeadLetter
+from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, SinkHome, StoredDeadLetter
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
@@ -109,14 +109,13 @@ class SqliteCheckpointStore(CheckpointStore):
         self._owner_file: TextIO | None = None
 
     @classmethod
-    def open(cls, options: SqliteCheckpointOptions, sink_options: Any) -> SqliteCheckpointStore:
+    def open(cls, options: SqliteCheckpointOptions, home: SinkHome) -> SqliteCheckpointStore:
         """Open ``options.path``, or ``state.sqlite`` in the sink's folder."""
         if options.path:
             return cls(Path(options.path), options.claim_wait_s)
-        sink_path = getattr(sink_options, "path", None)
-        if not sink_path:
+        if not home.folder:
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        return cls(Path(sink_path) / "state.sqlite", options.claim_wait_s)
+        return cls(Path(home.folder) / "state.sqlite", options.claim_wait_s)
 
     # -- liveness ------------------------------------------------------------------
     def _lock_path(self, owner: str) -> Path:

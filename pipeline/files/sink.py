@@ -34,10 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import Sink
+from pipeline.sink import SearchOutcome, Sink, VectorQuery
 
 MANIFEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS owner (
@@ -102,6 +103,12 @@ class ParquetSink(Sink):
     """Vectors in per-episode Parquet files with a SQLite ownership manifest."""
 
     Options = ParquetSinkOptions
+    default_checkpoint = "sqlite"
+
+    @classmethod
+    def home(cls, options: ParquetSinkOptions) -> SinkHome:
+        """The output folder; the SQLite ledger defaults to ``state.sqlite`` inside it."""
+        return SinkHome(target=f"parquet:{options.path}", folder=options.path)
 
     def __init__(self, options: ParquetSinkOptions, dimension: int) -> None:
         self.options = options
@@ -303,6 +310,19 @@ class ParquetSink(Sink):
         for name, drop in by_file.items():
             self._rewrite(name, None, drop=drop)
         return len(owners)
+
+    # ------------------------------------------------------------------ search
+    def fingerprint_counts(self) -> dict[str, int]:
+        """Stored vectors per fingerprint, from the manifest (see pipeline/files/search.py)."""
+        from pipeline.files.search import fingerprint_counts
+
+        return fingerprint_counts(self)
+
+    def search(self, query: VectorQuery) -> SearchOutcome:
+        """Exact search streamed over the vector files (see pipeline/files/search.py)."""
+        from pipeline.files.search import search
+
+        return search(self, query)
 
     def close(self) -> None:
         """Close the manifest."""

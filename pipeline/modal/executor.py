@@ -17,8 +17,10 @@ wire format both sides share:
   loop, so batches are pulled from the runner by a feeder thread and handed over through
   an async iterator, with at most ``max_containers * inflight_per_container`` batches
   in flight: memory stays flat and the containers never wait on the reader;
-- every result carries the container's timings (model load once per container, compute
-  per batch), so run reports hold real device-seconds.
+- every result carries the container's timings (model load and start-up once per
+  container, compute per batch) and the name of its GPU: a result from another device
+  than ``executor.gpu`` stops the run, and reports hold real device-seconds, the devices
+  that served and the billed estimate (:meth:`ModalExecutor.usage`).
 
 ``modal`` is imported lazily: loading a config must not pay for it.
 """
@@ -30,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pipeline.config import ModelConfig
+from pipeline.cost import Footprint, Usage
 from pipeline.errors import ConfigError
 from pipeline.executor import Executor
 from pipeline.fingerprint import model_fingerprint
@@ -37,6 +40,7 @@ from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.stream import MapFn
+from pipeline.precision import Resolved, for_gpu_name
 from pipeline.records import Batch, BatchResult
 
 log = logging.getLogger(__name__)
@@ -50,14 +54,34 @@ class ModalExecutor(Executor):
     """
 
     Options = ModalOptions
+    remote = True
 
-    def __init__(self, options: ModalOptions, model: ModelConfig, *, map_fn: MapFn | None = None) -> None:
+    @classmethod
+    def planned_precision(cls, options: ModalOptions, model: ModelConfig) -> Resolved:
+        """Decided for the configured GPU (each container decides again on the real one)."""
+        return for_gpu_name(model.precision, options.gpu)
+
+    @classmethod
+    def footprint(cls, options: ModalOptions) -> Footprint:
+        """GPU containers' reservations and idle tails, plus the job container that runs the client."""
+        return options.footprint()
+
+    def __init__(
+        self,
+        options: ModalOptions,
+        model: ModelConfig,
+        *,
+        map_fn: MapFn | None = None,
+        job_container: bool = False,
+    ) -> None:
         self.options = options
         self.model_cfg = model
         self.device_label = options.gpu
         self._map_fn = map_fn
         self._fingerprint: str | None = None
         self.containers: set[str] = set()  # Modal task ids that answered (for logs and tests)
+        # job_container: this process is itself a Modal job container (billed as well).
+        self._usage = Usage(footprint=options.footprint(job_container=job_container))
 
     @classmethod
     def open(cls, options: ModalOptions, model: ModelConfig) -> ModalExecutor:
@@ -85,9 +109,18 @@ class ModalExecutor(Executor):
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
         """Fan batches out; yield one result per batch as soon as it is complete."""
         fanout = Fanout(
-            self._remote_map(), self.options, self.fingerprint(), self.model_cfg.dimension, self.containers
+            self._remote_map(),
+            self.options,
+            self.fingerprint(),
+            self.model_cfg.dimension,
+            self.containers,
+            self._usage,
         )
         return fanout.run(batches)
+
+    def usage(self) -> Usage:
+        """GPUs and containers that answered, their start-up, failed attempts, footprint."""
+        return self._usage
 
     def _remote_map(self) -> MapFn:
         if self._map_fn is not None:

@@ -1,21 +1,30 @@
-"""The fan-out: batches out through ``.map()``, results back, failed batches split and retried."""
+"""The fan-out: batches out through ``.map()``, results back, failed batches split and retried.
+
+Memory stays flat however long the run: a batch is held from the moment Modal pulls it
+until its result goes back to the runner, and only failed batches wait (with their
+texts) for the retry pass. Payloads are built when pulled and never kept here.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pipeline.cost import Usage, failed_attempt_s
 from pipeline.errors import PodembedError, TargetError
 from pipeline.modal.credentials import modal_error
+from pipeline.modal.gpu import gpu_matches
 from pipeline.modal.options import EMBEDDER_CLASS, PAYLOAD_LIMIT_BYTES, ModalOptions
 from pipeline.modal.stream import InputStream, MapFn
 from pipeline.modal.wire import batch_payload, decode_vectors, payload_bytes
 from pipeline.records import Batch, BatchResult
+from pipeline.split_retry import dead_letter_reason, halves
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,8 @@ class _Pending:
     compute_s: float = 0.0
     load_s: float = 0.0
     fp32_retries: int = 0
+    precision: str = ""
+    precision_reason: str = ""
 
     def result(self) -> BatchResult:
         return BatchResult(
@@ -41,6 +52,8 @@ class _Pending:
             compute_s=self.compute_s,
             load_s=self.load_s,
             fp32_retries=self.fp32_retries,
+            precision=self.precision,
+            precision_reason=self.precision_reason,
         )
 
 
@@ -51,54 +64,77 @@ class _Part:
     part_id: str
     batch_id: str
     rows: list[int]
-    payload: dict[str, Any]
+    sent_at: float = 0.0  # when Modal pulled it (monotonic): failed attempts are billed from here
     error: str = ""  # why it failed, once it has
 
 
 class Fanout:
-    """The state of one ``embed()`` call: what was sent, what came back, what failed."""
+    """The state of one ``embed()`` call: what is out, what failed, what served it."""
 
     def __init__(
-        self, map_fn: MapFn, options: ModalOptions, fingerprint: str, dim: int, containers: set[str]
+        self,
+        map_fn: MapFn,
+        options: ModalOptions,
+        fingerprint: str,
+        dim: int,
+        containers: set[str],
+        usage: Usage | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.map_fn = map_fn
         self.options = options
         self.expected = fingerprint
         self.dim = dim
         self.containers = containers  # Modal task ids that answered (the executor's set)
-        self.pending: dict[str, _Pending] = {}
-        self.parts: dict[str, _Part] = {}
+        self.usage = usage if usage is not None else Usage()
+        self.clock = clock
+        self.pending: dict[str, _Pending] = {}  # batches in flight or failed
+        self.parts: dict[str, _Part] = {}  # parts sent and not answered yet
         self.lock = threading.Lock()  # register() runs on the feeder thread
         self.successes = 0
 
     # -- bookkeeping
     def register(self, batch: Batch) -> dict[str, Any]:
+        """A batch Modal pulls: track it, hand over its payload (not kept here)."""
         payload = batch_payload(batch.batch_id, batch.chunk_ids, batch.texts)
+        self._warn_if_large(payload)
+        with self.lock:
+            self.pending[batch.batch_id] = _Pending(
+                batch=batch,
+                vectors=np.zeros((len(batch.chunk_ids), self.dim), dtype=np.float32),
+                outstanding={batch.batch_id},
+            )
+            rows = list(range(len(batch.chunk_ids)))
+            self.parts[batch.batch_id] = _Part(batch.batch_id, batch.batch_id, rows, self.clock())
+        return payload
+
+    def register_half(self, half: _Part) -> dict[str, Any]:
+        """A half of a failed batch Modal pulls in the retry pass."""
+        with self.lock:
+            owner = self.pending[half.batch_id]
+            half.sent_at = self.clock()
+            self.parts[half.part_id] = half
+        ids = [owner.batch.chunk_ids[r] for r in half.rows]
+        texts = [owner.batch.texts[r] for r in half.rows]
+        return batch_payload(half.part_id, ids, texts)
+
+    @staticmethod
+    def _warn_if_large(payload: dict[str, Any]) -> None:
         size = payload_bytes(payload)
         if size > PAYLOAD_LIMIT_BYTES:
             log.warning(
                 "batch %s is %.1f MiB, above Modal's 2 MiB argument limit: it goes "
                 "through blob storage (lower batching.token_budget)",
-                batch.batch_id,
+                payload["batch_id"],
                 size / 2**20,
             )
-        rows = list(range(len(batch.chunk_ids)))
-        with self.lock:
-            self.pending[batch.batch_id] = _Pending(
-                batch=batch,
-                vectors=np.zeros((len(rows), self.dim), dtype=np.float32),
-                outstanding={batch.batch_id},
-            )
-            self.parts[batch.batch_id] = _Part(batch.batch_id, batch.batch_id, rows, payload)
-        return payload
 
-    def unanswered(self) -> list[_Part]:
+    def take_unanswered(self) -> list[_Part]:
+        """Parts the stream never answered, oldest first (the caller settles each)."""
         with self.lock:
-            return [
-                p
-                for p in self.parts.values()
-                if p.batch_id in self.pending and p.part_id in self.pending[p.batch_id].outstanding
-            ]
+            lost = sorted(self.parts.values(), key=lambda p: p.sent_at)
+            self.parts.clear()
+        return lost
 
     def complete(self, batch_id: str) -> Iterator[BatchResult]:
         owner = self.pending.get(batch_id)
@@ -116,21 +152,12 @@ class Fanout:
         if not isinstance(out, dict) or "batch_id" not in out:
             return None, f"malformed output ({type(out).__name__})"
         with self.lock:
-            part = self.parts.get(str(out["batch_id"]))
+            part = self.parts.pop(str(out["batch_id"]), None)
             owner = self.pending.get(part.batch_id) if part else None
         if part is None or owner is None or part.part_id not in owner.outstanding:
             log.warning("Modal: result for unknown or settled batch %s ignored", out.get("batch_id"))
             return None, None
-        if out.get("container"):
-            self.containers.add(str(out["container"]))
-        fingerprint = out.get("fingerprint")
-        if fingerprint and fingerprint != self.expected:
-            raise TargetError(
-                f"Modal: the deployed app embeds with model fingerprint {fingerprint} but this "
-                f"config expects {self.expected}. Redeploy with this config (`modal deploy "
-                "jobs/modal_app.py`; PODEMBED_CONFIG names the config it ships) or run with the "
-                "config it was deployed with."
-            )
+        self._check_origin(out, part)
         # Device time was spent whether or not the batch worked: it is billed.
         owner.compute_s += float(out.get("compute_s") or 0.0)
         owner.load_s += float(out.get("load_s") or 0.0)
@@ -139,15 +166,58 @@ class Fanout:
             return part, str(out["error"])
         try:
             vectors = decode_vectors(out, len(part.rows), self.dim)
-            if list(out.get("chunk_ids", part.payload["chunk_ids"])) != part.payload["chunk_ids"]:
+            sent = [owner.batch.chunk_ids[r] for r in part.rows]
+            if list(out.get("chunk_ids", sent)) != sent:
                 raise ValueError("chunk ids differ from the batch sent")
         except ValueError as exc:
             return part, f"malformed result: {exc}"
         owner.vectors[part.rows] = vectors
         owner.fp32_retries += int(out.get("fp32_retries") or 0)
+        if out.get("precision"):
+            owner.precision = str(out["precision"])
+            owner.precision_reason = str(out.get("precision_reason") or "")
         for cid, reason in dict(out.get("failed") or {}).items():
             owner.failed[str(cid)] = str(reason)
         return part, None
+
+    def _check_origin(self, out: dict[str, Any], part: _Part) -> None:
+        """Refuse a result from another model or another device than configured; record
+        which device and container served it, and the container's start-up."""
+        fingerprint = out.get("fingerprint")
+        if fingerprint and fingerprint != self.expected:
+            raise TargetError(
+                f"Modal: the deployed app embeds with model fingerprint {fingerprint} but this "
+                f"config expects {self.expected}. Redeploy with this config (`modal deploy "
+                "jobs/modal_app.py`; PODEMBED_CONFIG names the config it ships) or run with the "
+                "config it was deployed with."
+            )
+        container = str(out.get("container") or "")
+        name = str(out.get("device_name") or "")
+        if not gpu_matches(self.options.gpu, name):
+            raise TargetError(
+                f"Modal: container {container or '?'} answered batch {part.part_id} from "
+                f"{name or 'an unnamed device (no GPU check in the deployed app)'}, not from a "
+                f"{self.options.gpu} (executor.gpu); its vectors are refused and the run stops. "
+                "Redeploy with this config (`modal deploy jobs/modal_app.py`): its GPU class "
+                "checks CUDA at start-up and names its device in every result."
+            )
+        usage = self.usage
+        usage.devices[name] = usage.devices.get(name, 0) + 1
+        if container and container not in self.containers:
+            self.containers.add(container)
+            usage.containers += 1
+        usage.boot_s += float(out.get("boot_s") or 0.0)
+
+    def bill_lost(self, lost: list[_Part], exception_times: list[float], ended_at: float) -> None:
+        """Attempts that came back as exceptions (a crash, a timeout) carry no timings:
+        bill each from its dispatch to its failure, bounded by timeout x attempts. An
+        exception names no batch, so the oldest lost part is paired with the first one."""
+        limit = self.usage.footprint.attempt_limit_s
+        times = sorted(exception_times)
+        for i, part in enumerate(lost):
+            failed_at = times[i] if i < len(times) else ended_at
+            self.usage.failed_s += failed_attempt_s(failed_at - part.sent_at, limit)
+            self.usage.failed_attempts += 1
 
     @staticmethod
     def blame(lost: list[_Part], exceptions: list[str]) -> None:
@@ -177,6 +247,7 @@ class Fanout:
         stream = InputStream(batches, self.register, self.options.max_in_flight)
         failed: list[_Part] = []
         exceptions: list[str] = []
+        exception_times: list[float] = []
         try:
             for out in self._map(stream, "map"):
                 stream.release()
@@ -188,6 +259,7 @@ class Fanout:
                     continue
                 if part is None:
                     exceptions.append(error)  # which batch it was is known when the stream ends
+                    exception_times.append(self.clock())
                 else:
                     part.error = error
                     failed.append(part)
@@ -196,8 +268,9 @@ class Fanout:
                 raise stream.error
         finally:
             stream.close()
-        lost = self.unanswered()
+        lost = self.take_unanswered()
         self.blame(lost, exceptions)
+        self.bill_lost(lost, exception_times, self.clock())
         for part in lost:
             self.pending[part.batch_id].outstanding.discard(part.part_id)
         failed.extend(lost)
@@ -212,40 +285,47 @@ class Fanout:
             yield from self.complete(batch_id)
 
     def retry_in_halves(self, failed: list[_Part]) -> Iterator[BatchResult]:
-        halves: list[_Part] = []
+        # Every half is outstanding before the first one is sent, so no batch completes
+        # half-retried. A half carries its batch's first failure in ``error``; halves are
+        # turned into payloads only when Modal pulls them (through the same window).
+        retry_parts: list[_Part] = []
         for part in failed:
-            owner = self.pending[part.batch_id]
-            mid = (len(part.rows) + 1) // 2
-            pieces = [part.rows[:mid], part.rows[mid:]] if len(part.rows) > 1 else [part.rows]
+            pieces = halves(part.part_id, part.rows)
             log.warning(
                 "Modal: batch %s failed (%s); retrying it in %d part(s)",
                 part.part_id,
                 part.error,
                 len(pieces),
             )
-            for i, rows in enumerate(pieces):
-                pid = f"{part.part_id}/{i}"
-                ids = [owner.batch.chunk_ids[r] for r in rows]
-                texts = [owner.batch.texts[r] for r in rows]
-                half = _Part(pid, part.batch_id, rows, batch_payload(pid, ids, texts), error=part.error)
-                halves.append(half)
-                self.parts[pid] = half
+            owner = self.pending[part.batch_id]
+            for pid, rows in pieces:
                 owner.outstanding.add(pid)
+                retry_parts.append(_Part(pid, part.batch_id, rows, error=part.error))
+        stream = InputStream(retry_parts, self.register_half, self.options.max_in_flight)
         exceptions: list[str] = []
-        for out in self._map([h.payload for h in halves], "retry map"):
-            part, error = self.settle(out)
-            if error is None:
-                if part is not None:
-                    yield from self.complete(part.batch_id)
-                continue
-            if part is None:
-                exceptions.append(error)
-                continue
-            self.dead_letter(part, part.error, error)  # part.error: why the whole batch failed
-            yield from self.complete(part.batch_id)
-        lost = self.unanswered()
+        exception_times: list[float] = []
+        try:
+            for out in self._map(stream, "retry map"):
+                stream.release()
+                part, error = self.settle(out)
+                if error is None:
+                    if part is not None:
+                        yield from self.complete(part.batch_id)
+                    continue
+                if part is None:
+                    exceptions.append(error)
+                    exception_times.append(self.clock())
+                    continue
+                self.dead_letter(part, part.error, error)  # part.error: why the whole batch failed
+                yield from self.complete(part.batch_id)
+            if stream.error is not None:
+                raise stream.error
+        finally:
+            stream.close()
+        lost = self.take_unanswered()
         firsts = {p.part_id: p.error for p in lost}
         self.blame(lost, exceptions)
+        self.bill_lost(lost, exception_times, self.clock())
         for part in lost:
             self.pending[part.batch_id].outstanding.discard(part.part_id)
             self.dead_letter(part, firsts[part.part_id], part.error)
@@ -253,7 +333,7 @@ class Fanout:
 
     def dead_letter(self, part: _Part, first: str, second: str) -> None:
         owner = self.pending[part.batch_id]
-        reason = (f"Modal: batch failed ({first}) and again after splitting it in halves ({second})")[:1000]
+        reason = dead_letter_reason(first, second, where="Modal: ")
         for row in part.rows:
             owner.failed[owner.batch.chunk_ids[row]] = reason
 

@@ -6,6 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from pipeline.cost import Footprint
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ class ModalOptions:
     batch_timeout_s: int = 300  # one batch, per attempt
     startup_timeout_s: int = 900  # container start incl. loading weights from the Volume
     retries: int = 2  # Modal retries of a crashed or timed-out batch, before our split
+    gpu_cpu: float = 2.0  # cores each GPU container reserves (billed)
+    gpu_memory_mib: int = 12 * 1024  # fp32 weights are read, then kept in the configured precision
+    job_cpu: float = 1.0  # cores of the nightly/ingest/reindex job container (billed)
+    job_memory_mib: int = 2048
+    trigger_per_minute: int = 60  # web trigger: requests per minute before it answers 429
+    region: str = ""  # Modal region for GPU and job containers (near MongoDB); "" = anywhere
+    proxy: str = ""  # Modal Proxy for the jobs (a static outbound IP for the DB's access list)
     abort_after_failures: int = 10  # stop the run when this many batches fail before any works
     schedule: str = "0 3 * * *"  # nightly backfill, cron in UTC; "" = no schedule
     backfill_timeout_s: int = 6 * 3600
@@ -76,6 +84,14 @@ class ModalOptions:
                 raise ConfigError(f"{prefix}.{name}: must be between 10 and 86400 seconds")
         if not 0 <= self.retries <= 10:
             raise ConfigError(f"{prefix}.retries: must be between 0 and 10 (Modal's limit)")
+        if not 0.125 <= self.gpu_cpu <= 64 or not 0.125 <= self.job_cpu <= 64:
+            raise ConfigError(
+                f"{prefix}.gpu_cpu / job_cpu: must be between 0.125 (Modal's minimum) and 64 cores"
+            )
+        if not 128 <= self.gpu_memory_mib <= 344064 or not 128 <= self.job_memory_mib <= 344064:
+            raise ConfigError(f"{prefix}.gpu_memory_mib / job_memory_mib: must be between 128 and 344064 MiB")
+        if not 1 <= self.trigger_per_minute <= 10000:
+            raise ConfigError(f"{prefix}.trigger_per_minute: must be between 1 and 10000")
         if self.abort_after_failures < 0:
             raise ConfigError(f"{prefix}.abort_after_failures: must be 0 (never) or more")
         if self.schedule:
@@ -85,9 +101,24 @@ class ModalOptions:
                     f"{prefix}.schedule: {self.schedule!r} is not a 5-field cron expression "
                     '(minute hour day month weekday, UTC), e.g. "0 3 * * *"; "" disables it'
                 )
+        for name in ("region", "proxy"):
+            value = getattr(self, name)
+            if value and not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", value):
+                raise ConfigError(f"{prefix}.{name}: {value!r} is not a Modal {name} name")
         for name in ("weights_volume", "reports_volume", "mongo_secret", "trigger_secret", "token_env"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{prefix}.{name}: must not be empty")
+
+    def footprint(self, job_container: bool = True) -> Footprint:
+        """What the deployed containers reserve and how long they idle (for the bill)."""
+        return Footprint(
+            gpu_cpu=self.gpu_cpu,
+            gpu_memory_gib=self.gpu_memory_mib / 1024,
+            job_cpu=self.job_cpu if job_container else 0.0,
+            job_memory_gib=self.job_memory_mib / 1024 if job_container else 0.0,
+            idle_s=float(self.scaledown_window_s),
+            attempt_limit_s=float(self.batch_timeout_s * (self.retries + 1)),
+        )
 
     @property
     def max_in_flight(self) -> int:

@@ -9,8 +9,6 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from pipeline.records import Batch
-
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +18,8 @@ MapFn = Callable[..., Iterable[Any]]
 
 
 class InputStream:
-    """Batches from the runner, turned into payloads, handed to Modal's input pump.
+    """Batches from the runner (or halves of failed ones), turned into payloads by
+    ``register`` as they are pulled, handed to Modal's input pump.
 
     A feeder thread pulls from the runner (which may block on its reader) and stops
     pulling while ``window`` batches are unanswered. Modal iterates the stream with
@@ -29,7 +28,7 @@ class InputStream:
     """
 
     def __init__(
-        self, batches: Iterable[Batch], register: Callable[[Batch], dict[str, Any]], window: int
+        self, batches: Iterable[Any], register: Callable[[Any], dict[str, Any]], window: int
     ) -> None:
         self._batches = batches
         self._register = register

@@ -1,10 +1,19 @@
-"""Starting the deployed per-episode ingest function from the CLI."""
+"""Starting per-episode ingests: from the CLI, and the web trigger's guards.
+
+The web trigger (``jobs/modal_app.py``) answers the outside world, so it checks what it
+is given (:func:`check_episode_id`), how often (:class:`RateLimit`) and whether the
+episode is already on its way (:class:`PendingEpisodes`) before it spawns a job.
+"""
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
+import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError, PodembedError, TargetError
@@ -23,9 +32,7 @@ def trigger_ingest(
     (tests). Follow the call with ``modal.FunctionCall.from_id(call_id).get()``.
     """
     options = config.executor.options if config.executor.kind == "modal" else ModalOptions()
-    episode_id = episode_id.strip()
-    if not episode_id:
-        raise ConfigError("episode id: must not be empty")
+    episode_id = check_episode_id(episode_id)
     env = options.environment or None
     try:
         if lookup is None:
@@ -44,3 +51,91 @@ def trigger_ingest(
             raise mapped from None
         raise TargetError(f"Modal: could not start {INGEST_FUNCTION}: {type(exc).__name__}: {exc}") from exc
     return str(call.object_id)
+
+
+# ------------------------------------------------------------------ the web trigger's guards
+EPISODE_ID_MAX = 128
+_EPISODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=/-]*")
+
+
+def check_episode_id(value: Any) -> str:
+    """The episode id, stripped; :class:`ConfigError` unless it is 1-128 characters of
+    letters, digits and ``. _ : @ + = / -`` (no spaces, control characters or NUL)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"episode id: expected a string, got {type(value).__name__}")
+    episode_id = value.strip()
+    if not episode_id:
+        raise ConfigError("episode id: must not be empty")
+    if len(episode_id) > EPISODE_ID_MAX:
+        raise ConfigError(f"episode id: {len(episode_id)} characters, at most {EPISODE_ID_MAX} allowed")
+    if not _EPISODE_ID.fullmatch(episode_id):
+        bad = next((c for c in episode_id if not re.fullmatch(r"[A-Za-z0-9._:@+=/-]", c)), episode_id[0])
+        raise ConfigError(
+            f"episode id: character {bad!r} not allowed (letters, digits and . _ : @ + = / - only, "
+            "starting with a letter or digit)"
+        )
+    return episode_id
+
+
+class RateLimit:
+    """At most ``per_minute`` requests in any 60-second window (thread-safe)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._times: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def wait_s(self) -> float:
+        """0 and counts the request if it is allowed; else the seconds until one is."""
+        with self._lock:
+            now = self.clock()
+            while self._times and now - self._times[0] >= 60.0:
+                self._times.popleft()
+            if len(self._times) >= self.per_minute:
+                return max(0.001, 60.0 - (now - self._times[0]))
+            self._times.append(now)
+            return 0.0
+
+
+class Store(Protocol):
+    """The part of ``modal.Dict`` that :class:`PendingEpisodes` uses."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool: ...
+
+    def pop(self, key: Any, default: Any = None) -> Any: ...
+
+
+class PendingEpisodes:
+    """Episodes with an ingest pending or running, and its call id.
+
+    Kept in a ``modal.Dict`` shared by the trigger and the ingest jobs: the trigger
+    answers a repeated episode with the call already on its way; the job frees the
+    episode when it ends; an entry older than ``ttl_s`` (a job that died without
+    freeing it) no longer counts.
+    """
+
+    def __init__(self, store: Store, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._lock = threading.Lock()  # one trigger container (max_containers=1) serves them all
+
+    def start(self, episode_id: str, spawn: Callable[[str], str]) -> tuple[str, bool]:
+        """``(call id, True)`` after spawning an ingest, or ``(existing call id, False)``."""
+        with self._lock:
+            now = self.clock()
+            current = self.store.get(episode_id)
+            if isinstance(current, dict) and current.get("call_id") and now - current["at"] < self.ttl_s:
+                return str(current["call_id"]), False
+            call_id = spawn(episode_id)
+            self.store.put(episode_id, {"call_id": call_id, "at": now})
+            return call_id, True
+
+    def finish(self, episode_id: str, call_id: str | None) -> None:
+        """The ingest ``call_id`` ended: the episode is free again (unless a newer call holds it)."""
+        current = self.store.get(episode_id)
+        if isinstance(current, dict) and current.get("call_id") == call_id:
+            self.store.pop(episode_id, None)

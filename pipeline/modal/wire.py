@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.modal.gpu import GpuFault, classify_failure
+
 log = logging.getLogger(__name__)
 
 
@@ -28,11 +30,24 @@ def payload_bytes(payload: dict[str, Any]) -> int:
     )
 
 
-def embed_payload(embedder: Any, payload: dict[str, Any], load_s: float = 0.0) -> dict[str, Any]:
+def embed_payload(
+    embedder: Any,
+    payload: dict[str, Any],
+    load_s: float = 0.0,
+    *,
+    boot_s: float = 0.0,
+    device_name: str = "",
+) -> dict[str, Any]:
     """The container side of one batch: run the shared embedder, return the wire result.
 
+    ``load_s`` and ``boot_s`` are the container's start-up (model load; start-up beyond
+    it), sent once, with its first batch. ``device_name`` is what CUDA calls the device
+    (the client refuses results from any other GPU type than the configured one).
+
     Never raises for a bad batch (an out-of-memory error, a tokenizer crash): the error
-    comes back with the batch id, so the client knows which batch to split.
+    comes back with the batch id, so the client knows which batch to split. A CUDA or
+    driver error that is not out-of-memory raises :class:`GpuFault`: the container's GPU
+    is broken, and the container must leave rather than fail every batch that follows.
     """
     batch_id = str(payload.get("batch_id", ""))
     chunk_ids = list(payload.get("chunk_ids", []))
@@ -42,8 +57,10 @@ def embed_payload(embedder: Any, payload: dict[str, Any], load_s: float = 0.0) -
         "chunk_ids": chunk_ids,
         "fingerprint": embedder.fingerprint,
         "device": str(getattr(embedder, "device", "")),
+        "device_name": device_name,
         "container": os.environ.get("MODAL_TASK_ID", f"pid-{os.getpid()}"),
         "load_s": float(load_s),
+        "boot_s": float(boot_s),
         "compute_s": 0.0,
         "fp32_retries": 0,
         "failed": {},
@@ -58,12 +75,17 @@ def embed_payload(embedder: Any, payload: dict[str, Any], load_s: float = 0.0) -
     try:
         out = embedder.embed(texts)
     except Exception as exc:  # reported per batch: the client splits it
+        if classify_failure(exc) == "fatal":
+            raise GpuFault(f"batch {batch_id}: {type(exc).__name__}: {exc}"[:2000]) from exc
         result["compute_s"] = time.perf_counter() - start
         result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         _free_device_memory()
         return result
     vectors = np.ascontiguousarray(out.vectors, dtype="<f4")
+    resolved = getattr(embedder, "precision", None)
     result.update(
+        precision=resolved.label if resolved else "",
+        precision_reason=resolved.describe() if resolved else "",
         vectors=vectors.tobytes(),
         dim=int(vectors.shape[1]) if vectors.ndim == 2 else int(embedder.cfg.dimension),
         compute_s=float(out.compute_s),

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, StoredDeadLetter
+from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, SinkHome, StoredDeadLetter
 from pipeline.errors import ConfigError, TargetError
 from pipeline.liveness import ProcessIdentity, current, is_dead
 from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
@@ -125,19 +125,18 @@ class MongoCheckpointStore(CheckpointStore):
         self._beat_lock = threading.Lock()
 
     @classmethod
-    def open(cls, options: MongoCheckpointOptions, sink_options: Any) -> MongoCheckpointStore:
+    def open(cls, options: MongoCheckpointOptions, home: SinkHome) -> MongoCheckpointStore:
         """Connect (by default with the sink's URI variable and database) and create indexes."""
         import dataclasses
 
-        sink_db = getattr(sink_options, "database", "")
-        database = options.database or sink_db
+        database = options.database or home.database
         if not database:
             raise ConfigError("checkpoint.database: required (the sink has no database to share)")
-        uri_env = options.uri_env or getattr(sink_options, "uri_env", "")
+        uri_env = options.uri_env or home.uri_env
         if not uri_env:
             raise ConfigError("checkpoint.uri_env: required (the sink has no MongoDB URI to share)")
         conn_opts = dataclasses.replace(options, uri_env=uri_env)
-        target = options.target or _target(sink_options)
+        target = options.target or home.target
         conn = connect(conn_opts, "checkpoint")
         try:
             store = cls(options, conn, database, target)
@@ -638,18 +637,6 @@ def _later(value: Any, now: datetime) -> bool:
     if value.tzinfo is None:
         value = value.replace(tzinfo=now.tzinfo)
     return value >= now
-
-
-def _target(sink_options: Any) -> str:
-    """``database.collection.vector_field`` of a MongoDB sink; a digest of other sinks' options."""
-    db = getattr(sink_options, "database", None)
-    coll = getattr(sink_options, "collection", None)
-    if db and coll:
-        return f"{db}.{coll}.{getattr(sink_options, 'vector_field', 'embedding')}"
-    import dataclasses
-
-    raw = dataclasses.asdict(sink_options) if dataclasses.is_dataclass(sink_options) else repr(sink_options)
-    return "sink-" + hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,7 +21,7 @@ names the chunk collection the texts are checked against.
   exact text that was embedded (``VectorRecord.text``). The check and the write are one
   atomic single-document update on the server: if another writer changed the text at
   any moment before, the update matches nothing and the stale vector is dropped (counted
-  in ``stale_skipped``); the next incremental run sees the new text's hash and embeds it.
+  in ``stale_dropped``); the next incremental run sees the new text's hash and embeds it.
 - In a separate collection no single-document operation spans both collections, so
   the sink checks before and after: it reads the chunks' current texts and writes only
   vectors whose text is unchanged, then reads the texts again and deletes any vector it
@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError, TargetError
 from pipeline.mongo.connection import (
@@ -59,7 +60,7 @@ from pipeline.mongo.connection import (
 from pipeline.mongo.retry import ensure_index, retrying
 from pipeline.mongo.values import get_path, id_filter, id_to_str, one_id_filter, pages
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import Sink
+from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,21 @@ class MongoSink(Sink):
     """Vectors in MongoDB (see the module docstring for the layout and guarantees)."""
 
     Options = MongoSinkOptions
+    default_checkpoint = "mongo"
+
+    @classmethod
+    def home(cls, options: MongoSinkOptions) -> SinkHome:
+        """The sink's database and URI; its target is ``database.collection.vector_field``."""
+        return SinkHome(
+            target=f"{options.database}.{options.collection}.{options.vector_field}",
+            database=options.database,
+            uri_env=options.uri_env,
+        )
+
+    @classmethod
+    def check_fields(cls, options: MongoSinkOptions, fields: FieldMap, source_kind: str) -> None:
+        """In place, the sink writes onto the source's documents: their field names must agree."""
+        options.check_fields(fields, source_kind, "sink")
 
     def __init__(self, options: MongoSinkOptions, dimension: int, conn: Connection) -> None:
         self.options = options
@@ -167,7 +183,7 @@ class MongoSink(Sink):
         self.key_field = options.id_field if self.in_place else "_id"
         self.meta = options.meta_field
         self._lock = threading.Lock()
-        self.stale_skipped = 0  # vectors dropped because the text changed meanwhile
+        self.stale_dropped = 0  # vectors dropped because the text changed meanwhile
         self.missing_skipped = 0  # vectors dropped because the chunk document is gone
         self.written = 0
 
@@ -302,7 +318,7 @@ class MongoSink(Sink):
     def _count_dropped(self, stale: list[str], gone: list[str]) -> None:
         """Count vectors not written because their chunk's text changed or the chunk vanished."""
         with self._lock:
-            self.stale_skipped += len(stale)
+            self.stale_dropped += len(stale)
             self.missing_skipped += len(gone)
         if stale:
             log.warning(
@@ -415,6 +431,30 @@ class MongoSink(Sink):
         ]
         rows = retrying(self.conn, "counting vectors", lambda: list(self.target.aggregate(pipeline)))
         return {str(r["_id"]): int(r["n"]) for r in rows}
+
+    # ------------------------------------------------------------------ search
+    # Atlas Vector Search or an exact scan, and the index: pipeline/mongo/search.py.
+    def fingerprint_counts(self) -> dict[str, int]:
+        """Stored vectors per model fingerprint, counted by the server."""
+        return self.coverage()
+
+    def search_filters(self, fields: FieldMap) -> frozenset[str]:
+        """In place, the chunk documents hold episode, podcast and date; a vectors collection, the episode."""
+        from pipeline.mongo.search import native_filters
+
+        return native_filters(self, fields)
+
+    def search(self, query: VectorQuery) -> SearchOutcome:
+        """``$vectorSearch`` when the server has a queryable index, else an exact scan."""
+        from pipeline.mongo.search import search
+
+        return search(self, query)
+
+    def ensure_search_index(self, fields: FieldMap) -> IndexOutcome:
+        """Create or update the Atlas Vector Search index (or say the server has none)."""
+        from pipeline.mongo.search import ensure_index
+
+        return ensure_index(self, fields)
 
     def close(self) -> None:
         """Release the shared client."""

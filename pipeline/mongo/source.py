@@ -379,11 +379,6 @@ class MongoSource(Source):
                 found.add(str(id_to_str(get_path(doc, path))))
         return found
 
-    def count(self, selection: Selection | None = None) -> int:
-        """Documents the selection matches (for status)."""
-        flt = self._base_filter(selection or Selection())
-        return retrying(self.conn, "counting chunks", lambda: self.collection.count_documents(flt))
-
     def close(self) -> None:
         """Release the shared client."""
         self.conn.close()
