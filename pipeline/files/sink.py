@@ -12,10 +12,15 @@ half of one. The manifest says which file owns each chunk; it is committed after
 files are in place, so a row a file holds without owning it (a chunk moved to another
 episode, mid-crash) is invisible to :func:`read_vectors` and is dropped the next time
 that file is written. Exactly one current vector per chunk, whatever was interrupted.
+
+Overlapping runs may write one folder: each write (files and manifest together) holds
+``fcntl.flock`` on ``manifest.lock``, so two writers never merge into one file at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -125,6 +130,13 @@ class ParquetSink(Sink):
                 f"sink.path: {self.root} holds {stored}-dimension vectors but model.dimension is "
                 f"{dimension}; write to another sink.path (or delete that folder to start over)"
             )
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the folder's write lock (other processes' writes wait; the kernel frees it on death)."""
+        with (self.root / "manifest.lock").open("a", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
 
     @classmethod
     def open(cls, options: ParquetSinkOptions, dimension: int) -> ParquetSink:
@@ -240,6 +252,10 @@ class ParquetSink(Sink):
         """Upsert vectors: files first, then the manifest, then drop moved chunks' old rows."""
         if not records:
             return 0
+        with self._exclusive():
+            return self._write(records)
+
+    def _write(self, records: list[VectorRecord]) -> int:
         latest: dict[str, VectorRecord] = {}
         for r in records:
             if not np.isfinite(r.embedding).all():
@@ -279,7 +295,10 @@ class ParquetSink(Sink):
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Disown in the manifest first (atomic), then rewrite the files without them."""
-        ids = list(dict.fromkeys(chunk_ids))
+        with self._exclusive():
+            return self._delete(list(dict.fromkeys(chunk_ids)))
+
+    def _delete(self, ids: list[str]) -> int:
         owners = self._owners(ids)
         if not owners:
             return 0
