@@ -117,3 +117,8 @@ def utcnow() -> datetime:
     """Local UTC time, millisecond precision (what BSON dates keep)."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso_text(value: Any) -> str:
+    """A stored date as ISO text (anything else as its string; missing as "")."""
+    return value.isoformat() if isinstance(value, datetime) else str(value or "")
