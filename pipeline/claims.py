@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Collection
 
 from pipeline.checkpoint import CheckpointStore, Holder
-from pipeline.gates import gate
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,6 @@ class Claims:
         self.waited_s = 0.0
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._takes = 0
 
     def _take_now(self, units: Collection[str]) -> dict[str, Holder]:
         with self._lock:
@@ -54,8 +52,6 @@ class Claims:
         others = self._take_now(wanted)
         if others and self.wait:
             others = self._wait_for(others)
-        self._takes += 1
-        gate(f"claimed-{self._takes}")
         return others
 
     def _wait_for(self, others: dict[str, Holder]) -> dict[str, Holder]:

@@ -120,7 +120,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: str) 
 
 
 class Run:
-    """``python -m jobs.cli <command> --json`` in the background, output in files."""
+    """``python -m jobs.cli <command> --json`` in the background, output in files (with a
+    gate folder, through ``tests.gated_cli``, which can hold it after a claim)."""
 
     def __init__(
         self, target: Target, tmp: Path, name: str, args: list[str], gate: Path | None = None
@@ -134,7 +135,15 @@ class Run:
             env["PODEMBED_TEST_GATE"] = str(gate)
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "jobs.cli", *args, "--config", str(target.config), "--json"],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.gated_cli" if gate else "jobs.cli",
+                    *args,
+                    "--config",
+                    str(target.config),
+                    "--json",
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
