@@ -233,37 +233,46 @@ def test_collisions_in_a_chunk_id_field(mongo: MongoEnv, tiny_model_dir: str, tm
 # --------------------------------------------------------------------------- D3
 
 
-@pytest.mark.parametrize(
-    "uri",
-    [
-        "mongodb://app:hunter2secret@db.example:notaport/",
-        "mongodb://app:hunter2secret@db.example:99999/",
-        "mongodb://app:hunter2secret@/",
-        "http://app:hunter2secret@db.example/",
-    ],
-)
+BAD_URIS = [
+    "mongodb://app:hunter2secret@db.example:notaport/",
+    "mongodb://app:hunter2secret@db.example:99999/",
+    "mongodb://app:hunter2secret@/",
+    "http://app:hunter2secret@db.example/",
+]
+
+
 def test_malformed_uri_is_exit_2_naming_the_variable(
-    mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path, uri: str
+    mongo: MongoEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    raw = mongo_raw(mongo, tiny_model(tiny_model_dir), tmp_path)
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+
+    raw = mongo_raw(mongo, tiny_model(str(tmp_path)), tmp_path)  # the model is never reached
     for section in ("source", "sink"):
         raw[section]["uri_env"] = "PODEMBED_BAD_URI"
     cfg_path = tmp_path / "bad.toml"
     cfg_path.write_text(to_toml(raw))
-    env = cli_env(PODEMBED_BAD_URI=uri)
-    for command in (["backfill"], ["status"], ["plan"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", *command, "--config", str(cfg_path)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 2, out
-        assert "Traceback" not in out and "hunter2secret" not in out
-        assert "PODEMBED_BAD_URI" in out and "uri_env" in out
+    for uri in BAD_URIS:
+        monkeypatch.setenv("PODEMBED_BAD_URI", uri)
+        for command in ("backfill", "status", "plan"):
+            result = CliRunner().invoke(cli, [command, "--config", str(cfg_path)])
+            assert result.exit_code == 2, (uri, command, result.output, result.exception)
+            assert isinstance(result.exception, SystemExit)  # not an escaped exception
+            assert "hunter2secret" not in result.output
+            assert "PODEMBED_BAD_URI" in result.output and "source.uri_env" in result.output
+    # The real process too: one line on stderr, no traceback, no password.
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "backfill", "--config", str(cfg_path)],
+        cwd=ROOT,
+        env=cli_env(PODEMBED_BAD_URI=BAD_URIS[0]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "hunter2secret" not in out and "PODEMBED_BAD_URI" in out
 
 
 def test_cli_status_and_plan_survive_operator_episode_ids(
