@@ -125,6 +125,28 @@ def test_hostile_episode_ids_are_dead_lettered_once_and_never_queried(
     assert picked.seen == in_episode + 2 and picked.invalid == 2
 
 
+def test_regex_episode_id_is_not_a_pattern(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
+    rows = subset(2)
+    load_chunks(mongo, rows)
+    mongo.db.chunks.insert_one({"_id": "evil-regex", "episode_id": Regex(".*"), "text": "A pattern."})
+    # A regex sorts after strings: it gets a shard of its own, apart from the good episodes.
+    # No index on episode_id: SecantusDB's index lookup treats a regex in $in as a plain
+    # value, its collection scan (like MongoDB, always) treats it as a pattern.
+    cfg = mongo_config(
+        mongo,
+        tiny_model(tiny_model_dir),
+        tmp_path,
+        batching={"window_chunks": 16},
+        source={"create_indexes": False},
+    )
+    report = run(cfg, RunOptions())
+    # That shard's {"$in": [regex]} used to match every string episode: each good chunk read twice.
+    assert report.counts.seen == len(rows) + 1
+    assert report.counts.embedded == len(rows) and report.counts.dead_lettered == 1
+    cov = _status(cfg)
+    assert cov.total == len(rows) + 1 and cov.current == cov.valid == len(rows)
+
+
 def test_shard_locators_hold_only_scalar_episode_values(
     mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path
 ) -> None:
