@@ -12,6 +12,13 @@
 - **Typed locators.** Episode values and ``_id`` bounds are kept in the locator as
   canonical extended JSON (``{"$oid": ...}``), so ObjectId, integer or string keys all
   round-trip exactly while the locator stays plain JSON.
+- **Data is never a query.** Only episode values of an id type (string, integer,
+  ObjectId, binary) go into a shard's filter, matched literally with ``$in`` and a
+  server-side type check (so an array holding an episode id does not match it). Documents
+  whose episode id is anything else (missing, an object such as ``{"$gt": ""}``, an
+  array, a BSON regex, a number with a fraction) are planned apart, into
+  ``invalid_episode_ids`` shards selected by that type check, and are read once and
+  dead-lettered by validation.
 - **Server-side filters.** The configured ``query``, the shard and the run's
   :class:`~pipeline.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
   are one ``$and`` filter evaluated by the server.
@@ -44,7 +51,20 @@ from pipeline.mongo.connection import (
     hosts_of,
 )
 from pipeline.mongo.retry import ensure_index, retrying
-from pipeline.mongo.values import from_ejson, get_path, id_candidates, id_filter, id_to_str, pages, to_ejson
+from pipeline.mongo.values import (
+    ID_TYPES,
+    TYPED_LOOKING,
+    from_ejson,
+    get_path,
+    has_id_type,
+    id_candidates,
+    id_filter,
+    id_to_str,
+    lacks_id_type,
+    literal_in,
+    pages,
+    to_ejson,
+)
 from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
 from pipeline.source import Source
@@ -86,13 +106,6 @@ def _and(*parts: dict[str, Any]) -> dict[str, Any]:
     if not kept:
         return {}
     return kept[0] if len(kept) == 1 else {"$and": kept}
-
-
-def _in(field_path: str, values: Iterable[str]) -> dict[str, Any]:
-    typed: list[Any] = []
-    for v in values:
-        typed.extend(id_candidates(v))
-    return {field_path: {"$in": typed}}
 
 
 class MongoSource(Source):
@@ -198,11 +211,11 @@ class MongoSource(Source):
     def _selection_filter(self, selection: Selection) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
         if selection.episode_ids:
-            parts.append(_in(self.mapping["episode_id"], selection.episode_ids))
+            parts.append(id_filter(self.mapping["episode_id"], selection.episode_ids))
         if selection.podcast_ids:
             if "podcast_id" not in self.mapping:
                 raise SourceError("--podcast needs a podcast field: set source.fields.podcast_id")
-            parts.append(_in(self.mapping["podcast_id"], selection.podcast_ids))
+            parts.append(id_filter(self.mapping["podcast_id"], selection.podcast_ids))
         if selection.since is not None:
             if "published_at" not in self.mapping:
                 raise SourceError("--since needs a date field: set source.fields.published_at")
@@ -220,11 +233,20 @@ class MongoSource(Source):
             _before(from_ejson(hi)) if hi is not None else {},
         )
 
+    def _episodes_filter(self, values: list[Any]) -> dict[str, Any]:
+        try:
+            return literal_in(self.mapping["episode_id"], values)
+        except ValueError as exc:
+            # Plans only ever hold id-typed episode values; a locator that holds anything
+            # else did not come from plan() and is refused rather than run as a query.
+            raise SourceError(f"shard locator: episode value not usable in a query ({exc})") from None
+
     def _shard_filter(self, locator: dict[str, Any]) -> dict[str, Any]:
         parts = []
         if "episodes" in locator:
-            values = [from_ejson(v) for v in locator["episodes"]]
-            parts.append({self.mapping["episode_id"]: {"$in": values}})
+            parts.append(self._episodes_filter([from_ejson(v) for v in locator["episodes"]]))
+        elif locator.get("invalid_episode_ids"):
+            parts.append(lacks_id_type(self.mapping["episode_id"]))
         parts.append(self._range_filter(locator))
         return _and(*parts)
 
@@ -235,9 +257,22 @@ class MongoSource(Source):
         if self.options.shard_by == "id":
             return [self._spec(b, {"counts": [n]}, n) for b, n in self._id_ranges(base)]
         episode_path = self.mapping["episode_id"]
+        # Episode values that are not of an id type are grouped under null (never
+        # returned, never queried): their documents are planned by type below.
         pipeline = [
             {"$match": base} if base else {"$match": {}},
-            {"$group": {"_id": f"${episode_path}", "n": {"$sum": 1}}},
+            {
+                "$group": {
+                    "_id": {
+                        "$cond": [
+                            {"$in": [{"$type": f"${episode_path}"}, ID_TYPES]},
+                            f"${episode_path}",
+                            None,
+                        ]
+                    },
+                    "n": {"$sum": 1},
+                }
+            },
             {"$sort": {"_id": 1}},
         ]
         groups = retrying(
@@ -261,12 +296,16 @@ class MongoSource(Source):
                 )
             pending, pending_n = [], 0
 
+        invalid = 0
         for g in groups:
             episode, n = g["_id"], int(g["n"])
+            if episode is None:
+                invalid += n
+                continue
             if n > self.window:
                 flush()
                 # One large episode: split it into _id ranges so memory stays bounded.
-                ep_filter = _and(base, {episode_path: episode})
+                ep_filter = _and(base, self._episodes_filter([episode]))
                 for bounds, count in self._id_ranges(ep_filter):
                     shards.append(
                         self._spec({"episodes": [to_ejson(episode)], **bounds}, {"counts": [count]}, count)
@@ -277,12 +316,25 @@ class MongoSource(Source):
             pending.append((episode, n))
             pending_n += n
         flush()
+        if invalid:
+            shards += self._invalid_shards(base, invalid)
         return shards
+
+    def _invalid_shards(self, base: dict[str, Any], n: int) -> list[ShardSpec]:
+        """Shards of the documents whose episode id is missing or not of an id type.
+
+        They are selected by type, never by value, and validation dead-letters them.
+        """
+        marker = {"invalid_episode_ids": True}
+        if n <= self.window:
+            return [self._spec(marker, {"counts": [n]}, n)]
+        flt = _and(base, lacks_id_type(self.mapping["episode_id"]))
+        return [self._spec({**marker, **b}, {"counts": [c]}, c) for b, c in self._id_ranges(flt)]
 
     def _spec(self, locator: dict[str, Any], extra: dict[str, Any], n: int) -> ShardSpec:
         ident = json.dumps({"loc": locator, **extra}, sort_keys=True)
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        prefix = "ep" if "episodes" in locator else "id"
+        prefix = "ep" if "episodes" in locator else "bad" if locator.get("invalid_episode_ids") else "id"
         return ShardSpec(shard_id=f"{prefix}-{digest}", locator=locator, estimated_chunks=n)
 
     def _id_ranges(self, flt: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
@@ -347,22 +399,83 @@ class MongoSource(Source):
 
     # -------------------------------------------------------------- id queries
     def duplicate_ids(self, selection: Selection) -> dict[str, int]:
-        """Chunk ids on more than one selected document (none when the id is ``_id``)."""
+        """Chunk ids shared by more than one document the configured ``query`` selects.
+
+        A chunk id is a key across the collection, so the run's selection does not narrow
+        the check: a run of one episode dead-letters the same duplicates a full run does.
+        Ids count as equal when their string forms are (``1`` and ``"1"``, an ObjectId and
+        its hex string, a UUID and its text form), because that string is the chunk id.
+        """
         path = self.mapping["chunk_id"]
-        if path == "_id":
+        found: dict[str, int] = {}
+        if path != "_id":  # _id is unique within one BSON type
+            pipeline = [
+                {"$match": _and(self.options.query, has_id_type(path))},
+                {"$group": {"_id": f"${path}", "n": {"$sum": 1}}},
+                {"$match": {"n": {"$gt": 1}}},
+            ]
+            rows = retrying(
+                self.conn,
+                "finding duplicate chunk ids",
+                lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
+            )
+            for r in rows:
+                key = id_to_str(r["_id"])
+                if isinstance(key, int | str):
+                    found[str(key)] = found.get(str(key), 0) + int(r["n"])
+        found.update(self._cross_type_duplicates(path))
+        return found
+
+    def _cross_type_duplicates(self, path: str) -> dict[str, int]:
+        """Ids whose string form is held by a string and by a typed value (int, ObjectId, UUID).
+
+        Counts both sides, reads the smaller one (ids only) and looks its string forms up
+        on the other side: nothing is read when the collection uses one id type.
+        """
+        query = self.options.query
+        strings = _and(query, {path: {"$regex": TYPED_LOOKING}})
+        typed = _and(query, {path: {"$type": ["int", "long", "objectId", "binData"]}})
+        sizes = []
+        for name, flt in (("string", strings), ("typed", typed)):
+            sizes.append(
+                retrying(
+                    self.conn, f"counting {name} chunk ids", lambda f=flt: self.collection.count_documents(f)
+                )
+            )
+        if not all(sizes):
             return {}
-        base = self._base_filter(selection)
-        pipeline = [
-            {"$match": base},
-            {"$group": {"_id": f"${path}", "n": {"$sum": 1}}},
-            {"$match": {"n": {"$gt": 1}}},
-        ]
-        rows = retrying(
-            self.conn,
-            "finding duplicate chunk ids",
-            lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
-        )
-        return {str(id_to_str(r["_id"])): int(r["n"]) for r in rows if r["_id"] is not None}
+        small, other_type = (strings, "typed") if sizes[0] <= sizes[1] else (typed, "string")
+        counts: dict[str, int] = {}
+
+        def keys_of(flt: dict[str, Any]) -> list[str]:
+            docs = retrying(
+                self.conn,
+                "reading chunk ids",
+                lambda: list(
+                    self.collection.find(flt, {path: 1, "_id": 1}).batch_size(self.options.batch_size)
+                ),
+            )
+            keys = []
+            for doc in docs:
+                key = id_to_str(get_path(doc, path))
+                if isinstance(key, int) and not isinstance(key, bool):
+                    key = str(key)
+                if isinstance(key, str):
+                    keys.append(key)
+            return keys
+
+        mine = keys_of(small)
+        theirs: list[str] = []
+        for page in pages(sorted(set(mine)), IN_PAGE):
+            values: list[Any] = []
+            for key in page:
+                values += _typed_forms(key) if other_type == "typed" else [key]
+            if values:
+                theirs += keys_of(_and(query, {path: {"$in": values}}))
+        for key in mine + theirs:
+            counts[key] = counts.get(key, 0) + 1
+        # A key found on the other side is held by both a string and a typed value.
+        return {k: counts[k] for k in set(theirs)}
 
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
         """Which of these ids are on a document the configured ``query`` still selects."""
@@ -402,6 +515,17 @@ _BRACKETS: list[list[int]] = [
     [11],  # regex
     [127],  # maxKey
 ]
+
+
+def _typed_forms(chunk_id: str) -> list[Any]:
+    """The non-string BSON values whose string form is ``chunk_id`` (both UUID layouts)."""
+    from bson.binary import Binary, UuidRepresentation
+
+    forms = id_candidates(chunk_id)[1:]
+    for form in list(forms):
+        if isinstance(form, Binary) and form.subtype == 4:
+            forms.append(Binary.from_uuid(form.as_uuid(), UuidRepresentation.PYTHON_LEGACY))
+    return forms
 
 
 def _bracket(value: Any) -> int:
