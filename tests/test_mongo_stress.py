@@ -59,7 +59,7 @@ EPISODES = 8  # 229 chunks of the sample corpus
 # Short windows make many shards (more places to be killed); 32 tokens a chunk keep the
 # tiny model's work per trial to a few seconds even on a loaded machine.
 BATCHING = {"window_chunks": 16, "token_budget": 1024, "max_batch_size": 16}
-CHECKPOINT = {"lease_ttl_s": 2.0, "lock_wait_s": 30.0}
+CHECKPOINT = {"lease_ttl_s": 2.0, "claim_wait_s": 30.0}
 
 
 def _sink(trial: int) -> dict[str, Any]:
