@@ -50,14 +50,14 @@ from pipeline.mongo.connection import (
     connect,
     hosts_of,
 )
+from pipeline.mongo.duplicates import duplicate_ids
+from pipeline.mongo.id_ranges import after, at_or_after, before
 from pipeline.mongo.retry import ensure_index, retrying
 from pipeline.mongo.values import (
     ID_TYPES,
-    TYPED_LOOKING,
+    and_filter,
     from_ejson,
     get_path,
-    has_id_type,
-    id_candidates,
     id_filter,
     id_to_str,
     lacks_id_type,
@@ -99,13 +99,6 @@ class MongoSourceOptions(ConnectionOptions):
         for key in self.query:
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{prefix}.query: keys must be field names or operators")
-
-
-def _and(*parts: dict[str, Any]) -> dict[str, Any]:
-    kept = [p for p in parts if p]
-    if not kept:
-        return {}
-    return kept[0] if len(kept) == 1 else {"$and": kept}
 
 
 class MongoSource(Source):
@@ -220,17 +213,17 @@ class MongoSource(Source):
             if "published_at" not in self.mapping:
                 raise SourceError("--since needs a date field: set source.fields.published_at")
             parts.append({self.mapping["published_at"]: {"$gte": selection.since}})
-        return _and(*parts)
+        return and_filter(*parts)
 
     def _base_filter(self, selection: Selection) -> dict[str, Any]:
-        return _and(self.options.query, self._selection_filter(selection))
+        return and_filter(self.options.query, self._selection_filter(selection))
 
     @staticmethod
     def _range_filter(locator: dict[str, Any]) -> dict[str, Any]:
         lo, hi = locator.get("id_gte"), locator.get("id_lt")
-        return _and(
-            _at_or_after(from_ejson(lo)) if lo is not None else {},
-            _before(from_ejson(hi)) if hi is not None else {},
+        return and_filter(
+            at_or_after(from_ejson(lo)) if lo is not None else {},
+            before(from_ejson(hi)) if hi is not None else {},
         )
 
     def _episodes_filter(self, values: list[Any]) -> dict[str, Any]:
@@ -248,7 +241,7 @@ class MongoSource(Source):
         elif locator.get("invalid_episode_ids"):
             parts.append(lacks_id_type(self.mapping["episode_id"]))
         parts.append(self._range_filter(locator))
-        return _and(*parts)
+        return and_filter(*parts)
 
     # ----------------------------------------------------------------- planning
     def plan(self, selection: Selection) -> list[ShardSpec]:
@@ -305,7 +298,7 @@ class MongoSource(Source):
             if n > self.window:
                 flush()
                 # One large episode: split it into _id ranges so memory stays bounded.
-                ep_filter = _and(base, self._episodes_filter([episode]))
+                ep_filter = and_filter(base, self._episodes_filter([episode]))
                 for bounds, count in self._id_ranges(ep_filter):
                     shards.append(
                         self._spec({"episodes": [to_ejson(episode)], **bounds}, {"counts": [count]}, count)
@@ -328,7 +321,7 @@ class MongoSource(Source):
         marker = {"invalid_episode_ids": True}
         if n <= self.window:
             return [self._spec(marker, {"counts": [n]}, n)]
-        flt = _and(base, lacks_id_type(self.mapping["episode_id"]))
+        flt = and_filter(base, lacks_id_type(self.mapping["episode_id"]))
         return [self._spec({**marker, **b}, {"counts": [c]}, c) for b, c in self._id_ranges(flt)]
 
     def _spec(self, locator: dict[str, Any], extra: dict[str, Any], n: int) -> ShardSpec:
@@ -347,7 +340,7 @@ class MongoSource(Source):
         counts: list[int] = []
         last: Any = None
         while True:
-            page_filter = _and(flt, _after(last)) if starts else flt
+            page_filter = and_filter(flt, after(last)) if starts else flt
             docs = retrying(
                 self.conn,
                 "planning shards by _id",
@@ -377,7 +370,7 @@ class MongoSource(Source):
         which the run holds in memory anyway) so that a transient fault simply retries
         the query: no record is ever yielded twice or skipped.
         """
-        flt = _and(self._base_filter(selection), self._shard_filter(shard.locator))
+        flt = and_filter(self._base_filter(selection), self._shard_filter(shard.locator))
         o = self.options
         docs = retrying(
             self.conn,
@@ -399,90 +392,17 @@ class MongoSource(Source):
 
     # -------------------------------------------------------------- id queries
     def duplicate_ids(self, selection: Selection) -> dict[str, int]:
-        """Chunk ids shared by more than one document the configured ``query`` selects.
-
-        A chunk id is a key across the collection, so the run's selection does not narrow
-        the check: a run of one episode dead-letters the same duplicates a full run does.
-        Ids count as equal when their string forms are (``1`` and ``"1"``, an ObjectId and
-        its hex string, a UUID and its text form), because that string is the chunk id.
-        """
-        path = self.mapping["chunk_id"]
-        found: dict[str, int] = {}
-        if path != "_id":  # _id is unique within one BSON type
-            pipeline = [
-                {"$match": _and(self.options.query, has_id_type(path))},
-                {"$group": {"_id": f"${path}", "n": {"$sum": 1}}},
-                {"$match": {"n": {"$gt": 1}}},
-            ]
-            rows = retrying(
-                self.conn,
-                "finding duplicate chunk ids",
-                lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
-            )
-            for r in rows:
-                key = id_to_str(r["_id"])
-                if isinstance(key, int | str):
-                    found[str(key)] = found.get(str(key), 0) + int(r["n"])
-        found.update(self._cross_type_duplicates(path))
-        return found
-
-    def _cross_type_duplicates(self, path: str) -> dict[str, int]:
-        """Ids whose string form is held by a string and by a typed value (int, ObjectId, UUID).
-
-        Counts both sides, reads the smaller one (ids only) and looks its string forms up
-        on the other side: nothing is read when the collection uses one id type.
-        """
-        query = self.options.query
-        strings = _and(query, {path: {"$regex": TYPED_LOOKING}})
-        typed = _and(query, {path: {"$type": ["int", "long", "objectId", "binData"]}})
-        sizes = []
-        for name, flt in (("string", strings), ("typed", typed)):
-            sizes.append(
-                retrying(
-                    self.conn, f"counting {name} chunk ids", lambda f=flt: self.collection.count_documents(f)
-                )
-            )
-        if not all(sizes):
-            return {}
-        small, other_type = (strings, "typed") if sizes[0] <= sizes[1] else (typed, "string")
-        counts: dict[str, int] = {}
-
-        def keys_of(flt: dict[str, Any]) -> list[str]:
-            docs = retrying(
-                self.conn,
-                "reading chunk ids",
-                lambda: list(
-                    self.collection.find(flt, {path: 1, "_id": 1}).batch_size(self.options.batch_size)
-                ),
-            )
-            keys = []
-            for doc in docs:
-                key = id_to_str(get_path(doc, path))
-                if isinstance(key, int) and not isinstance(key, bool):
-                    key = str(key)
-                if isinstance(key, str):
-                    keys.append(key)
-            return keys
-
-        mine = keys_of(small)
-        theirs: list[str] = []
-        for page in pages(sorted(set(mine)), IN_PAGE):
-            values: list[Any] = []
-            for key in page:
-                values += _typed_forms(key) if other_type == "typed" else [key]
-            if values:
-                theirs += keys_of(_and(query, {path: {"$in": values}}))
-        for key in mine + theirs:
-            counts[key] = counts.get(key, 0) + 1
-        # A key found on the other side is held by both a string and a typed value.
-        return {k: counts[k] for k in set(theirs)}
+        """Chunk ids shared by more than one document the configured ``query`` selects
+        (see :func:`pipeline.mongo.duplicates.duplicate_ids`; the selection does not narrow it)."""
+        o = self.options
+        return duplicate_ids(self.conn, self.collection, o.query, self.mapping["chunk_id"], o.batch_size)
 
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
         """Which of these ids are on a document the configured ``query`` still selects."""
         path = self.mapping["chunk_id"]
         found: set[str] = set()
         for page in pages(list(chunk_ids), IN_PAGE):
-            flt = _and(self.options.query, id_filter(path, page))
+            flt = and_filter(self.options.query, id_filter(path, page))
             docs = retrying(
                 self.conn,
                 "checking which chunks exist",
@@ -495,96 +415,3 @@ class MongoSource(Source):
     def close(self) -> None:
         """Release the shared client."""
         self.conn.close()
-
-
-# BSON comparison order of _id types, as $type codes. Range operators only compare
-# values of one type ("type bracketing"), so an _id range that may span types is
-# written as "greater within this type, or any type that sorts after it".
-_BRACKETS: list[list[int]] = [
-    [-1],  # minKey
-    [10],  # null
-    [1, 16, 18, 19],  # numbers
-    [2, 14],  # string, symbol
-    [3],  # object
-    [4],  # array
-    [5],  # binData
-    [7],  # objectId
-    [8],  # bool
-    [9],  # date
-    [17],  # timestamp
-    [11],  # regex
-    [127],  # maxKey
-]
-
-
-def _typed_forms(chunk_id: str) -> list[Any]:
-    """The non-string BSON values whose string form is ``chunk_id`` (both UUID layouts)."""
-    from bson.binary import Binary, UuidRepresentation
-
-    forms = id_candidates(chunk_id)[1:]
-    for form in list(forms):
-        if isinstance(form, Binary) and form.subtype == 4:
-            forms.append(Binary.from_uuid(form.as_uuid(), UuidRepresentation.PYTHON_LEGACY))
-    return forms
-
-
-def _bracket(value: Any) -> int:
-    """Index in :data:`_BRACKETS` of a Python value decoded from BSON."""
-    import datetime as _dt
-    import re as _re
-    import uuid as _uuid
-
-    from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
-
-    if isinstance(value, MinKey):
-        return 0
-    if value is None:
-        return 1
-    if isinstance(value, bool):
-        return 8
-    if isinstance(value, int | float | Int64 | Decimal128):
-        return 2
-    if isinstance(value, str):
-        return 3
-    if isinstance(value, dict):
-        return 4
-    if isinstance(value, list | tuple):
-        return 5
-    if isinstance(value, bytes | _uuid.UUID):
-        return 6
-    if isinstance(value, ObjectId):
-        return 7
-    if isinstance(value, Timestamp):
-        return 10
-    if isinstance(value, _dt.datetime):
-        return 9
-    if isinstance(value, Regex | _re.Pattern):
-        return 11
-    if isinstance(value, MaxKey):
-        return 12
-    return 6  # Binary and other binary-like values
-
-
-def _types(brackets: range) -> list[int]:
-    return [code for i in brackets for code in _BRACKETS[i]]
-
-
-def _typed_cmp(op: str, value: Any, others: list[int]) -> dict[str, Any]:
-    if not others:
-        return {"_id": {op: value}}
-    return {"$or": [{"_id": {op: value}}, {"_id": {"$type": others}}]}
-
-
-def _after(value: Any) -> dict[str, Any]:
-    """``_id`` sorts strictly after ``value`` (across types)."""
-    return _typed_cmp("$gt", value, _types(range(_bracket(value) + 1, len(_BRACKETS))))
-
-
-def _at_or_after(value: Any) -> dict[str, Any]:
-    """``_id`` sorts at or after ``value`` (across types)."""
-    return _typed_cmp("$gte", value, _types(range(_bracket(value) + 1, len(_BRACKETS))))
-
-
-def _before(value: Any) -> dict[str, Any]:
-    """``_id`` sorts strictly before ``value`` (across types)."""
-    return _typed_cmp("$lt", value, _types(range(0, _bracket(value))))

@@ -177,3 +177,22 @@ def utcnow() -> datetime:
 def iso_text(value: Any) -> str:
     """A stored date as ISO text (anything else as its string; missing as "")."""
     return value.isoformat() if isinstance(value, datetime) else str(value or "")
+
+
+def and_filter(*parts: dict[str, Any]) -> dict[str, Any]:
+    """The conjunction of the non-empty filters (``{}`` when none is left)."""
+    kept = [p for p in parts if p]
+    if not kept:
+        return {}
+    return kept[0] if len(kept) == 1 else {"$and": kept}
+
+
+def typed_forms(chunk_id: str) -> list[Any]:
+    """The non-string BSON values whose string form is ``chunk_id`` (both UUID layouts)."""
+    from bson.binary import Binary, UuidRepresentation
+
+    forms = id_candidates(chunk_id)[1:]
+    for form in list(forms):
+        if isinstance(form, Binary) and form.subtype == 4:
+            forms.append(Binary.from_uuid(form.as_uuid(), UuidRepresentation.PYTHON_LEGACY))
+    return forms
