@@ -1,9 +1,9 @@
-"""The checkpoint-store interface: what a run has done, who holds the target, what failed."""
+"""The checkpoint-store interface: what a run has done, which run works on what, what failed."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,12 +34,39 @@ class SinkHome:
     uri_env: str = ""  # the environment variable holding that database's URI
 
 
-class CheckpointStore(ABC):
-    """Remembers runs and shards so an interrupted run resumes, and holds the target's lock.
+@dataclass(slots=True, frozen=True)
+class Holder:
+    """The live run that holds a claim."""
 
-    One store serves one target (sink). Shard states: ``done`` means every chunk of
-    the shard is written or dead-lettered; anything else is redone on resume, which
-    is safe because sink writes are idempotent.
+    owner: str
+    run_id: str
+    command: str
+
+    def describe(self) -> str:
+        """``run <id> (<command>, <owner>)`` for messages."""
+        return f"run {self.run_id or '(starting)'} ({self.command}, {self.owner})"
+
+
+@dataclass(slots=True)
+class LiveRun:
+    """A run that is alive now, and the units (episodes) it holds."""
+
+    owner: str
+    run_id: str
+    command: str
+    selection: str
+    started_at: str
+    claims: list[str]
+
+
+class CheckpointStore(ABC):
+    """Remembers runs and shards so an interrupted run resumes, and who works on what.
+
+    One store serves one target (sink). Runs on one target overlap freely: each takes
+    *claims* on the episodes it is about to embed, so two runs never embed the same
+    chunk; a dead run's claims free themselves. Shard states: ``done`` means every
+    chunk of the shard is written or dead-lettered; anything else is redone on resume,
+    which is safe because sink writes are idempotent.
     """
 
     Options: ClassVar[type]
@@ -49,22 +76,47 @@ class CheckpointStore(ABC):
     def open(cls, options: Any, home: SinkHome) -> CheckpointStore:
         """Open the store; ``home`` lets it default to living beside the sink."""
 
-    # -- lock ---------------------------------------------------------------------------
+    # How long an ingest or reindex waits for an episode another run holds (stores set it
+    # from their options), and how often it looks again.
+    claim_wait_s: float = 600.0
+    claim_poll_s: float = 0.25
+
+    # -- live runs and claims --------------------------------------------------------
     @abstractmethod
-    def acquire(self, owner: str) -> None:
-        """Take the target for this run or raise :class:`~pipeline.errors.LockedError`."""
+    def register(self, owner: str, command: str, selection: str) -> None:
+        """Announce this process as a live run; ``owner`` is unique per run (see liveness)."""
+
+    @abstractmethod
+    def claim(self, units: Collection[str]) -> dict[str, Holder]:
+        """Atomically take every unit that is free, already ours, or held by a dead run.
+
+        Returns the units another *live* run holds, with who holds them; the caller
+        leaves those alone (or waits). A unit is an episode id.
+        """
+
+    @abstractmethod
+    def release_claims(self, units: Collection[str]) -> None:
+        """Give units back (their work is written)."""
 
     def heartbeat(self) -> None:  # noqa: B027 - lease-based stores renew here
-        """Renew the lock; called periodically during a run."""
+        """Show this run is alive; called periodically during a run."""
 
     @abstractmethod
-    def release(self) -> None:
-        """Give the target back (also on failure)."""
+    def unregister(self) -> None:
+        """Release every claim and stop being a live run (also on failure)."""
+
+    @abstractmethod
+    def live_runs(self) -> list[LiveRun]:
+        """Runs that are alive now, with the units they hold (for ``status``)."""
 
     # -- runs and shards ----------------------------------------------------------------
     @abstractmethod
     def find_resumable(self, plan_key: str) -> str | None:
-        """The id of an unfinished run with the same plan key, if any."""
+        """Take over the newest unfinished run with this plan key whose owner is gone.
+
+        Returns its id, now owned by this run (call :meth:`register` first), or ``None``
+        when the newest such run completed or every unfinished one is alive.
+        """
 
     @abstractmethod
     def start_run(self, run_id: str, plan_key: str, command: str, meta: dict[str, Any]) -> None:

@@ -27,12 +27,6 @@ class TargetError(PodembedError):
     exit_code = 1
 
 
-class LockedError(PodembedError):
-    """Another run holds the target (exit 1)."""
-
-    exit_code = 1
-
-
 class ModelError(PodembedError):
     """The model cannot be loaded or does not match the configuration (exit 2)."""
 

@@ -27,6 +27,7 @@ class Counts:
     removed: int = 0  # in the sink but no longer in the source
     pruned: int = 0
     deferred: int = 0  # left for a later run by --limit
+    claimed_elsewhere: int = 0  # in episodes another live run was embedding: left to it
 
     def add(self, other: Counts) -> None:
         """Add ``other`` into this."""
@@ -77,6 +78,10 @@ class RunReport:
     bill: Bill = field(default_factory=Bill)
     error: str | None = None
     resume_hint: str | None = None
+    # Episodes left to other live runs (episode -> the run that holds it), and time spent
+    # waiting for episodes other runs held (ingest and reindex wait, backfill does not).
+    left_to_other_runs: dict[str, str] = field(default_factory=dict)
+    claim_wait_s: float = 0.0
 
     def finalize(self, usage: Usage | None = None, prices: Prices | None = None) -> None:
         """Derive rates, the device cost and the billed estimate from the raw figures and
@@ -96,7 +101,7 @@ class RunReport:
             prices=prices or Prices.gpu_only(self.hourly_usd),
         )
         self.billed_usd = self.bill.total_usd
-        for name in ("wall_s", "embed_s", "device_s", "model_load_s"):
+        for name in ("wall_s", "embed_s", "device_s", "model_load_s", "claim_wait_s"):
             setattr(self, name, round(getattr(self, name), 3))
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +124,14 @@ class RunReport:
             lines.append(f"  removed from source: {c.removed} (pruned from sink: {c.pruned})")
         if c.deferred:
             lines.append(f"  deferred by --limit: {c.deferred}")
+        if c.claimed_elsewhere or self.left_to_other_runs:
+            runs = sorted(set(self.left_to_other_runs.values()))
+            lines.append(
+                f"  left to other live runs (they write them): {c.claimed_elsewhere} chunks of "
+                f"{len(self.left_to_other_runs)} episodes, held by {'; '.join(runs)}"
+            )
+        if self.claim_wait_s >= 0.05:
+            lines.append(f"  waited {self.claim_wait_s:.1f}s for episodes other runs were embedding")
         lines.append(
             f"  tokens: {self.tokens} in {self.batches} batches, padding ratio {self.padding_ratio:.3f}"
         )

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -28,10 +26,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.claims import Claims
 from pipeline.config import Config
 from pipeline.cost import Prices
 from pipeline.errors import PodembedError, TargetError
 from pipeline.executor import Executor
+from pipeline.liveness import new_owner
 from pipeline.progress import Progress
 from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
 from pipeline.registry import Parts, open_executor, open_parts
@@ -96,6 +96,7 @@ class Runner:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._claims: Claims | None = None
 
     # ------------------------------------------------------------------ stages
     def _reader(self, preparer: Preparer, shards: list[Any], out: queue.Queue[Any]) -> None:
@@ -158,10 +159,13 @@ class Runner:
                         p.shard.shard_id,
                         {"embedded": counts.embedded, "dead_lettered": counts.dead_lettered},
                     )
+                if self._claims is not None and p.claimed:
+                    self._claims.release(p.claimed)  # written: the next claimer sees it current
                 checkpoint.heartbeat()
                 with self._lock:
                     report.counts.add(counts)
                     report.shards_done += int(finished)
+                    report.left_to_other_runs.update({e: h.describe() for e, h in p.left_to_others.items()})
                 self.progress.shard_written(finished)
             except BaseException as exc:
                 self._fail(exc)
@@ -222,12 +226,13 @@ class Runner:
         )
         check_report_dir(cfg.report.dir)  # before hours of work, not after
         checkpoint = parts.checkpoint
-        checkpoint.acquire(f"{socket.gethostname()}:{os.getpid()}:{run_id}")
+        # Runs on one target overlap: each claims the episodes it works on (see claims.py).
+        checkpoint.register(new_owner(), opts.command, report.selection)
         try:
-            parts.sink.recover()  # what a killed run left half-done (lock held: nobody else writes)
+            parts.sink.recover()  # what a killed run left half-done (under the sink's own write lock)
             self._run_locked(report, fingerprint, started)
         finally:
-            checkpoint.release()
+            checkpoint.unregister()
         if isinstance(self._error, PodembedError) and self._error.exit_code == 2:
             # A config, source or model problem: the report is written, but the caller
             # should see the actionable error (and the CLI exit with 2).
@@ -262,6 +267,8 @@ class Runner:
         todo = [s for s in shards if s.shard_id not in done]
         self.progress.planned(len(todo), sum(s.estimated_chunks for s in todo), opts.limit)
         status = "failed"
+        # A backfill leaves episodes other runs hold to them; ingest and reindex wait.
+        self._claims = Claims(checkpoint, wait=opts.command != "backfill", stop=self._stop)
         try:
 
             def counter() -> TokenCounter:
@@ -278,6 +285,7 @@ class Runner:
                 force=opts.force,
                 retry_failed=opts.retry_failed,
                 limit=opts.limit,
+                claims=self._claims,
             )
             status = self._pipeline(preparer, todo, report, fingerprint, run_id)
             if status == "completed" and opts.selection.is_everything:
@@ -292,6 +300,7 @@ class Runner:
             if self._error is not None:
                 report.error = _describe(self._error)
             report.wall_s = time.perf_counter() - started
+            report.claim_wait_s = self._claims.waited_s
             report.finished_at = datetime.now(UTC).isoformat()
             report.finalize(self.executor.usage(), Prices.of(cfg.cost))
             try:

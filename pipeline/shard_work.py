@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.batching import Item, make_batches
-from pipeline.checkpoint import CheckpointStore
+from pipeline.checkpoint import CheckpointStore, Holder
+from pipeline.claims import Claims
 from pipeline.config import Config
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
 from pipeline.registry import Parts
@@ -42,6 +43,8 @@ class Prepared:
     padded_tokens: int = 0
     complete: bool = True  # False when --limit left part of the shard for later
     previously_failed: set[str] = field(default_factory=set)
+    claimed: set[str] = field(default_factory=set)  # episodes this run holds for the shard
+    left_to_others: dict[str, Holder] = field(default_factory=dict)  # episodes other runs hold
     reasons: Counter[str] = field(default_factory=Counter)  # every valid chunk's Decision.reason
 
 
@@ -96,6 +99,7 @@ class Preparer:
         retry_failed: bool = False,
         limit: int | None = None,
         duplicates: dict[str, int] | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -111,6 +115,8 @@ class Preparer:
         self.retry_failed = retry_failed
         self.remaining = limit
         self.duplicates = duplicates or {}
+        # Runs claim each shard's episodes before deciding (plan and status do not).
+        self.claims = claims
 
     @classmethod
     def for_parts(
@@ -125,6 +131,7 @@ class Preparer:
         force: bool = False,
         retry_failed: bool = False,
         limit: int | None = None,
+        claims: Claims | None = None,
     ) -> Preparer:
         """A preparer over opened parts (runs, ``plan`` and ``status`` all build it here).
 
@@ -144,6 +151,7 @@ class Preparer:
             retry_failed=retry_failed,
             limit=limit,
             duplicates=parts.source.duplicate_ids(selection),
+            claims=claims,
         )
 
     def counter(self) -> TokenCounter:
@@ -164,6 +172,17 @@ class Preparer:
                 dead.append(result)
             else:
                 valid.append(result)
+        claimed: set[str] = set()
+        left: dict[str, Holder] = {}
+        if self.claims is not None and valid:
+            episodes = {c.episode_id for c in valid}
+            left = self.claims.take(episodes)
+            claimed = episodes - left.keys()
+            if left:
+                # The holder writes these (and records their dead letters).
+                valid = [c for c in valid if c.episode_id not in left]
+                dead = [d for d in dead if d.episode_id not in left]
+                counts.claimed_elsewhere = counts.seen - len(valid) - len(dead)
         counts.dead_lettered = len(dead)
         states = self.sink.lookup(valid) if valid else {}
         failures = self.checkpoint.dead_letters([c.chunk_id for c in valid]) if valid else {}
@@ -205,8 +224,10 @@ class Preparer:
             batches=[],
             dead_letters=dead,
             counts=counts,
-            complete=complete,
+            complete=complete and not left,
             previously_failed=previously_failed,
+            claimed=claimed,
+            left_to_others=left,
             reasons=reasons,
         )
         if todo and self._counter is not None:

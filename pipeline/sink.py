@@ -119,8 +119,8 @@ class Sink(ABC):
     def recover(self) -> None:  # noqa: B027 - optional hook
         """Finish or undo what a killed run left half-done (temp files, stray rows).
 
-        Called at the start of every run, with the target's lock held, so no other
-        writer can be in the middle of a write.
+        Called at the start of every run. Runs may overlap: an implementation must not
+        touch what a live writer is in the middle of (the Parquet sink takes its write lock).
         """
 
     # ------------------------------------------------------------------ search

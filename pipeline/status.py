@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.config import Config
@@ -36,6 +36,7 @@ class Coverage:
     removed: int = 0  # vectors whose chunk left the source
     fingerprints: dict[str, int] = field(default_factory=dict)
     last_runs: list[dict[str, Any]] = field(default_factory=list)
+    live_runs: list[dict[str, Any]] = field(default_factory=list)  # running now, with their claims
 
     @property
     def stale(self) -> int:
@@ -69,6 +70,15 @@ class Coverage:
         if len(self.fingerprints) > 1 or (self.fingerprints and self.fingerprint not in self.fingerprints):
             lines.append("stored vectors by model fingerprint:")
             lines += [f"  {fp}: {n}" for fp, n in sorted(self.fingerprints.items())]
+        if self.live_runs:
+            lines.append("live runs (episodes each is embedding now):")
+            for r in self.live_runs:
+                claims = r.get("claims") or []
+                shown = ", ".join(claims[:10]) + (f", ... ({len(claims)} in all)" if len(claims) > 10 else "")
+                lines.append(
+                    f"  {r.get('run_id') or '(starting)'} {r.get('command')} {r.get('selection')} "
+                    f"owner={r.get('owner')} since={r.get('started_at')} claims: {shown or 'none'}"
+                )
         if self.last_runs:
             lines.append("last runs:")
             for r in self.last_runs:
@@ -111,4 +121,5 @@ def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
     cov.removed = sum(1 for _ in removed_ids(parts.source, counted(parts.sink.iter_states())))
     cov.fingerprints = dict(fps)
     cov.last_runs = parts.checkpoint.last_runs(runs) or read_reports(config.report.dir, runs)
+    cov.live_runs = [asdict(r) for r in parts.checkpoint.live_runs()]
     return cov

@@ -6,6 +6,7 @@ field and what to fix, and the run goes on.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,26 @@ def _invisible(text: str) -> bool:
     return all(unicodedata.category(ch) in _INVISIBLE for ch in text)
 
 
+def _kind(value: Any) -> str:
+    """What a value read from the data is, in words a user knows (for dead-letter reasons)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a floating-point number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    # A BSON regex decodes to bson.Regex (or re.Pattern); named here without importing bson.
+    if isinstance(value, re.Pattern) or type(value).__name__ == "Regex":
+        return "a regular expression"
+    if isinstance(value, datetime):
+        return "a date"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "binary data"
+    return f"a value of type {type(value).__name__}"
+
+
 def _optional(value: Any, kind: type) -> Any:
     if value is None:
         return None
@@ -65,7 +86,7 @@ def validate(record: RawRecord, duplicates: dict[str, int]) -> Chunk | DeadLette
     if not isinstance(cid, str) or not cid.strip():
         reason = "chunk id is missing or empty: give every chunk a unique id"
         if cid is not None and not isinstance(cid, str):
-            reason = f"chunk id is {type(cid).__name__}, not a string or an integer: map a column of ids"
+            reason = f"chunk id is {_kind(cid)}, not a string or an integer: give every chunk a unique id"
         return DeadLetter(
             chunk_id=f"<no id: {record.position}>",
             field="chunk_id",
@@ -98,8 +119,17 @@ def validate(record: RawRecord, duplicates: dict[str, int]) -> Chunk | DeadLette
         )
     if isinstance(episode, int) and not isinstance(episode, bool):
         episode = str(episode)
-    if not isinstance(episode, str) or not episode.strip():
-        return dead("episode_id", "episode id is missing or not a string")
+    if episode is None:
+        return dead(
+            "episode_id", "episode id is missing (no such field, or null): give every chunk its episode"
+        )
+    if not isinstance(episode, str):
+        return dead(
+            "episode_id",
+            f"episode id is {_kind(episode)}, not a string or an integer: store episode ids as strings",
+        )
+    if not episode.strip():
+        return dead("episode_id", "episode id is empty: give every chunk its episode")
     if raw_text is None:
         return dead("text", "text is missing (null)")
     text, problem = _as_text(raw_text)

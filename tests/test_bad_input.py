@@ -237,7 +237,7 @@ def test_a_list_or_struct_column_mapped_as_text_or_id_is_named_as_the_wrong_type
         store.close()
     assert letters["l1"].field == "text" and "text is list, not a string" in letters["l1"].reason
     (struct_letter,) = [d for cid, d in letters.items() if "struct_id.parquet" in cid]
-    assert struct_letter.field == "chunk_id" and "chunk id is dict, not a string" in struct_letter.reason
+    assert struct_letter.field == "chunk_id" and "chunk id is an object, not a string" in struct_letter.reason
     toml = write_toml(
         tmp_path / "folder.toml", config_dict(folder, tmp_path / "folder-out", tiny_model(tiny_model_dir))
     )

@@ -1,4 +1,4 @@
-"""The CLI: fast start, plan and status output, the target lock, exit codes."""
+"""The CLI: fast start, plan and status output, claims of live runs, exit codes."""
 
 from __future__ import annotations
 
@@ -68,19 +68,44 @@ def test_plan_estimates_without_embedding_then_status_shows_missing(tmp_path: Pa
     assert "missing:       40" in status.output
 
 
-def test_a_second_run_on_the_same_target_is_refused_with_exit_1(tmp_path: Path) -> None:
-    toml = _toml(tmp_path, rows=5)
+def test_an_episode_another_live_run_holds_is_left_to_it_and_status_shows_the_claim(tmp_path: Path) -> None:
+    toml = _toml(tmp_path, rows=30)  # pc-astro-ep01 (21 chunks) and 9 of pc-astro-ep02
+    with toml.open("a") as fh:
+        fh.write("[checkpoint]\nclaim_wait_s = 0.3\n")
     holder = SqliteCheckpointStore.open(
         SqliteCheckpointOptions(path=str(tmp_path / "o" / "state.sqlite")), SinkHome(target="t")
     )
-    holder.acquire("otherhost:4242:run-x")
+    holder.register("otherhost:4242:run-x", "ingest", "episode=pc-astro-ep01")
+    holder.start_run("run-x", "key-x", "ingest", {})
+    assert holder.claim(["pc-astro-ep01"]) == {}
     try:
-        result = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])
+        status = CliRunner().invoke(cli, ["status", "--config", str(toml)])
+        assert status.exit_code == 0, status.output
+        assert "live runs" in status.output
+        assert "run-x ingest episode=pc-astro-ep01 owner=otherhost:4242:run-x" in status.output
+        assert "claims: pc-astro-ep01" in status.output
+
+        # A backfill is not refused: it embeds the rest and leaves the held episode to its run.
+        result = CliRunner().invoke(cli, ["backfill", "--config", str(toml), "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[result.output.index("{") :])
+        assert report["counts"]["embedded"] == 9 and report["counts"]["claimed_elsewhere"] == 21
+        assert report["left_to_other_runs"] == {"pc-astro-ep01": "run run-x (ingest, otherhost:4242:run-x)"}
+        assert "left to other live runs (they write them): 21 chunks of 1 episodes" in result.output
+
+        # An ingest waits claim_wait_s for it, then leaves it too (exit 0, nothing embedded).
+        result = CliRunner().invoke(cli, ["ingest", "--config", str(toml), "--json", "pc-astro-ep01"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[result.output.index("{") :])
+        assert report["counts"]["embedded"] == 0 and report["counts"]["claimed_elsewhere"] == 21
+        assert report["claim_wait_s"] >= 0.3
     finally:
-        holder.close()
-    assert result.exit_code == 1
-    assert "being written by another run (otherhost:4242:run-x" in result.output
-    assert CliRunner().invoke(cli, ["ingest", "--config", str(toml), "pc-astro-ep01"]).exit_code == 0
+        holder.close()  # the holder ends: its claim goes with it
+    result = CliRunner().invoke(cli, ["ingest", "--config", str(toml), "--json", "pc-astro-ep01"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["counts"]["embedded"] == 21 and report["counts"]["claimed_elsewhere"] == 0
+    assert "live runs" not in CliRunner().invoke(cli, ["status", "--config", str(toml)]).output
 
 
 def test_reindex_rejects_a_bad_date() -> None:

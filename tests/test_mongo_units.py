@@ -1,11 +1,13 @@
 # ruff: noqa: F811  (pytest fixtures imported from tests.mongo_fixtures are redefined as arguments)
-"""MongoDB parts one by one against a real server: secrets, ids, the lease, the ledger, the sink."""
+"""MongoDB parts one by one against a real server: secrets, ids, claims, the ledger, the sink."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,9 @@ import pytest
 from bson import ObjectId
 from bson.binary import Binary
 
-from pipeline.errors import ConfigError, LockedError, TargetError
+from pipeline.checkpoint import Holder
+from pipeline.errors import ConfigError, TargetError
+from pipeline.liveness import current
 from pipeline.mongo.connection import redact_uri, scrub
 from pipeline.mongo.ledger import MongoCheckpointOptions, MongoCheckpointStore
 from pipeline.mongo.sink import MongoSink, MongoSinkOptions
@@ -80,7 +84,7 @@ def test_missing_uri_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch)
         MongoSink.open(opts, 4)
 
 
-# --------------------------------------------------------------------------- the lease
+# --------------------------------------------------------------------------- claims
 
 
 def _store(env: MongoEnv, **kw: Any) -> MongoCheckpointStore:
@@ -91,52 +95,94 @@ def _store(env: MongoEnv, **kw: Any) -> MongoCheckpointStore:
     return MongoCheckpointStore.open(opts, MongoSink.home(sink_opts))
 
 
-def test_lease_excludes_others_expires_after_a_crash_and_detects_loss(mongo: MongoEnv) -> None:
+def _dead_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claims_are_exclusive_renewed_and_taken_over_from_expired_or_dead_runs(mongo: MongoEnv) -> None:
     a, b = _store(mongo), _store(mongo)
+    claims = mongo.db.podembed_claims
     try:
-        a.acquire("run-a")
-        with pytest.raises(LockedError, match="run-a"):
-            b.acquire("run-b")
-        # The background heartbeat keeps a live lease alive past its TTL.
-        time.sleep(2.0)
-        with pytest.raises(LockedError):
-            b.acquire("run-b")
-        # "Crash" a: its heartbeat stops; the lease expires and b takes over.
+        a.register("owner-a", "backfill", "all")
+        a.start_run("run-a", "k", "backfill", {})
+        assert a.claim(["e1", "e2"]) == {}
+        assert a.claim(["e1"]) == {}  # ours already
+        b.register("owner-b", "ingest", "episode=e1")
+        assert b.claim(["e1", "e3"]) == {"e1": Holder("owner-a", "run-a", "backfill")}
+        assert claims.find_one({"unit": "e3"})["owner"] == "owner-b"
+        doc = claims.find_one({"unit": "e1"})
+        assert (
+            doc["_id"] == f"{mongo.database}.chunks.embedding\x1fe1" and doc["process"]["pid"] == os.getpid()
+        )
+
+        # The heartbeat moves the expiry of the run and of every claim it holds.
+        before = claims.find_one({"unit": "e2"})["expires_at"]
+        a._renew()
+        assert claims.find_one({"unit": "e2"})["expires_at"] >= before
+        live = {r.owner: r for r in b.live_runs()}
+        assert live["owner-a"].claims == ["e1", "e2"] and live["owner-a"].run_id == "run-a"
+        assert live["owner-b"].claims == ["e3"]
+
+        # a "crashes" on another machine (no heartbeat, its expiry passes): b takes e1 over.
         a._stop.set()
-        a._thread.join()  # type: ignore[union-attr]
-        time.sleep(1.7)
-        b.acquire("run-b")
-        lock = mongo.db.podembed_locks.find_one()
-        assert lock["owner"] == "run-b" and lock["_id"] == f"{mongo.database}.chunks.embedding"
-        # a comes back: it learns it lost the lease and stops writing.
-        with pytest.raises(LockedError, match="lost the lease"):
-            a.heartbeat()
-        with pytest.raises(LockedError):
-            a.mark_shard_done("r", "s", {})
-        a.release()  # not the owner: b keeps the lock
-        assert mongo.db.podembed_locks.find_one()["owner"] == "run-b"
-        b.heartbeat()
-        b.release()
-        assert mongo.db.podembed_locks.count_documents({}) == 0
+        past = datetime(2000, 1, 1, tzinfo=UTC)
+        claims.update_many({"owner": "owner-a"}, {"$set": {"expires_at": past, "process.host": "elsewhere"}})
+        mongo.db.podembed_owners.update_one({"_id": "owner-a"}, {"$set": {"expires_at": past}})
+        assert b.claim(["e1"]) == {}
+        assert claims.find_one({"unit": "e1"})["owner"] == "owner-b"
+        assert [r.owner for r in b.live_runs()] == ["owner-b"]  # the dead run's documents are gone
+        assert claims.count_documents({"owner": "owner-a"}) == 0
+        a._renew()  # a comes back: it notices the loss, and its release leaves b's claim alone
+        assert a._lost == {"e1", "e2"}
+        a.release_claims(["e1"])
+        assert claims.find_one({"unit": "e1"})["owner"] == "owner-b"
+        assert sorted(r.owner for r in b.live_runs()) == ["owner-a", "owner-b"]  # alive again
+        a.unregister()
+
+        # A claim held for 10 minutes more by a process of this machine that is gone: taken at once.
+        claims.insert_one(
+            {
+                "_id": f"{mongo.database}.chunks.embedding\x1fe9",
+                "target": f"{mongo.database}.chunks.embedding",
+                "unit": "e9",
+                "owner": "owner-killed",
+                "run_id": "run-killed",
+                "command": "backfill",
+                "expires_at": datetime.now(UTC) + timedelta(minutes=10),
+                "process": {**current().to_dict(), "pid": _dead_pid(), "start_ticks": 1},
+            }
+        )
+        assert b.claim(["e9"]) == {}
+        assert claims.find_one({"unit": "e9"})["owner"] == "owner-b"
+        b.unregister()
+        assert claims.count_documents({}) == 0 and mongo.db.podembed_owners.count_documents({}) == 0
     finally:
         a.close()
         b.close()
 
 
-def test_lock_wait_takes_the_target_when_it_frees(mongo: MongoEnv) -> None:
-    a, b = _store(mongo), _store(mongo, lock_wait_s=10.0)
+def test_a_run_is_resumed_only_once_its_owner_is_gone(mongo: MongoEnv) -> None:
+    a, b, c = _store(mongo), _store(mongo), _store(mongo)
     try:
-        a.acquire("run-a")
-        started = time.monotonic()
-        import threading
-
-        threading.Timer(0.8, a.release).start()
-        b.acquire("run-b")
-        assert 0.7 < time.monotonic() - started < 8
-        assert mongo.db.podembed_locks.find_one()["owner"] == "run-b"
+        a.register("owner-a", "backfill", "all")
+        a.start_run("run-a", "k", "backfill", {})
+        b.register("owner-b", "backfill", "all")
+        assert b.find_resumable("k") is None  # run-a is alive: b starts its own run
+        a._stop.set()
+        mongo.db.podembed_owners.update_one(
+            {"_id": "owner-a"}, {"$set": {"expires_at": datetime(2000, 1, 1, tzinfo=UTC)}}
+        )
+        assert b.find_resumable("k") == "run-a"
+        assert mongo.db.podembed_runs.find_one({"_id": "run-a"})["owner"] == "owner-b"
+        c.register("owner-c", "backfill", "all")
+        assert c.find_resumable("k") is None  # b holds it now
     finally:
         a.close()
         b.close()
+        c.close()
 
 
 # --------------------------------------------------------------------------- ledger and dead letters

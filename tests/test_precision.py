@@ -284,7 +284,9 @@ def test_modal_results_carry_the_containers_precision(tiny_model_dir: str) -> No
         id="tiny", path=tiny_model_dir, dimension=TINY.out_dim, max_seq_length=128, precision="bf16-autocast"
     )
     embedder = InstructorEmbedder(cfg, device="cpu")
-    executor = ModalExecutor(ModalOptions(), cfg, map_fn=local_map(lambda p: embed_payload(embedder, p)))
+    # The stand-in container names the configured GPU, as the deployed class does after its CUDA check.
+    container = local_map(lambda p: embed_payload(embedder, p, device_name="NVIDIA A10G"))
+    executor = ModalExecutor(ModalOptions(), cfg, map_fn=container)
     batches = [Batch(f"b{i}", [f"c{i}"], [TEXTS[i]], [8], 8) for i in range(2)]
     results = list(executor.embed(iter(batches)))
     assert sorted(r.batch_id for r in results) == ["b0", "b1"] and not any(r.error for r in results)

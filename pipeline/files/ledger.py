@@ -1,22 +1,27 @@
-"""The local checkpoint store: a SQLite ledger beside the Parquet sink, and a file lock.
+"""The local checkpoint store: a SQLite ledger beside the Parquet sink, with claims.
 
-The lock is ``fcntl.flock`` on a file: the kernel releases it when the process dies,
-so a run killed with ``kill -9`` never leaves a stale lock behind, and a rerun can
-start at once.
+Runs on one sink overlap: each claims the episodes it is about to embed (table
+``claims``, taken in one ``BEGIN IMMEDIATE`` transaction, so two runs never both get
+one). Whether a claim's owner still lives is a kernel fact, not a timer: every live run
+holds ``fcntl.flock`` on its own file in ``<state>.owners/``, and the kernel drops that
+lock when the process dies, ``kill -9`` included. A claimer that finds the lock free
+knows the owner is dead and takes its claims over at once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import CheckpointStore, SinkHome, StoredDeadLetter
-from pipeline.errors import ConfigError, LockedError
+from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, SinkHome, StoredDeadLetter
+from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
 
@@ -29,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL,
     finished_at TEXT,
     meta TEXT NOT NULL,
-    report TEXT
+    report TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(plan_key, started_at);
 CREATE TABLE IF NOT EXISTS shards (
@@ -50,6 +56,19 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     episode_id TEXT,
     position TEXT
 );
+CREATE TABLE IF NOT EXISTS live_runs (
+    owner TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    command TEXT NOT NULL,
+    selection TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    unit TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    claimed_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_owner ON claims(owner);
 """
 PAGE = 900
 
@@ -63,6 +82,13 @@ class SqliteCheckpointOptions:
     """``[checkpoint]`` options for ``kind = "sqlite"``."""
 
     path: str = ""  # default: <sink.path>/state.sqlite
+    # How long an ingest or reindex waits for an episode another live run is embedding.
+    claim_wait_s: float = 600.0
+
+    def validate(self, prefix: str) -> None:
+        """The wait must not be negative."""
+        if self.claim_wait_s < 0:
+            raise ConfigError(f"{prefix}.claim_wait_s: must not be negative")
 
 
 class SqliteCheckpointStore(CheckpointStore):
@@ -70,68 +96,178 @@ class SqliteCheckpointStore(CheckpointStore):
 
     Options = SqliteCheckpointOptions
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, claim_wait_s: float = 600.0) -> None:
         self.path = path
         self.db = Database(path, SCHEMA)
-        self._lock_file: TextIO | None = None
+        columns = {r[1] for r in self.db.query("PRAGMA table_info(runs)")}
+        if "owner" not in columns:  # a ledger written before runs had owners
+            with self.db.transaction() as conn:
+                conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        self.owners_dir = path.with_name(path.name + ".owners")
+        self.claim_wait_s = claim_wait_s
+        self._owner: str | None = None
+        self._owner_file: TextIO | None = None
 
     @classmethod
     def open(cls, options: SqliteCheckpointOptions, home: SinkHome) -> SqliteCheckpointStore:
         """Open ``options.path``, or ``state.sqlite`` in the sink's folder."""
         if options.path:
-            return cls(Path(options.path))
+            return cls(Path(options.path), options.claim_wait_s)
         if not home.folder:
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        return cls(Path(home.folder) / "state.sqlite")
+        return cls(Path(home.folder) / "state.sqlite", options.claim_wait_s)
 
-    # -- lock ----------------------------------------------------------------------
-    def acquire(self, owner: str) -> None:
-        """Take an exclusive flock, or say who holds it."""
-        lock_path = self.path.with_suffix(".lock")
-        fh = lock_path.open("a+", encoding="utf-8")
+    # -- liveness ------------------------------------------------------------------
+    def _lock_path(self, owner: str) -> Path:
+        return self.owners_dir / (hashlib.sha256(owner.encode()).hexdigest()[:32] + ".lock")
+
+    def _alive(self, owner: str) -> bool:
+        """Whether ``owner``'s process still holds its flock (a dead one's file is removed)."""
+        if owner == self._owner:
+            return True
+        path = self._lock_path(owner)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise LockedError(
-                f"{self.path.parent} is being written by another run ({holder}); "
-                "wait for it to finish (the lock frees itself if that process dies)"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{owner} since {_now()}\n")
-        fh.flush()
-        self._lock_file = fh
+            fh = path.open("r", encoding="utf-8")
+        except FileNotFoundError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            path.unlink(missing_ok=True)
+            return False
 
-    def release(self) -> None:
-        """Drop the flock."""
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+    def register(self, owner: str, command: str, selection: str) -> None:
+        """Hold a flock on this run's own file for as long as the process lives."""
+        try:
+            self.owners_dir.mkdir(parents=True, exist_ok=True)
+            final = self._lock_path(owner)
+            # Locked before it appears under its name: nobody can see it unlocked and
+            # take this live run for a dead one.
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            fh = tmp.open("w", encoding="utf-8")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fh.write(f"{owner} {command} since {_now()}\n")
+            fh.flush()
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise TargetError(f"cannot register the run in {self.owners_dir}: {exc}") from None
+        self._owner, self._owner_file = owner, fh
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO live_runs VALUES (?, '', ?, ?, ?)",
+                (owner, command, selection, _now()),
+            )
+
+    def _forget_dead(self, conn: Any, owners: Iterable[str]) -> None:
+        for owner in owners:
+            conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
+            conn.execute("DELETE FROM live_runs WHERE owner = ?", (owner,))
+
+    def _holders(self, owners: set[str]) -> dict[str, Holder]:
+        out = {o: Holder(o, "", "?") for o in owners}
+        for o, run_id, command in self.db.query("SELECT owner, run_id, command FROM live_runs"):
+            if o in owners:
+                out[o] = Holder(o, run_id, command)
+        return out
+
+    def claim(self, units: Collection[str]) -> dict[str, Holder]:
+        """Take free, own and dead runs' units in one transaction; return the rest's holders."""
+        me = self._owner
+        if me is None:
+            raise TargetError("claim before register: a run must register first")
+        wanted = list(dict.fromkeys(units))
+        held: dict[str, str] = {}
+        with self.db.transaction() as conn:
+            alive: dict[str, bool] = {}
+            for i in range(0, len(wanted), PAGE):
+                page = wanted[i : i + PAGE]
+                rows = conn.execute(
+                    f"SELECT unit, owner FROM claims WHERE unit IN ({','.join('?' * len(page))})", page
+                ).fetchall()
+                for unit, owner in rows:
+                    if owner == me:
+                        continue
+                    if owner not in alive:
+                        alive[owner] = self._alive(owner)
+                    if alive[owner]:
+                        held[unit] = owner
+            self._forget_dead(conn, [o for o, live in alive.items() if not live])
+            now = _now()
+            conn.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)",
+                [(u, me, now) for u in wanted if u not in held],
+            )
+        holders = self._holders(set(held.values())) if held else {}
+        return {u: holders[o] for u, o in held.items()}
+
+    def release_claims(self, units: Collection[str]) -> None:
+        """Delete this run's claims on ``units``."""
+        if self._owner is None or not units:
+            return
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "DELETE FROM claims WHERE unit = ? AND owner = ?", [(u, self._owner) for u in units]
+            )
+
+    def unregister(self) -> None:
+        """Drop every claim, the live-run row and the flock."""
+        owner, fh = self._owner, self._owner_file
+        if owner is None:
+            return
+        try:
+            with self.db.transaction() as conn:
+                self._forget_dead(conn, [owner])
+        finally:
+            self._owner, self._owner_file = None, None
+            if fh is not None:
+                self._lock_path(owner).unlink(missing_ok=True)
+                fh.close()  # closing drops the flock
+
+    def live_runs(self) -> list[LiveRun]:
+        """Live runs and their claims; rows left by dead runs are cleaned up on the way."""
+        rows = self.db.query("SELECT owner, run_id, command, selection, started_at FROM live_runs")
+        dead = [r[0] for r in rows if not self._alive(r[0])]
+        if dead:
+            with self.db.transaction() as conn:
+                self._forget_dead(conn, dead)
+        claims: dict[str, list[str]] = {}
+        for unit, owner in self.db.query("SELECT unit, owner FROM claims ORDER BY unit"):
+            claims.setdefault(owner, []).append(unit)
+        return [
+            LiveRun(owner=o, run_id=r, command=c, selection=sel, started_at=t, claims=claims.get(o, []))
+            for o, r, c, sel, t in rows
+            if o not in dead
+        ]
 
     # -- runs ----------------------------------------------------------------------
     def find_resumable(self, plan_key: str) -> str | None:
-        """The newest run with this key, unless it completed."""
-        rows = self.db.query(
-            "SELECT run_id, status FROM runs WHERE plan_key = ? ORDER BY started_at DESC LIMIT 1",
-            (plan_key,),
-        )
-        if rows and rows[0][1] != "completed":
-            return str(rows[0][0])
+        """Take over the newest unfinished run with this key whose process is gone."""
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT run_id, status, owner FROM runs WHERE plan_key = ? ORDER BY started_at DESC",
+                (plan_key,),
+            ).fetchall()
+            for run_id, status, owner in rows:
+                if status == "running" and owner and self._alive(owner):
+                    continue  # a live run of the same work: this one starts its own
+                if status == "completed":
+                    return None
+                conn.execute("UPDATE runs SET owner = ? WHERE run_id = ?", (self._owner, run_id))
+                return str(run_id)
         return None
 
     def start_run(self, run_id: str, plan_key: str, command: str, meta: dict[str, Any]) -> None:
         """Insert the run, or mark a resumed one running again."""
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO runs (run_id, plan_key, command, status, started_at, meta) "
-                "VALUES (?, ?, ?, 'running', ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
-                "status='running', finished_at=NULL",
-                (run_id, plan_key, command, _now(), json.dumps(meta)),
+                "INSERT INTO runs (run_id, plan_key, command, status, started_at, meta, owner) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+                "status='running', finished_at=NULL, owner=excluded.owner",
+                (run_id, plan_key, command, _now(), json.dumps(meta), self._owner),
             )
+            conn.execute("UPDATE live_runs SET run_id = ? WHERE owner = ?", (run_id, self._owner))
 
     def done_shards(self, run_id: str) -> set[str]:
         """Shard ids marked done for this run."""
@@ -223,6 +359,8 @@ class SqliteCheckpointStore(CheckpointStore):
         return int(self.db.query("SELECT COUNT(*) FROM dead_letters")[0][0])
 
     def close(self) -> None:
-        """Release the lock (if still held) and close the database."""
-        self.release()
-        self.db.close()
+        """Unregister (if still registered) and close the database."""
+        try:
+            self.unregister()
+        finally:
+            self.db.close()

@@ -12,16 +12,21 @@ half of one. The manifest says which file owns each chunk; it is committed after
 files are in place, so a row a file holds without owning it (a chunk moved to another
 episode, mid-crash) is invisible to :func:`read_vectors`.
 
+Overlapping runs may write one folder: each write (files and manifest together) holds
+``fcntl.flock`` on ``manifest.lock``, so two writers never merge into one file at once.
+
 Every write and delete first records the files it is about to touch in the manifest's
-``pending`` table and clears them when done. A run killed in between leaves them
-listed: the next run (:meth:`ParquetSink.recover`, lock held) rewrites each listed file
-with only the rows it owns, deletes files nobody owns and stale temp files. So after a
-kill and a resume, any Parquet reader over ``vectors/`` (pyarrow.dataset, DuckDB,
-Polars) sees exactly one row per chunk, the same rows :func:`read_vectors` returns.
+``pending`` table and clears them when done. A writer killed in between leaves them
+listed: the next run (:meth:`ParquetSink.recover`, under the same lock) rewrites each
+listed file with only the rows it owns, deletes files nobody owns and stale temp files.
+So after a kill and a resume, any Parquet reader over ``vectors/`` (pyarrow.dataset,
+DuckDB, Polars) sees exactly one row per chunk, the same rows :func:`read_vectors` returns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -144,6 +149,13 @@ class ParquetSink(Sink):
                 f"{dimension}; write to another sink.path (or delete that folder to start over)"
             )
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the folder's write lock (other processes' writes wait; the kernel frees it on death)."""
+        with (self.root / "manifest.lock").open("a", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
+
     @classmethod
     def open(cls, options: ParquetSinkOptions, dimension: int) -> ParquetSink:
         """Create the folder and manifest if needed."""
@@ -258,6 +270,10 @@ class ParquetSink(Sink):
         """Upsert vectors: files first, then the manifest, then drop moved chunks' old rows."""
         if not records:
             return 0
+        with self._exclusive():
+            return self._write(records)
+
+    def _write(self, records: list[VectorRecord]) -> int:
         latest: dict[str, VectorRecord] = {}
         for r in records:
             if not np.isfinite(r.embedding).all():
@@ -313,28 +329,33 @@ class ParquetSink(Sink):
     def recover(self) -> None:
         """Repair what a killed write or delete left: stray rows, unowned files, temp files.
 
-        Needs the target's lock (the runner holds it): another run's live temp files
-        and half-done files must not be touched.
+        Under the folder's write lock: a live writer holds it from its first temp file to
+        its last manifest commit, so whatever is pending, unowned or temporary now was left
+        by a writer that died.
         """
-        for tmp in self.vectors_dir.glob(f".*{TMP_MARK}*"):
-            pid = tmp.name.rpartition(TMP_MARK)[2]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                continue  # a live process on this machine writes it (not ours to delete)
-            tmp.unlink(missing_ok=True)
-        pending = [r[0] for r in self.db.query("SELECT file FROM pending ORDER BY file")]
-        for name in pending:
-            self._rewrite(name, None, drop=set())  # keeps only the rows the manifest gives it
-        self._clear_pending(pending)
-        owned = {r[0] for r in self.db.query("SELECT DISTINCT file FROM owner")}
-        orphans = [f for f in self.vectors_dir.glob("*.parquet") if f.name not in owned]
-        for f in orphans:  # e.g. left by a version without the pending list
-            f.unlink(missing_ok=True)
-        if orphans:
-            _fsync_dir(self.vectors_dir)
+        with self._exclusive():
+            for tmp in self.vectors_dir.glob(f".*{TMP_MARK}*"):
+                pid = tmp.name.rpartition(TMP_MARK)[2]
+                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                    continue  # a live process writing without the lock (an older version): leave it
+                tmp.unlink(missing_ok=True)
+            pending = [r[0] for r in self.db.query("SELECT file FROM pending ORDER BY file")]
+            for name in pending:
+                self._rewrite(name, None, drop=set())  # keeps only the rows the manifest gives it
+            self._clear_pending(pending)
+            owned = {r[0] for r in self.db.query("SELECT DISTINCT file FROM owner")}
+            orphans = [f for f in self.vectors_dir.glob("*.parquet") if f.name not in owned]
+            for f in orphans:  # e.g. left by a version without the pending list
+                f.unlink(missing_ok=True)
+            if orphans:
+                _fsync_dir(self.vectors_dir)
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Disown in the manifest first (atomic), then rewrite the files without them."""
-        ids = list(dict.fromkeys(chunk_ids))
+        with self._exclusive():
+            return self._delete(list(dict.fromkeys(chunk_ids)))
+
+    def _delete(self, ids: list[str]) -> int:
         owners = self._owners(ids)
         if not owners:
             return 0

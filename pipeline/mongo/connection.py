@@ -244,10 +244,13 @@ def connect(options: ConnectionOptions, what: str) -> Connection:
                     retryWrites=True,
                     retryReads=True,
                 )
-            except (InvalidURI, ConfigurationError) as exc:
+            except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
+                # pymongo raises a plain ValueError for some malformed URIs (a port that
+                # is not a number); all are the user's to fix in the variable.
                 raise ConfigError(
-                    f"{what}: the MongoDB URI in ${options.uri_env} is invalid "
-                    f"({scrub(str(exc), uri)}): {safe}"
+                    f"{what}.uri_env: the MongoDB URI in ${options.uri_env} is invalid "
+                    f"({scrub(str(exc), uri)}): {safe}; fix ${options.uri_env} "
+                    f"(or point {what}.uri_env at another variable)"
                 ) from None
             shared = _clients[key] = _Shared(client)
         shared.users += 1

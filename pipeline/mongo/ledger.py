@@ -1,28 +1,20 @@
-"""The MongoDB checkpoint store: run/shard ledger, a lease on the target, dead letters.
+"""The MongoDB checkpoint store: run/shard ledger, live runs and their claims, dead letters.
 
 Collections (``collection_prefix`` defaults to ``podembed_``), all in ``database``::
 
-    podembed_locks          _id = target; owner, acquired_at, heartbeat_at, expires_at
-    podembed_runs           _id = run id; target, plan_key, command, status, meta, report, ...
+    podembed_owners         _id = owner (one per live run); target, run_id, command,
+                            selection, started_at, heartbeat_at, expires_at, process
+    podembed_claims         _id = target + episode id; unit, owner, run_id, command,
+                            claimed_at, expires_at, process
+    podembed_runs           _id = run id; target, plan_key, command, status, owner, meta, ...
     podembed_shards         _id = run id + shard id; run_id, shard_id, counts, done_at
     podembed_dead_letters   _id = target + chunk id; chunk_id, field, reason, run_id,
                             first_seen, last_seen, text_sha256, episode_id, position
 
 The *target* is what the sink writes (``database.collection.vector_field``), so two
-sinks in one database (two models, two vector fields) keep separate ledgers and locks.
+sinks in one database (two models, two vector fields) keep separate ledgers and claims.
 
-**The lease.** ``acquire`` takes the lock document with one atomic
-``find_one_and_update(upsert=True)`` whose filter matches only a free lock: one held
-by this owner or expired. A held lock makes the upsert collide on ``_id``
-(``DuplicateKeyError``): that is the "locked" answer, with no race between check and
-take. Times come from the *server's* clock (``hello.localTime``), so hosts with skewed
-clocks agree on expiry. A daemon thread renews the lease every ``heartbeat_s``
-(default a third of ``lease_ttl_s``); the runner also renews after each shard. A
-renewal that finds another owner means the lease was lost (this process stalled past
-its expiry and another run took over): the next ``heartbeat``/``mark_shard_done``
-raises :class:`~pipeline.errors.LockedError` and the run stops. A crashed run's lease
-simply expires; the next run takes it over and resumes the crashed run's ledger.
-With ``lock_wait_s`` a run waits that long for a busy target instead of failing.
+Live runs and their claims on episodes: :mod:`pipeline.mongo.claims`.
 """
 
 from __future__ import annotations
@@ -31,17 +23,17 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pipeline.checkpoint import CheckpointStore, SinkHome, StoredDeadLetter
-from pipeline.errors import ConfigError, LockedError, TargetError
+from pipeline.errors import ConfigError
+from pipeline.mongo.claims import MongoRunClaims
 from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
 from pipeline.mongo.retry import ensure_index, retrying, server_now
-from pipeline.mongo.values import pages, utcnow
+from pipeline.mongo.values import iso_text, pages, utcnow
 from pipeline.records import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -57,12 +49,13 @@ class MongoCheckpointOptions(ConnectionOptions):
     collection_prefix: str = "podembed_"
     # Empty: derived from the sink (database.collection.vector_field).
     target: str = ""
-    # A lease not renewed for this long is free for another run to take.
-    lease_ttl_s: float = 120.0
-    # How often the background thread renews the lease (0: lease_ttl_s / 3).
+    # A claim not renewed for this long is free for another run to take (a crashed run on
+    # another machine; one on this machine is detected dead at once).
+    lease_ttl_s: float = 30.0
+    # How often the background thread renews the run's claims (0: lease_ttl_s / 3).
     heartbeat_s: float = 0.0
-    # How long a run waits for a busy target before failing (0: fail at once).
-    lock_wait_s: float = 0.0
+    # How long an ingest or reindex waits for an episode another live run is embedding.
+    claim_wait_s: float = 600.0
 
     def validate(self, prefix: str) -> None:
         """Times must be positive and consistent."""
@@ -74,20 +67,16 @@ class MongoCheckpointOptions(ConnectionOptions):
             raise ConfigError(f"{prefix}.lease_ttl_s: must be positive")
         if self.heartbeat_s < 0 or (self.heartbeat_s and self.heartbeat_s >= self.lease_ttl_s):
             raise ConfigError(f"{prefix}.heartbeat_s: must be between 0 and lease_ttl_s")
-        if self.lock_wait_s < 0:
-            raise ConfigError(f"{prefix}.lock_wait_s: must not be negative")
+        if self.claim_wait_s < 0:
+            raise ConfigError(f"{prefix}.claim_wait_s: must not be negative")
         if self.server_selection_timeout_ms < 100:
             raise ConfigError(f"{prefix}.server_selection_timeout_ms: must be at least 100")
         if self.retry_s < 0:
             raise ConfigError(f"{prefix}.retry_s: must not be negative")
 
 
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value or "")
-
-
-class MongoCheckpointStore(CheckpointStore):
-    """Ledger, lease and dead letters in MongoDB (see the module docstring)."""
+class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
+    """Ledger, claims and dead letters in MongoDB (see the module docstring)."""
 
     Options = MongoCheckpointOptions
 
@@ -97,14 +86,21 @@ class MongoCheckpointStore(CheckpointStore):
         self.target = target
         db = conn.client[database]
         p = options.collection_prefix
-        self.locks = db[f"{p}locks"]
+        self.owners = db[f"{p}owners"]
+        self.claims = db[f"{p}claims"]
         self.runs = db[f"{p}runs"]
         self.shards = db[f"{p}shards"]
         self.dead = db[f"{p}dead_letters"]
         self.ttl = timedelta(seconds=options.lease_ttl_s)
         self.beat_every = options.heartbeat_s or options.lease_ttl_s / 3
+        self.claim_wait_s = options.claim_wait_s
+        self.claim_poll_s = min(1.0, max(0.05, self.beat_every / 4))
         self._owner: str | None = None
-        self._lost: str | None = None
+        self._run_id = ""
+        self._command = ""
+        self._owner_doc: dict[str, Any] = {}
+        self._mine: set[str] = set()  # units this run holds
+        self._lost: set[str] = set()
         self._last_beat = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,155 +133,50 @@ class MongoCheckpointStore(CheckpointStore):
         ensure_index(self.conn, self.runs, [("target", 1), ("started_at", -1)])
         ensure_index(self.conn, self.shards, [("run_id", 1)])
         ensure_index(self.conn, self.dead, [("target", 1), ("last_seen", -1)])
-
-    # ------------------------------------------------------------------ lease
-    def _try_take(self, owner: str) -> dict[str, Any] | None:
-        """Take the lock if free; ``None`` if someone else holds a live lease."""
-        from pymongo import ReturnDocument
-        from pymongo.errors import DuplicateKeyError
-
-        now = server_now(self.conn)
-        flt = {"_id": self.target, "$or": [{"owner": owner}, {"expires_at": {"$lt": now}}]}
-        update = {
-            "$set": {
-                "owner": owner,
-                "acquired_at": now,
-                "heartbeat_at": now,
-                "expires_at": now + self.ttl,
-            }
-        }
-
-        def take() -> dict[str, Any] | None:
-            try:
-                before = self.locks.find_one_and_update(
-                    flt, update, upsert=True, return_document=ReturnDocument.BEFORE
-                )
-            except DuplicateKeyError:
-                return None
-            return before or {}
-
-        return retrying(self.conn, "taking the target's lease", take)
-
-    def acquire(self, owner: str) -> None:
-        """Take the target's lease or raise :class:`LockedError` naming the holder."""
-        deadline = time.monotonic() + self.options.lock_wait_s
-        while True:
-            previous = self._try_take(owner)
-            if previous is not None:
-                break
-            if time.monotonic() >= deadline:
-                holder = retrying(
-                    self.conn, "reading the lease", lambda: self.locks.find_one({"_id": self.target})
-                )
-                who = (holder or {}).get("owner", "another run")
-                until = _iso((holder or {}).get("expires_at"))
-                raise LockedError(
-                    f"{self.target} is being written by another run ({who}; its lease runs "
-                    f"until {until} unless renewed); wait for it to finish, or, if it "
-                    f"crashed, for the lease to expire ({self.options.lease_ttl_s:g} s after "
-                    "its last heartbeat)"
-                )
-            time.sleep(min(1.0, max(0.05, self.beat_every / 2)))
-        if previous.get("owner") and previous.get("owner") != owner:
-            log.warning(
-                "took over the expired lease of %s (last heartbeat %s)",
-                previous.get("owner"),
-                _iso(previous.get("heartbeat_at")),
-            )
-        self._owner, self._lost = owner, None
-        self._last_beat = time.monotonic()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat_loop, name="podembed-lease", daemon=True)
-        self._thread.start()
-
-    def _renew(self) -> None:
-        """Extend the lease; notes (does not raise) a lost lease."""
-        owner = self._owner
-        if owner is None:
-            return
-        with self._beat_lock:
-            now = server_now(self.conn)
-            res = retrying(
-                self.conn,
-                "renewing the lease",
-                lambda: self.locks.update_one(
-                    {"_id": self.target, "owner": owner},
-                    {"$set": {"heartbeat_at": now, "expires_at": now + self.ttl}},
-                ),
-            )
-            if res.matched_count == 0 and self._owner == owner:
-                holder = self.locks.find_one({"_id": self.target}) or {}
-                self._lost = str(holder.get("owner", "nobody"))
-                log.error("lease on %s lost to %s", self.target, self._lost)
-            self._last_beat = time.monotonic()
-
-    def _beat_loop(self) -> None:
-        while not self._stop.wait(self.beat_every):
-            if self._lost is not None:
-                return
-            try:
-                self._renew()
-            except Exception as exc:  # the runner's own heartbeat surfaces lasting trouble
-                log.warning("lease renewal failed: %s", self.conn.scrub(str(exc)))
-
-    def _check_lease(self) -> None:
-        if self._lost is not None:
-            raise LockedError(
-                f"lost the lease on {self.target} to {self._lost} (this run stalled longer "
-                f"than lease_ttl_s = {self.options.lease_ttl_s:g} s); it stops here, and "
-                "the other run carries on"
-            )
-
-    def heartbeat(self) -> None:
-        """Renew now if due; raise :class:`LockedError` if the lease was lost."""
-        self._check_lease()
-        if time.monotonic() - self._last_beat >= self.beat_every / 2:
-            self._renew()
-            self._check_lease()
-
-    def release(self) -> None:
-        """Stop renewing and free the lock (only if this run still owns it)."""
-        owner, self._owner = self._owner, None
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if owner is None:
-            return
-        try:
-            retrying(
-                self.conn,
-                "releasing the lease",
-                lambda: self.locks.delete_one({"_id": self.target, "owner": owner}),
-            )
-        except TargetError as exc:
-            # Never mask the error that ended the run: an unreleased lease expires by itself.
-            log.warning(
-                "could not release the lease on %s (%s); it expires within %g s",
-                self.target,
-                exc,
-                self.options.lease_ttl_s,
-            )
+        ensure_index(self.conn, self.claims, [("target", 1), ("owner", 1)])
+        ensure_index(self.conn, self.owners, [("target", 1)])
 
     # ------------------------------------------------------------------ runs
     def find_resumable(self, plan_key: str) -> str | None:
-        """The newest run of this target with this key, unless it completed."""
-        doc = retrying(
+        """Take over the newest unfinished run of this target with this key whose owner is gone."""
+        docs = retrying(
             self.conn,
             "finding a resumable run",
-            lambda: self.runs.find_one(
-                {"target": self.target, "plan_key": plan_key},
-                {"status": 1},
-                sort=[("started_at", -1)],
+            lambda: list(
+                self.runs.find({"target": self.target, "plan_key": plan_key}, {"status": 1, "owner": 1}).sort(
+                    "started_at", -1
+                )
             ),
         )
-        if doc and doc.get("status") != "completed":
-            return str(doc["_id"])
+        now = server_now(self.conn)
+        for doc in docs:
+            owner = doc.get("owner")
+            if doc.get("status") == "running" and owner and self._owner_alive(str(owner), now):
+                continue  # a live run of the same work: this one starts its own
+            if doc.get("status") == "completed":
+                return None
+            taken = retrying(
+                self.conn,
+                "taking over a run",
+                lambda doc=doc: self.runs.find_one_and_update(
+                    {"_id": doc["_id"], "owner": doc.get("owner")}, {"$set": {"owner": self._owner}}
+                ),
+            )
+            if taken is not None:
+                return str(doc["_id"])
         return None
 
     def start_run(self, run_id: str, plan_key: str, command: str, meta: dict[str, Any]) -> None:
         """Insert the run, or mark a resumed one running again."""
         now = utcnow()
+        self._run_id = run_id
+        if self._owner is not None:
+            owner = self._owner
+            retrying(
+                self.conn,
+                "recording the run's id",
+                lambda: self.owners.update_one({"_id": owner}, {"$set": {"run_id": run_id}}),
+            )
         retrying(
             self.conn,
             "recording the run",
@@ -318,8 +209,7 @@ class MongoCheckpointStore(CheckpointStore):
         return {str(d["shard_id"]) for d in docs}
 
     def mark_shard_done(self, run_id: str, shard_id: str, counts: dict[str, int]) -> None:
-        """Durably record a finished shard (refused once the lease is lost)."""
-        self._check_lease()
+        """Durably record a finished shard."""
         key = hashlib.sha256(f"{run_id}\x1f{shard_id}".encode()).hexdigest()[:32]
         doc = {"run_id": run_id, "shard_id": shard_id, "counts": dict(counts), "done_at": utcnow()}
         retrying(
@@ -351,8 +241,8 @@ class MongoCheckpointStore(CheckpointStore):
                 "run_id": str(d["_id"]),
                 "command": d.get("command"),
                 "status": d.get("status"),
-                "started_at": _iso(d.get("started_at")),
-                "finished_at": _iso(d.get("finished_at")) or None,
+                "started_at": iso_text(d.get("started_at")),
+                "finished_at": iso_text(d.get("finished_at")) or None,
                 "report": d.get("report"),
             }
             for d in docs
@@ -403,8 +293,8 @@ class MongoCheckpointStore(CheckpointStore):
             field=str(d.get("field", "")),
             reason=str(d.get("reason", "")),
             run_id=str(d.get("run_id", "")),
-            first_seen=_iso(d.get("first_seen")),
-            last_seen=_iso(d.get("last_seen")),
+            first_seen=iso_text(d.get("first_seen")),
+            last_seen=iso_text(d.get("last_seen")),
             text_sha256=d.get("text_sha256"),
             episode_id=d.get("episode_id"),
         )
@@ -455,9 +345,9 @@ class MongoCheckpointStore(CheckpointStore):
         )
 
     def close(self) -> None:
-        """Release the lease (if still held) and the shared client."""
+        """Unregister (if still registered) and release the shared client."""
         try:
-            self.release()
+            self.unregister()
         finally:
             self.conn.close()
 

@@ -12,6 +12,13 @@
 - **Typed locators.** Episode values and ``_id`` bounds are kept in the locator as
   canonical extended JSON (``{"$oid": ...}``), so ObjectId, integer or string keys all
   round-trip exactly while the locator stays plain JSON.
+- **Data is never a query.** Only episode values of an id type (string, integer,
+  ObjectId, binary) go into a shard's filter, matched literally with ``$in`` and a
+  server-side type check (so an array holding an episode id does not match it). Documents
+  whose episode id is anything else (missing, an object such as ``{"$gt": ""}``, an
+  array, a BSON regex, a number with a fraction) are planned apart, into
+  ``invalid_episode_ids`` shards selected by that type check, and are read once and
+  dead-lettered by validation.
 - **Server-side filters.** The configured ``query``, the shard and the run's
   :class:`~pipeline.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
   are one ``$and`` filter evaluated by the server.
@@ -43,8 +50,21 @@ from pipeline.mongo.connection import (
     connect,
     hosts_of,
 )
+from pipeline.mongo.duplicates import duplicate_ids
+from pipeline.mongo.id_ranges import after, at_or_after, before
 from pipeline.mongo.retry import ensure_index, retrying
-from pipeline.mongo.values import from_ejson, get_path, id_candidates, id_filter, id_to_str, pages, to_ejson
+from pipeline.mongo.values import (
+    ID_TYPES,
+    and_filter,
+    from_ejson,
+    get_path,
+    id_filter,
+    id_to_str,
+    lacks_id_type,
+    literal_in,
+    pages,
+    to_ejson,
+)
 from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
 from pipeline.source import Source
@@ -79,20 +99,6 @@ class MongoSourceOptions(ConnectionOptions):
         for key in self.query:
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{prefix}.query: keys must be field names or operators")
-
-
-def _and(*parts: dict[str, Any]) -> dict[str, Any]:
-    kept = [p for p in parts if p]
-    if not kept:
-        return {}
-    return kept[0] if len(kept) == 1 else {"$and": kept}
-
-
-def _in(field_path: str, values: Iterable[str]) -> dict[str, Any]:
-    typed: list[Any] = []
-    for v in values:
-        typed.extend(id_candidates(v))
-    return {field_path: {"$in": typed}}
 
 
 class MongoSource(Source):
@@ -198,35 +204,44 @@ class MongoSource(Source):
     def _selection_filter(self, selection: Selection) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
         if selection.episode_ids:
-            parts.append(_in(self.mapping["episode_id"], selection.episode_ids))
+            parts.append(id_filter(self.mapping["episode_id"], selection.episode_ids))
         if selection.podcast_ids:
             if "podcast_id" not in self.mapping:
                 raise SourceError("--podcast needs a podcast field: set source.fields.podcast_id")
-            parts.append(_in(self.mapping["podcast_id"], selection.podcast_ids))
+            parts.append(id_filter(self.mapping["podcast_id"], selection.podcast_ids))
         if selection.since is not None:
             if "published_at" not in self.mapping:
                 raise SourceError("--since needs a date field: set source.fields.published_at")
             parts.append({self.mapping["published_at"]: {"$gte": selection.since}})
-        return _and(*parts)
+        return and_filter(*parts)
 
     def _base_filter(self, selection: Selection) -> dict[str, Any]:
-        return _and(self.options.query, self._selection_filter(selection))
+        return and_filter(self.options.query, self._selection_filter(selection))
 
     @staticmethod
     def _range_filter(locator: dict[str, Any]) -> dict[str, Any]:
         lo, hi = locator.get("id_gte"), locator.get("id_lt")
-        return _and(
-            _at_or_after(from_ejson(lo)) if lo is not None else {},
-            _before(from_ejson(hi)) if hi is not None else {},
+        return and_filter(
+            at_or_after(from_ejson(lo)) if lo is not None else {},
+            before(from_ejson(hi)) if hi is not None else {},
         )
+
+    def _episodes_filter(self, values: list[Any]) -> dict[str, Any]:
+        try:
+            return literal_in(self.mapping["episode_id"], values)
+        except ValueError as exc:
+            # Plans only ever hold id-typed episode values; a locator that holds anything
+            # else did not come from plan() and is refused rather than run as a query.
+            raise SourceError(f"shard locator: episode value not usable in a query ({exc})") from None
 
     def _shard_filter(self, locator: dict[str, Any]) -> dict[str, Any]:
         parts = []
         if "episodes" in locator:
-            values = [from_ejson(v) for v in locator["episodes"]]
-            parts.append({self.mapping["episode_id"]: {"$in": values}})
+            parts.append(self._episodes_filter([from_ejson(v) for v in locator["episodes"]]))
+        elif locator.get("invalid_episode_ids"):
+            parts.append(lacks_id_type(self.mapping["episode_id"]))
         parts.append(self._range_filter(locator))
-        return _and(*parts)
+        return and_filter(*parts)
 
     # ----------------------------------------------------------------- planning
     def plan(self, selection: Selection) -> list[ShardSpec]:
@@ -235,9 +250,22 @@ class MongoSource(Source):
         if self.options.shard_by == "id":
             return [self._spec(b, {"counts": [n]}, n) for b, n in self._id_ranges(base)]
         episode_path = self.mapping["episode_id"]
+        # Episode values that are not of an id type are grouped under null (never
+        # returned, never queried): their documents are planned by type below.
         pipeline = [
             {"$match": base} if base else {"$match": {}},
-            {"$group": {"_id": f"${episode_path}", "n": {"$sum": 1}}},
+            {
+                "$group": {
+                    "_id": {
+                        "$cond": [
+                            {"$in": [{"$type": f"${episode_path}"}, ID_TYPES]},
+                            f"${episode_path}",
+                            None,
+                        ]
+                    },
+                    "n": {"$sum": 1},
+                }
+            },
             {"$sort": {"_id": 1}},
         ]
         groups = retrying(
@@ -261,12 +289,16 @@ class MongoSource(Source):
                 )
             pending, pending_n = [], 0
 
+        invalid = 0
         for g in groups:
             episode, n = g["_id"], int(g["n"])
+            if episode is None:
+                invalid += n
+                continue
             if n > self.window:
                 flush()
                 # One large episode: split it into _id ranges so memory stays bounded.
-                ep_filter = _and(base, {episode_path: episode})
+                ep_filter = and_filter(base, self._episodes_filter([episode]))
                 for bounds, count in self._id_ranges(ep_filter):
                     shards.append(
                         self._spec({"episodes": [to_ejson(episode)], **bounds}, {"counts": [count]}, count)
@@ -277,12 +309,25 @@ class MongoSource(Source):
             pending.append((episode, n))
             pending_n += n
         flush()
+        if invalid:
+            shards += self._invalid_shards(base, invalid)
         return shards
+
+    def _invalid_shards(self, base: dict[str, Any], n: int) -> list[ShardSpec]:
+        """Shards of the documents whose episode id is missing or not of an id type.
+
+        They are selected by type, never by value, and validation dead-letters them.
+        """
+        marker = {"invalid_episode_ids": True}
+        if n <= self.window:
+            return [self._spec(marker, {"counts": [n]}, n)]
+        flt = and_filter(base, lacks_id_type(self.mapping["episode_id"]))
+        return [self._spec({**marker, **b}, {"counts": [c]}, c) for b, c in self._id_ranges(flt)]
 
     def _spec(self, locator: dict[str, Any], extra: dict[str, Any], n: int) -> ShardSpec:
         ident = json.dumps({"loc": locator, **extra}, sort_keys=True)
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        prefix = "ep" if "episodes" in locator else "id"
+        prefix = "ep" if "episodes" in locator else "bad" if locator.get("invalid_episode_ids") else "id"
         return ShardSpec(shard_id=f"{prefix}-{digest}", locator=locator, estimated_chunks=n)
 
     def _id_ranges(self, flt: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
@@ -295,7 +340,7 @@ class MongoSource(Source):
         counts: list[int] = []
         last: Any = None
         while True:
-            page_filter = _and(flt, _after(last)) if starts else flt
+            page_filter = and_filter(flt, after(last)) if starts else flt
             docs = retrying(
                 self.conn,
                 "planning shards by _id",
@@ -325,7 +370,7 @@ class MongoSource(Source):
         which the run holds in memory anyway) so that a transient fault simply retries
         the query: no record is ever yielded twice or skipped.
         """
-        flt = _and(self._base_filter(selection), self._shard_filter(shard.locator))
+        flt = and_filter(self._base_filter(selection), self._shard_filter(shard.locator))
         o = self.options
         docs = retrying(
             self.conn,
@@ -347,29 +392,17 @@ class MongoSource(Source):
 
     # -------------------------------------------------------------- id queries
     def duplicate_ids(self, selection: Selection) -> dict[str, int]:
-        """Chunk ids on more than one selected document (none when the id is ``_id``)."""
-        path = self.mapping["chunk_id"]
-        if path == "_id":
-            return {}
-        base = self._base_filter(selection)
-        pipeline = [
-            {"$match": base},
-            {"$group": {"_id": f"${path}", "n": {"$sum": 1}}},
-            {"$match": {"n": {"$gt": 1}}},
-        ]
-        rows = retrying(
-            self.conn,
-            "finding duplicate chunk ids",
-            lambda: list(self.collection.aggregate(pipeline, allowDiskUse=True)),
-        )
-        return {str(id_to_str(r["_id"])): int(r["n"]) for r in rows if r["_id"] is not None}
+        """Chunk ids shared by more than one document the configured ``query`` selects
+        (see :func:`pipeline.mongo.duplicates.duplicate_ids`; the selection does not narrow it)."""
+        o = self.options
+        return duplicate_ids(self.conn, self.collection, o.query, self.mapping["chunk_id"], o.batch_size)
 
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
         """Which of these ids are on a document the configured ``query`` still selects."""
         path = self.mapping["chunk_id"]
         found: set[str] = set()
         for page in pages(list(chunk_ids), IN_PAGE):
-            flt = _and(self.options.query, id_filter(path, page))
+            flt = and_filter(self.options.query, id_filter(path, page))
             docs = retrying(
                 self.conn,
                 "checking which chunks exist",
@@ -382,85 +415,3 @@ class MongoSource(Source):
     def close(self) -> None:
         """Release the shared client."""
         self.conn.close()
-
-
-# BSON comparison order of _id types, as $type codes. Range operators only compare
-# values of one type ("type bracketing"), so an _id range that may span types is
-# written as "greater within this type, or any type that sorts after it".
-_BRACKETS: list[list[int]] = [
-    [-1],  # minKey
-    [10],  # null
-    [1, 16, 18, 19],  # numbers
-    [2, 14],  # string, symbol
-    [3],  # object
-    [4],  # array
-    [5],  # binData
-    [7],  # objectId
-    [8],  # bool
-    [9],  # date
-    [17],  # timestamp
-    [11],  # regex
-    [127],  # maxKey
-]
-
-
-def _bracket(value: Any) -> int:
-    """Index in :data:`_BRACKETS` of a Python value decoded from BSON."""
-    import datetime as _dt
-    import re as _re
-    import uuid as _uuid
-
-    from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
-
-    if isinstance(value, MinKey):
-        return 0
-    if value is None:
-        return 1
-    if isinstance(value, bool):
-        return 8
-    if isinstance(value, int | float | Int64 | Decimal128):
-        return 2
-    if isinstance(value, str):
-        return 3
-    if isinstance(value, dict):
-        return 4
-    if isinstance(value, list | tuple):
-        return 5
-    if isinstance(value, bytes | _uuid.UUID):
-        return 6
-    if isinstance(value, ObjectId):
-        return 7
-    if isinstance(value, Timestamp):
-        return 10
-    if isinstance(value, _dt.datetime):
-        return 9
-    if isinstance(value, Regex | _re.Pattern):
-        return 11
-    if isinstance(value, MaxKey):
-        return 12
-    return 6  # Binary and other binary-like values
-
-
-def _types(brackets: range) -> list[int]:
-    return [code for i in brackets for code in _BRACKETS[i]]
-
-
-def _typed_cmp(op: str, value: Any, others: list[int]) -> dict[str, Any]:
-    if not others:
-        return {"_id": {op: value}}
-    return {"$or": [{"_id": {op: value}}, {"_id": {"$type": others}}]}
-
-
-def _after(value: Any) -> dict[str, Any]:
-    """``_id`` sorts strictly after ``value`` (across types)."""
-    return _typed_cmp("$gt", value, _types(range(_bracket(value) + 1, len(_BRACKETS))))
-
-
-def _at_or_after(value: Any) -> dict[str, Any]:
-    """``_id`` sorts at or after ``value`` (across types)."""
-    return _typed_cmp("$gte", value, _types(range(_bracket(value) + 1, len(_BRACKETS))))
-
-
-def _before(value: Any) -> dict[str, Any]:
-    """``_id`` sorts strictly before ``value`` (across types)."""
-    return _typed_cmp("$lt", value, _types(range(0, _bracket(value))))

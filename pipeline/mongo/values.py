@@ -3,6 +3,12 @@
 Chunk ids are strings in the pipeline; MongoDB ids may be ObjectIds, integers or UUIDs.
 :func:`id_candidates` turns a string id back into every BSON value it may have come from,
 so writes and lookups match the original document with ``{"_id": {"$in": candidates}}``.
+
+Values read from the data are never query syntax. Only values of :data:`ID_TYPES`
+(strings, integers, ObjectIds, binary ids) are ever placed into a filter, and only
+under ``$in``, where they match literally. Objects (``{"$gt": ""}``), arrays and BSON
+regexes, which ``$in`` would treat as operators, element matches or patterns, are
+recognised by their type on the server (:func:`has_id_type`, :func:`lacks_id_type`).
 """
 
 from __future__ import annotations
@@ -66,12 +72,61 @@ def id_candidates(chunk_id: str) -> list[Any]:
     return out
 
 
-def id_filter(field: str, chunk_ids: Iterable[str]) -> dict[str, Any]:
-    """``{field: {"$in": [...every typed form...]}}`` for these chunk ids."""
+def id_filter(field: str, ids: Iterable[str]) -> dict[str, Any]:
+    """``{field: {"$in": [...every typed form...]}}`` for these string ids (chunk, episode, podcast)."""
     values: list[Any] = []
-    for cid in chunk_ids:
+    for cid in ids:
         values.extend(id_candidates(cid))
     return {field: {"$in": values}}
+
+
+# BSON types (``$type`` names) whose values may identify a chunk or an episode. They are
+# the only values read from the data that a filter ever holds.
+ID_TYPES = ["string", "int", "long", "objectId", "binData"]
+# Strings that are the string form of an int, an ObjectId or a UUID (what id_to_str gives):
+# only these can collide with a typed id. A constant pattern, never built from data.
+TYPED_LOOKING = (
+    r"^(?:-?[0-9]{1,19}|[0-9a-f]{24}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+)
+
+
+def is_id_value(value: Any) -> bool:
+    """Whether ``value`` (decoded from BSON) is of :data:`ID_TYPES`: safe to match literally."""
+    from bson import ObjectId
+    from bson.binary import Binary
+
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, str | int | ObjectId | Binary | uuid.UUID)
+
+
+def _type_in(path: str) -> dict[str, Any]:
+    # Aggregation's $type sees the whole value (an array is "array"), unlike the query
+    # operator $type, which also matches an array by the type of its elements.
+    return {"$in": [{"$type": f"${path}"}, ID_TYPES]}
+
+
+def has_id_type(path: str) -> dict[str, Any]:
+    """Filter: the value at ``path`` is a single value of :data:`ID_TYPES` (not an array holding one)."""
+    return {"$expr": _type_in(path)}
+
+
+def lacks_id_type(path: str) -> dict[str, Any]:
+    """Filter: the value at ``path`` is missing, null, or of any type outside :data:`ID_TYPES`."""
+    return {"$expr": {"$not": [_type_in(path)]}}
+
+
+def literal_in(path: str, values: Iterable[Any]) -> dict[str, Any]:
+    """``{path: {"$in": values}}`` for values of :data:`ID_TYPES` only, matched as whole values.
+
+    Raises :class:`ValueError` for any other value: it would be read as an operator,
+    a pattern or an element match.
+    """
+    kept = list(values)
+    for v in kept:
+        if not is_id_value(v):
+            raise ValueError(f"{type(v).__name__} value {v!r:.80} cannot be matched literally")
+    return {"$and": [{path: {"$in": kept}}, has_id_type(path)]}
 
 
 def one_id_filter(field: str, chunk_id: str) -> dict[str, Any]:
@@ -117,3 +172,27 @@ def utcnow() -> datetime:
     """Local UTC time, millisecond precision (what BSON dates keep)."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso_text(value: Any) -> str:
+    """A stored date as ISO text (anything else as its string; missing as "")."""
+    return value.isoformat() if isinstance(value, datetime) else str(value or "")
+
+
+def and_filter(*parts: dict[str, Any]) -> dict[str, Any]:
+    """The conjunction of the non-empty filters (``{}`` when none is left)."""
+    kept = [p for p in parts if p]
+    if not kept:
+        return {}
+    return kept[0] if len(kept) == 1 else {"$and": kept}
+
+
+def typed_forms(chunk_id: str) -> list[Any]:
+    """The non-string BSON values whose string form is ``chunk_id`` (both UUID layouts)."""
+    from bson.binary import Binary, UuidRepresentation
+
+    forms = id_candidates(chunk_id)[1:]
+    for form in list(forms):
+        if isinstance(form, Binary) and form.subtype == 4:
+            forms.append(Binary.from_uuid(form.as_uuid(), UuidRepresentation.PYTHON_LEGACY))
+    return forms
