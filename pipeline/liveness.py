@@ -116,3 +116,31 @@ def is_dead(other: ProcessIdentity | None) -> bool:
     if ticks is None:
         return True
     return bool(other.start_ticks) and ticks != other.start_ticks
+
+
+TMP_MARK = ".tmp-"  # temp files are named .<name>.tmp-<pid> and renamed into place when complete
+
+
+def stale_temp_files(folder: Path, *, ours_too: bool = False) -> list[Path]:
+    """Temp files in ``folder`` whose writer is gone: no process runs under their PID here.
+
+    A process killed between writing a temp file and renaming it leaves it behind. A live
+    PID's file is kept (a PID reused since then only delays the cleanup); this process's
+    own files count as stale only with ``ours_too`` (its caller knows it writes none now).
+    """
+    stale: list[Path] = []
+    for path in folder.glob(f".*{TMP_MARK}*"):
+        pid = path.name.rpartition(TMP_MARK)[2]
+        if not pid.isdigit():
+            continue
+        if int(pid) == os.getpid():
+            if ours_too:
+                stale.append(path)
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.append(path)
+        except PermissionError:  # alive, another user's
+            pass
+    return stale

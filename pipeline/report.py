@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.cost import Bill, Prices, Usage, bill_usage, device_cost_usd, padding_ratio
 from pipeline.errors import ConfigError, TargetError
+from pipeline.liveness import TMP_MARK, stale_temp_files
 
 
 @dataclass(slots=True)
@@ -174,6 +175,9 @@ def check_report_dir(directory: str | os.PathLike[str]) -> None:
         raise ConfigError(f"report.dir: cannot keep run reports in {d}: {why}") from None
     if not os.access(d, os.W_OK | os.X_OK):
         raise ConfigError(f"report.dir: cannot keep run reports in {d}: not writable")
+    for tmp in stale_temp_files(d):  # a run killed while writing its report
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def write_report(report: RunReport, directory: str | os.PathLike[str]) -> Path:
@@ -183,7 +187,7 @@ def write_report(report: RunReport, directory: str | os.PathLike[str]) -> Path:
     """
     d = Path(directory)
     path = d / f"{report.run_id}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         d.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")

@@ -151,13 +151,18 @@ def test_a_kill_at_any_file_step_of_a_prune_run_leaves_one_row_per_chunk_after_r
     calls = {"n": 0}
 
     def crash_before_rename(at: int) -> None:
-        def os_replace(a: object, b: object) -> None:
-            calls["n"] += 1
-            if calls["n"] == at:
-                raise Crash  # the temp file is written, not yet renamed
-            real_os_replace(a, b)  # type: ignore[arg-type]
+        class SinkOs:  # the sink module's `os`: only its renames crash, nobody else's
+            def __getattr__(self, name: str) -> object:
+                return getattr(os, name)
 
-        monkeypatch.setattr(sink_module.os, "replace", os_replace)
+            @staticmethod
+            def replace(a: object, b: object) -> None:
+                calls["n"] += 1
+                if calls["n"] == at:
+                    raise Crash  # the temp file is written, not yet renamed
+                real_os_replace(a, b)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sink_module, "os", SinkOs())
 
     def crash_after_file(at: int) -> None:
         def replace_file(self: ParquetSink, name: str, keep_rows: object) -> None:
@@ -204,10 +209,12 @@ def test_stale_temp_files_of_dead_processes_are_removed_by_the_next_run(
         name = next((out / "vectors").glob("*.parquet")).name
         left = out / "vectors" / f".{name}.tmp-{int(dead.stdout)}"  # what a SIGKILL mid-write leaves
         busy = out / "vectors" / f".{name}.tmp-{live.pid}"  # another live process's
-        left.write_bytes(b"")
-        busy.write_bytes(b"")
+        report = out / "runs" / f".20261201T000000Z-abcdef.json.tmp-{int(dead.stdout)}"
+        for path in (left, busy, report):
+            path.write_bytes(b"")
         assert run(config, RunOptions()).status == "completed"
         assert not left.exists(), "a dead process's temp file survived the next run"
+        assert not report.exists(), "a dead process's temp report survived the next run"
         assert busy.exists(), "a live process's temp file was deleted"
     finally:
         live.stdin.close()  # type: ignore[union-attr]

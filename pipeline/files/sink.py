@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
+from pipeline.liveness import TMP_MARK, stale_temp_files
 from pipeline.records import Chunk, StoredState, VectorRecord
 from pipeline.sink import SearchOutcome, Sink, VectorQuery
 
@@ -59,7 +60,6 @@ CREATE INDEX IF NOT EXISTS owner_file ON owner(file);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (file TEXT PRIMARY KEY);
 """
-TMP_MARK = ".tmp-"  # temp files: .<name>.tmp-<pid>
 LOOKUP_PAGE = 900  # SQLite's default limit on bound parameters is 999
 
 
@@ -97,16 +97,6 @@ class ParquetSinkOptions:
         """The path must be set."""
         if not self.path.strip():
             raise ConfigError(f"{prefix}.path: must name an output folder")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -334,10 +324,8 @@ class ParquetSink(Sink):
         by a writer that died.
         """
         with self._exclusive():
-            for tmp in self.vectors_dir.glob(f".*{TMP_MARK}*"):
-                pid = tmp.name.rpartition(TMP_MARK)[2]
-                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                    continue  # a live process writing without the lock (an older version): leave it
+            # Ours too: a write of this process holds the lock, so none is under way.
+            for tmp in stale_temp_files(self.vectors_dir, ours_too=True):
                 tmp.unlink(missing_ok=True)
             pending = [r[0] for r in self.db.query("SELECT file FROM pending ORDER BY file")]
             for name in pending:
