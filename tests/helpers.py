@@ -136,5 +136,5 @@ def dataset_ids(out: Path) -> list[str]:
 
 
 def temp_files(out: Path) -> list[Path]:
-    """Temp files anywhere under ``out`` (a kill must not leave any behind after a resume)."""
-    return [p for p in out.rglob("*") if ".tmp-" in p.name]
+    """Temp files in the vectors and reports of ``out`` (none may outlive a kill and a resume)."""
+    return [p for folder in ("vectors", "runs") for p in (out / folder).glob("*") if ".tmp-" in p.name]
