@@ -76,7 +76,8 @@ def main() -> None:
     import pyarrow.parquet as pq
     from pymongo import MongoClient
 
-    from pipeline.mongo.sink import MongoSink, MongoSinkOptions
+    from pipeline.mongo.sink import MongoSink
+    from pipeline.mongo.sink_options import MongoSinkOptions
     from pipeline.records import Chunk, VectorRecord, text_sha256
     from pipeline.toml_schema import from_table
 

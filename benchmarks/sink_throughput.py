@@ -157,7 +157,8 @@ def start_secantus(data: Path) -> tuple[subprocess.Popen[bytes], str]:
 def bench_mongo(records: list[Any], batches: list[int], dim: int, tmp: Path) -> list[dict[str, Any]]:
     from pymongo import MongoClient
 
-    from pipeline.mongo.sink import MongoSink, MongoSinkOptions
+    from pipeline.mongo.sink import MongoSink
+    from pipeline.mongo.sink_options import MongoSinkOptions
 
     proc, uri = start_secantus(tmp / "secantus")
     os.environ[URI_ENV] = uri

@@ -266,7 +266,7 @@ def stored(
     key: str = "_id",
 ) -> dict[str, dict[str, Any]]:
     """chunk id -> {"vector": float32 array, "meta": metadata} for every stored vector."""
-    from pipeline.mongo.sink import decode_vector
+    from pipeline.mongo.values import decode_vector
 
     out = {}
     for doc in env.db[collection].find({vector_field: {"$exists": True}}):

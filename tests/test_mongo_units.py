@@ -20,7 +20,8 @@ from pipeline.errors import ConfigError, TargetError
 from pipeline.liveness import current
 from pipeline.mongo.connection import redact_uri, scrub
 from pipeline.mongo.ledger import MongoCheckpointOptions, MongoCheckpointStore
-from pipeline.mongo.sink import MongoSink, MongoSinkOptions
+from pipeline.mongo.sink import MongoSink
+from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import id_candidates, id_to_str
 from pipeline.records import Chunk, DeadLetter, VectorRecord, text_sha256
 from pipeline.toml_schema import from_table

@@ -40,115 +40,34 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
-from pipeline.errors import ConfigError, TargetError
+from pipeline.errors import TargetError
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
-    ConnectionOptions,
-    check_field,
-    check_name,
     connect,
     hosts_of,
 )
 from pipeline.mongo.retry import ensure_index, retrying
-from pipeline.mongo.values import get_path, id_filter, id_to_str, one_id_filter, pages
+from pipeline.mongo.sink_options import MongoSinkOptions
+from pipeline.mongo.values import (
+    decode_vector,
+    encode_vector,
+    get_path,
+    id_filter,
+    id_to_str,
+    one_id_filter,
+    pages,
+)
 from pipeline.records import Chunk, StoredState, VectorRecord
 from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class MongoSinkOptions(ConnectionOptions):
-    """``[sink]`` options for ``kind = "mongo"``."""
-
-    database: str = ""
-    # in_place: the chunk collection; collection mode: the vectors collection.
-    collection: str = ""
-    mode: Literal["in_place", "collection"] = "in_place"
-    # Collection mode only: the chunk collection whose texts writes are checked against.
-    chunks_collection: str = ""
-    # Fields of the chunk documents: their id and their text (writes are conditional on it).
-    id_field: str = "_id"
-    text_field: str = "text"
-    # Where the vector and its metadata go.
-    vector_field: str = "embedding"
-    meta_field: str = "embedding_meta"
-    # "binary": BSON float32 vector (BinData subtype 9, what Atlas Vector Search indexes);
-    # "array": array of doubles (about 3x larger).
-    vector_format: Literal["binary", "array"] = "binary"
-    # Updates per bulk_write.
-    write_batch: int = 500
-    # Create the indexes writes need (id_field when it is not _id; episode_id of a
-    # vectors collection) if missing.
-    create_indexes: bool = True
-
-    def validate(self, prefix: str) -> None:
-        """Names, field paths and sizes."""
-        self.validate_connection(prefix)
-        check_name(self.database, f"{prefix}.database", "database name")
-        check_name(self.collection, f"{prefix}.collection", "collection name")
-        if self.mode == "collection":
-            if not self.chunks_collection:
-                raise ConfigError(
-                    f'{prefix}.chunks_collection: required when {prefix}.mode = "collection" '
-                    "(the chunk collection whose texts vector writes are checked against)"
-                )
-            check_name(self.chunks_collection, f"{prefix}.chunks_collection", "collection name")
-            if self.chunks_collection == self.collection:
-                raise ConfigError(
-                    f"{prefix}.collection: must differ from {prefix}.chunks_collection in "
-                    'collection mode (use mode = "in_place" to write onto the chunks)'
-                )
-        elif self.chunks_collection:
-            raise ConfigError(f'{prefix}.chunks_collection: only used with mode = "collection"')
-        for key in ("id_field", "text_field", "vector_field", "meta_field"):
-            check_field(getattr(self, key), f"{prefix}.{key}")
-        clash = {self.vector_field, self.meta_field} & {self.id_field, self.text_field, "_id"}
-        if clash or self.vector_field == self.meta_field:
-            raise ConfigError(
-                f"{prefix}.vector_field / {prefix}.meta_field: must differ from each other "
-                "and from the id and text fields"
-            )
-        if self.write_batch < 1:
-            raise ConfigError(f"{prefix}.write_batch: must be at least 1")
-
-    def check_fields(self, fields: FieldMap, source_kind: str, prefix: str) -> None:
-        """Writing onto the chunk documents the source reads: both must name the same fields."""
-        if source_kind != "mongo":
-            return
-        for ours, key in (("chunk_id", "id_field"), ("text", "text_field")):
-            if getattr(fields, ours) != getattr(self, key):
-                raise ConfigError(
-                    f"{prefix}.{key}: is {getattr(self, key)!r} but source.fields.{ours} is "
-                    f"{getattr(fields, ours)!r}; they name the same field of the chunk documents"
-                )
-
-
-def encode_vector(vector: np.ndarray, fmt: str) -> Any:
-    """A float32 vector as BSON: a binary vector (default) or a list of doubles."""
-    from bson.binary import Binary, BinaryVectorDtype
-
-    v = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if fmt == "array":
-        return [float(x) for x in v]
-    return Binary.from_vector(v, BinaryVectorDtype.FLOAT32)
-
-
-def decode_vector(value: Any) -> np.ndarray:
-    """A stored vector (binary vector or array) back as float32."""
-    from bson.binary import Binary
-
-    if isinstance(value, Binary) and value.subtype == 9:
-        return np.asarray(value.as_vector().data, dtype=np.float32)
-    return np.asarray(value, dtype=np.float32)
 
 
 class MongoSink(Sink):

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -196,3 +198,22 @@ def typed_forms(chunk_id: str) -> list[Any]:
         if isinstance(form, Binary) and form.subtype == 4:
             forms.append(Binary.from_uuid(form.as_uuid(), UuidRepresentation.PYTHON_LEGACY))
     return forms
+
+
+def encode_vector(vector: np.ndarray, fmt: str) -> Any:
+    """A float32 vector as BSON: a binary vector (default) or a list of doubles."""
+    from bson.binary import Binary, BinaryVectorDtype
+
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if fmt == "array":
+        return [float(x) for x in v]
+    return Binary.from_vector(v, BinaryVectorDtype.FLOAT32)
+
+
+def decode_vector(value: Any) -> np.ndarray:
+    """A stored vector (binary vector or array) back as float32."""
+    from bson.binary import Binary
+
+    if isinstance(value, Binary) and value.subtype == 9:
+        return np.asarray(value.as_vector().data, dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
