@@ -31,13 +31,14 @@ from pipeline.config import Config
 from pipeline.cost import Prices
 from pipeline.errors import PodembedError, TargetError
 from pipeline.executor import Executor
+from pipeline.in_flight import InFlight
 from pipeline.liveness import new_owner
 from pipeline.progress import Progress
-from pipeline.records import Batch, BatchResult, DeadLetter, VectorRecord
+from pipeline.records import Batch
 from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.report import RunReport, check_report_dir, write_report
 from pipeline.selection import Selection
-from pipeline.shard_work import MODEL_FAILURE_FIELD, Prepared, Preparer
+from pipeline.shard_work import Prepared, Preparer
 from pipeline.source import removed_ids
 from pipeline.tokens import TokenCounter
 
@@ -65,16 +66,6 @@ def plan_key(opts: RunOptions, fingerprint: str, source_version: str, sink: str)
     """Runs with the same key are the same work: an unfinished one is resumed."""
     doc = "|".join([opts.command, opts.selection.key(), str(opts.force), fingerprint, source_version, sink])
     return hashlib.sha256(doc.encode()).hexdigest()[:24]
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """A shard whose batches are with the executor."""
-
-    prepared: Prepared
-    remaining: int
-    records: list[VectorRecord] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
 
 
 class Runner:
@@ -138,7 +129,7 @@ class Runner:
                 return
             if self._error is not None:
                 continue  # keep draining so producers never block
-            flight: _InFlight = item
+            flight: InFlight = item
             p = flight.prepared
             try:
                 written = sink.write(flight.records) if flight.records else 0
@@ -169,39 +160,6 @@ class Runner:
                 self.progress.shard_written(finished)
             except BaseException as exc:
                 self._fail(exc)
-
-    # --------------------------------------------------------------- main loop
-    def _absorb(self, flight: _InFlight, result: BatchResult, fingerprint: str, run_id: str) -> None:
-        chunks = flight.prepared.chunks
-        now = datetime.now(UTC)
-        instruction = self.config.model.instruction
-        for row, cid in enumerate(result.chunk_ids):
-            chunk = chunks[cid]
-            reason = result.error or result.failed.get(cid)
-            if reason is not None:
-                flight.dead.append(
-                    DeadLetter(
-                        chunk_id=cid,
-                        field=MODEL_FAILURE_FIELD,
-                        reason=reason,
-                        episode_id=chunk.episode_id,
-                        text_sha256=chunk.sha256,
-                    )
-                )
-                continue
-            flight.records.append(
-                VectorRecord(
-                    chunk_id=cid,
-                    episode_id=chunk.episode_id,
-                    embedding=result.vectors[row],
-                    text_sha256=chunk.sha256,
-                    model_fingerprint=fingerprint,
-                    instruction=instruction,
-                    embedded_at=now,
-                    run_id=run_id,
-                    text=chunk.text,
-                )
-            )
 
     def run(self) -> RunReport:
         """Execute the run; always returns a report (status says how it ended)."""
@@ -328,7 +286,7 @@ class Runner:
         writer = threading.Thread(
             target=self._writer, args=(write_q, report), name="podembed-writer", daemon=True
         )
-        in_flight: dict[str, _InFlight] = {}
+        in_flight: dict[str, InFlight] = {}
         first_out: float | None = None
 
         def batches() -> Iterator[Batch]:
@@ -345,7 +303,7 @@ class Runner:
                     report.tokens += prepared.tokens
                     report.padded_tokens += prepared.padded_tokens
                     report.batches += len(prepared.batches)
-                flight = _InFlight(prepared, remaining=len(prepared.batches))
+                flight = InFlight(prepared, remaining=len(prepared.batches))
                 self.progress.shard_prepared(prepared)
                 if not prepared.batches:
                     self._put(write_q, flight)
@@ -370,7 +328,7 @@ class Runner:
                 if flight is None:
                     log.warning("result for unknown or repeated batch %s ignored", result.batch_id)
                     continue
-                self._absorb(flight, result, fingerprint, run_id)
+                flight.absorb(result, fingerprint, run_id, self.config.model.instruction)
                 self.progress.settled(result)
                 report.device_s += result.compute_s + result.load_s
                 report.model_load_s += result.load_s
@@ -400,7 +358,7 @@ class Runner:
             raise self._error
         return status
 
-    def _flush_partial(self, in_flight: dict[str, _InFlight], write_q: queue.Queue[Any]) -> None:
+    def _flush_partial(self, in_flight: dict[str, InFlight], write_q: queue.Queue[Any]) -> None:
         """Hand what is already embedded to the writer; those shards stay not-done."""
         seen: set[int] = set()
         for flight in in_flight.values():
