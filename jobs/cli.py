@@ -356,7 +356,7 @@ def plan(
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
 
 
-# --- Search (issue 13) ---------------------------------------------------------------------
+# --- Search ---------------------------------------------------------------------------------
 def _mmss(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
