@@ -88,51 +88,61 @@ def _classes() -> dict[str, type]:
         return _CLASSES
     from transformers.models.t5.modeling_t5 import T5Attention
 
-    class FusedT5Attention(T5Attention):
-        """T5 encoder self-attention through SDPA with one bias+padding mask per batch."""
+    class PatchedT5Attention(T5Attention):
+        """T5 encoder self-attention with the position bias built once, in layer 0.
+
+        Layer 0 receives no ``position_bias`` and builds the mode's mask with
+        :meth:`build_mask`; transformers hands what it returns to every later layer.
+        Decoder and cross attention (``key_value_states``, ``cache``) stay transformers' own.
+        """
+
+        podembed_mode = ""
+
+        def forward(
+            self,
+            hidden_states: Any,
+            mask: Any = None,
+            key_value_states: Any = None,
+            position_bias: Any = None,
+            cache: Any = None,
+            **kw: Any,
+        ) -> tuple[Any, Any, None]:
+            if key_value_states is not None or cache is not None:
+                return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
+            q, k, v = _project(self, hidden_states)
+            if position_bias is None:
+                position_bias = self.build_mask(q, mask)
+            out = self.attend(q, k, v, position_bias)
+            return _output(self, out, hidden_states), position_bias, None
+
+        def build_mask(self, q: Any, mask: Any) -> Any:
+            raise NotImplementedError
+
+        def attend(self, q: Any, k: Any, v: Any, position_bias: Any) -> Any:
+            raise NotImplementedError
+
+    class FusedT5Attention(PatchedT5Attention):
+        """Through SDPA with one bias+padding mask per batch."""
 
         podembed_mode = "fused"
 
-        def forward(
-            self,
-            hidden_states: Any,
-            mask: Any = None,
-            key_value_states: Any = None,
-            position_bias: Any = None,
-            cache: Any = None,
-            **kw: Any,
-        ) -> tuple[Any, Any, None]:
-            if key_value_states is not None or cache is not None:
-                return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
-            q, k, v = _project(self, hidden_states)
-            if position_bias is None:
-                # Layer 0: the bias and the padding, once for the whole stack.
-                position_bias = _sdpa_mask(_bias(self, q), mask, q)
-            out = _sdpa(q, k, v, position_bias)
-            return _output(self, out, hidden_states), position_bias, None
+        def build_mask(self, q: Any, mask: Any) -> Any:
+            return _sdpa_mask(_bias(self, q), mask, q)
 
-    class FlexT5Attention(T5Attention):
-        """T5 encoder self-attention through FlexAttention with the bias in a score_mod."""
+        def attend(self, q: Any, k: Any, v: Any, position_bias: Any) -> Any:
+            return _sdpa(q, k, v, position_bias)
+
+    class FlexT5Attention(PatchedT5Attention):
+        """Through FlexAttention with the bias in a score_mod and padded keys in a block mask."""
 
         podembed_mode = "flex"
 
-        def forward(
-            self,
-            hidden_states: Any,
-            mask: Any = None,
-            key_value_states: Any = None,
-            position_bias: Any = None,
-            cache: Any = None,
-            **kw: Any,
-        ) -> tuple[Any, Any, None]:
-            if key_value_states is not None or cache is not None:
-                return super().forward(hidden_states, mask, key_value_states, position_bias, cache, **kw)
-            q, k, v = _project(self, hidden_states)
-            if position_bias is None:
-                position_bias = (_bias(self, q)[0], _flex_block_mask(mask, q))
+        def build_mask(self, q: Any, mask: Any) -> Any:
+            return (_bias(self, q)[0], _flex_block_mask(mask, q))
+
+        def attend(self, q: Any, k: Any, v: Any, position_bias: Any) -> Any:
             bias, block_mask = position_bias
-            out = _flex(q, k, v, bias, block_mask)
-            return _output(self, out, hidden_states), position_bias, None
+            return _flex(q, k, v, bias, block_mask)
 
     _CLASSES.update(fused=FusedT5Attention, flex=FlexT5Attention)
     return _CLASSES
