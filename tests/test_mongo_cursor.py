@@ -62,7 +62,8 @@ def test_a_cursor_night_reads_only_inserted_and_updated_documents(
 
     later = T0 + timedelta(hours=1)
     edited = rows[4]["chunk_id"]
-    mongo.db.chunks.update_one({"_id": edited}, {"$set": {"text": "Edited after the night.", "updated_at": later}})
+    change = {"$set": {"text": "Edited after the night.", "updated_at": later}}
+    mongo.db.chunks.update_one({"_id": edited}, change)
     mongo.db.chunks.insert_one(
         {"_id": "new-chunk", "episode_id": rows[0]["episode_id"], "text": "A new chunk.", "updated_at": later}
     )
@@ -110,7 +111,8 @@ def test_a_crashed_run_does_not_advance_the_high_water_mark(
     mark = _snapshot(cfg).state["mark"]
     later = T0 + timedelta(hours=2)
     edited = rows[1]["chunk_id"]
-    mongo.db.chunks.update_one({"_id": edited}, {"$set": {"text": "Edited before a crash.", "updated_at": later}})
+    change = {"$set": {"text": "Edited before a crash.", "updated_at": later}}
+    mongo.db.chunks.update_one({"_id": edited}, change)
 
     def crash_on_write(parts: Parts) -> None:
         def boom(records: Any) -> int:
