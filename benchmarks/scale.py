@@ -210,12 +210,108 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
+def mongo_child(n: int, model: str) -> int:
+    """The same nights on MongoDB (SecantusDB, the test server, in this process), cursor on updated_at."""
+    from datetime import UTC, datetime, timedelta
+
+    from pymongo import MongoClient
+    from secantus import SecantusDBServer
+    from transformers import AutoTokenizer
+
+    from pipeline.config import parse_config
+    from pipeline.registry import open_parts
+    from pipeline.runner import RunOptions, run
+    from pipeline.status import coverage
+
+    ms = load_make_sample()
+    with SecantusDBServer(storage_path=":memory:") as server:
+        os.environ["PODEMBED_BENCH_MONGO_URI"] = server.uri
+        client = MongoClient(server.uri, tz_aware=True)
+        coll = client["bench"]["chunks"]
+        t0 = datetime(2026, 11, 1, tzinfo=UTC)
+        i = 0
+        for batch in ms.make_large(n, batch_rows=2000):
+            docs = []
+            for row in batch.to_pylist():
+                row["_id"] = row.pop("chunk_id")
+                row["updated_at"] = t0 - timedelta(seconds=n - i)
+                docs.append(row)
+                i += 1
+            coll.insert_many(docs)
+        conn = {"uri_env": "PODEMBED_BENCH_MONGO_URI", "database": "bench"}
+        cfg = parse_config(
+            {
+                "source": {
+                    **conn,
+                    "kind": "mongo",
+                    "collection": "chunks",
+                    "cursor_field": "updated_at",
+                    "fields": {"chunk_id": "_id"},
+                },
+                "sink": {
+                    **conn,
+                    "kind": "mongo",
+                    "collection": "vectors",
+                    "mode": "collection",
+                    "chunks_collection": "chunks",
+                },
+                "checkpoint": {"kind": "mongo"},
+                "model": {
+                    "id": "synthetic/tiny-t5",
+                    "path": model,
+                    "dimension": DIM,
+                    "max_seq_length": 128,
+                    "device": "cpu",
+                },
+                "report": {"dir": tempfile.mkdtemp(prefix="podembed-bench-mongo-")},
+            }
+        )
+        ex = FakeEmbedder(cfg.model, AutoTokenizer.from_pretrained(model))
+
+        def night(phase: str, **opts: Any) -> None:
+            t = time.perf_counter()
+            r = run(cfg, RunOptions(**opts), executor=ex)  # type: ignore[arg-type]
+            print(
+                json.dumps(
+                    {
+                        "phase": phase,
+                        "s": round(time.perf_counter() - t, 3),
+                        "status": r.status,
+                        "embedded": r.counts.embedded,
+                        "seen": r.counts.seen,
+                        "sweep": r.sweep,
+                        "rss_peak_mib": round(_rss_mib(), 1),
+                    }
+                ),
+                flush=True,
+            )
+
+        night("first")
+        night("noop")
+        t = time.perf_counter()
+        parts = open_parts(cfg)
+        try:
+            coverage(cfg, parts, full=False)
+        finally:
+            parts.close()
+        print(json.dumps({"phase": "status", "s": round(time.perf_counter() - t, 3)}), flush=True)
+        later = datetime.now(UTC)
+        ids = [d["_id"] for d in coll.find({}, {"_id": 1}).limit(max(1, n // 100))]
+        coll.update_many({"_id": {"$in": ids}}, {"$set": {"updated_at": later}, "$push": {"edits": 1}})
+        coll.update_many({"_id": {"$in": ids}}, [{"$set": {"text": {"$concat": ["$text", " (edited)"]}}}])
+        night("changed_1pct")
+        night("full", full=True)
+        client.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--file-rows", type=int, default=10_000, help="rows per source file")
     p.add_argument("--skip-full", action="store_true", help="skip status --full and backfill --full")
     p.add_argument("--keep", action="store_true", help="keep the corpora and sinks")
+    p.add_argument("--mongo", type=int, nargs="*", default=[], help="MongoDB sizes (SecantusDB in-process)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -223,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        return child(args)
+        return mongo_child(int(args.n), args.model) if args.source == "mongo" else child(args)
 
     from tests import synthetic_model as sm
 
@@ -259,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
                 "sink_files": by.get("first", {}).get("sink_files"),
             }
         )
+    for n in args.mongo:
+        cmd = [sys.executable, __file__, "--child", "--source", "mongo", "--model", str(model), "--n", str(n)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        phases = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+        results["sizes"][f"mongo-{n}"] = phases
+        for ph in phases:
+            print(f"mongo {n}", json.dumps(ph), flush=True)
     if len(rows) >= 2 and rows[-1]["noop_s"] and rows[-1]["first_s"]:
         n = rows[-1]["chunks"]
         factor = 10_000_000 / n
