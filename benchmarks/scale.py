@@ -307,7 +307,7 @@ def mongo_child(n: int, model: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     p.add_argument("--file-rows", type=int, default=10_000, help="rows per source file")
     p.add_argument("--skip-full", action="store_true", help="skip status --full and backfill --full")
     p.add_argument("--keep", action="store_true", help="keep the corpora and sinks")
