@@ -191,6 +191,9 @@ def cli(verbose: int) -> None:
 @_common
 @click.option("--prune", is_flag=True, help="Delete vectors of chunks that left the source.")
 @click.option("--retry-failed", is_flag=True, help="Retry chunks the model failed on before.")
+@click.option(
+    "--full", is_flag=True, help="Read the whole source, not only what changed since the last completed run."
+)
 @click.pass_context
 @_guard
 def backfill(
@@ -201,9 +204,12 @@ def backfill(
     as_json: bool,
     prune: bool,
     retry_failed: bool,
+    full: bool,
 ) -> None:
     """Embed every chunk that is new, changed, or embedded by another model."""
-    _execute(ctx, "backfill", {"limit": limit, "prune": prune, "retry_failed": retry_failed}, as_json)
+    _execute(
+        ctx, "backfill", {"limit": limit, "prune": prune, "retry_failed": retry_failed, "full": full}, as_json
+    )
 
 
 @cli.command()
@@ -292,8 +298,9 @@ def _ingest_on_modal(config: Any, episode_id: str, limit: int | None, as_json: b
     default=0,
     help="Also list the N newest dead letters.",
 )
+@click.option("--full", is_flag=True, help="Check every chunk (exact, reads the whole source).")
 @_guard
-def status(config_path: str | None, as_json: bool, show_dead: int) -> None:
+def status(config_path: str | None, as_json: bool, show_dead: int, full: bool) -> None:
     """Coverage: total, current, stale, missing and dead-lettered chunks; the last runs."""
     from pipeline.registry import open_parts
     from pipeline.status import coverage
@@ -301,7 +308,7 @@ def status(config_path: str | None, as_json: bool, show_dead: int) -> None:
     config = _load(config_path, None)
     parts = open_parts(config)
     try:
-        cov = coverage(config, parts)
+        cov = coverage(config, parts, full=full)
         dead = parts.checkpoint.list_dead_letters(show_dead) if show_dead else []
     finally:
         parts.close()

@@ -24,6 +24,25 @@ class StoredDeadLetter:
     episode_id: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class SourceSnapshot:
+    """What a source looked like when the last *completed* whole-source run started.
+
+    ``state`` is the source's own JSON (file fingerprints, a cursor's high-water mark);
+    ``basis`` digests what else decides the vectors (model fingerprint, field mapping,
+    source options): a snapshot taken under another basis is not used.
+    """
+
+    source_key: str
+    run_id: str
+    basis: str
+    state: dict[str, Any]
+    full_sweep: bool  # the run read everything
+    nights_since_full: int  # incremental runs since the last full sweep (0 after one)
+    removed: int  # chunks stored but gone from the source, not pruned, as that run found
+    taken_at: str
+
+
 @dataclass(frozen=True, slots=True)
 class SinkHome:
     """Where a sink keeps its vectors, so that a checkpoint store can live beside them."""
@@ -137,6 +156,15 @@ class CheckpointStore(ABC):
     @abstractmethod
     def last_runs(self, limit: int = 5) -> list[dict[str, Any]]:
         """The most recent runs, newest first: id, command, status, started/finished, report."""
+
+    # -- source snapshots (change-proportional nights) --------------------------------------
+    def source_snapshot(self, source_key: str) -> SourceSnapshot | None:
+        """The snapshot the last completed whole-source run recorded (``None``: none, or a
+        store that keeps none, so every backfill reads everything)."""
+        return None
+
+    def save_source_snapshot(self, snapshot: SourceSnapshot) -> None:  # noqa: B027 - optional
+        """Record ``snapshot`` (called only after its run completed), replacing the last one."""
 
     # -- dead letters -------------------------------------------------------------------
     @abstractmethod

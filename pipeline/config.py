@@ -157,6 +157,23 @@ class BatchingConfig:
 
 
 @dataclass(slots=True)
+class IncrementalConfig:
+    """How nightly backfills skip what did not change (docs/incremental.md)."""
+
+    # False: every backfill reads the whole source (as `backfill --full` does).
+    enabled: bool = True
+    # Every Nth backfill is a full sweep that reads everything (catches what change
+    # detection cannot: a MongoDB update that did not move the cursor field, a vector
+    # deleted from the sink by hand). 0: only `backfill --full` sweeps.
+    full_sweep_every: int = 7
+
+    def validate(self, prefix: str) -> None:
+        """The cadence must not be negative."""
+        if self.full_sweep_every < 0:
+            raise ConfigError(f"{prefix}.full_sweep_every: must be 0 (never) or a number of nights")
+
+
+@dataclass(slots=True)
 class CostConfig:
     """Prices, for run reports and ``plan`` estimates (formulas: ``pipeline/cost.py``).
 
@@ -224,6 +241,7 @@ class Config:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
     path: str = ""
 
 
@@ -241,7 +259,17 @@ def _section(role: str, table: Any, default_kind: str | None = None) -> Section:
     return Section(kind=kind, options=options)
 
 
-_TOP_LEVEL = {"source", "sink", "checkpoint", "executor", "model", "batching", "cost", "report"}
+_TOP_LEVEL = {
+    "source",
+    "sink",
+    "checkpoint",
+    "executor",
+    "model",
+    "batching",
+    "cost",
+    "report",
+    "incremental",
+}
 
 
 def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
@@ -272,6 +300,7 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
         batching=from_table(BatchingConfig, raw.get("batching", {}), "batching"),
         cost=from_table(CostConfig, raw.get("cost", {}), "cost"),
         report=from_table(ReportConfig, raw.get("report", {}), "report"),
+        incremental=from_table(IncrementalConfig, raw.get("incremental", {}), "incremental"),
         path=path,
     )
 

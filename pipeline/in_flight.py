@@ -40,7 +40,9 @@ class InFlight:
                 VectorRecord(
                     chunk_id=cid,
                     episode_id=chunk.episode_id,
-                    embedding=result.vectors[row],
+                    # A copy, not a view: a view keeps the whole batch's array alive until
+                    # the shard is written (the executor's per-batch buffer, times batches).
+                    embedding=result.vectors[row].copy(),
                     text_sha256=chunk.sha256,
                     model_fingerprint=fingerprint,
                     instruction=instruction,

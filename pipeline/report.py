@@ -29,6 +29,7 @@ class Counts:
     pruned: int = 0
     deferred: int = 0  # left for a later run by --limit
     claimed_elsewhere: int = 0  # in episodes another live run was embedding: left to it
+    unchanged: int = 0  # in files/documents unchanged since the last completed run: not read
 
     def add(self, other: Counts) -> None:
         """Add ``other`` into this."""
@@ -53,6 +54,7 @@ class RunReport:
     started_at: str
     finished_at: str = ""
     resumed: bool = False
+    sweep: str = ""  # "full (why)" or "incremental (changes since run X)"
     counts: Counts = field(default_factory=Counts)
     shards_total: int = 0
     shards_done: int = 0
@@ -119,6 +121,11 @@ class RunReport:
             f"{c.dead_lettered} dead-lettered, {c.skipped_failed} failed before (unchanged), "
             f"{c.truncated} truncated",
         ]
+        if self.sweep:
+            lines.append(
+                f"  sweep: {self.sweep}"
+                + (f"; {c.unchanged} chunks in unchanged files/documents not read" if c.unchanged else "")
+            )
         if c.stale_dropped:
             lines.append(f"  text changed while embedding (not stored, next run redoes): {c.stale_dropped}")
         if c.removed or c.pruned:

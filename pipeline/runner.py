@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import incremental
 from pipeline.claims import Claims
 from pipeline.config import Config
 from pipeline.cost import Prices
@@ -55,6 +56,7 @@ class RunOptions:
     limit: int | None = None
     retry_failed: bool = False
     prune: bool = False
+    full: bool = False  # a full sweep: read the whole source even if it says nothing changed
 
 
 def new_run_id() -> str:
@@ -200,8 +202,25 @@ class Runner:
     def _run_locked(self, report: RunReport, fingerprint: str, started: float) -> None:
         cfg, opts, parts = self.config, self.opts, self.parts
         checkpoint = parts.checkpoint
-        shards = parts.source.plan(opts.selection)
-        key = plan_key(opts, fingerprint, parts.source.version(), parts.sink.describe())
+        sweep = incremental.choose(
+            cfg,
+            parts.source,
+            checkpoint,
+            fingerprint,
+            command=opts.command,
+            whole_source=opts.selection.is_everything,
+            full=opts.full,
+            force=opts.force,
+            retry_failed=opts.retry_failed,
+            limit=opts.limit,
+        )
+        change = incremental.plan(parts.source, sweep, opts.selection)
+        shards = change.shards
+        report.sweep = sweep.describe()
+        report.counts.unchanged = change.unchanged
+        # An incremental run resumes only the run that compared with the same snapshot.
+        version = parts.source.version() + (f"|since:{sweep.since.run_id}" if sweep.since else "|full")
+        key = plan_key(opts, fingerprint, version, parts.sink.describe())
         resumed = checkpoint.find_resumable(key)
         done: set[str] = set()
         if resumed is not None:
@@ -247,7 +266,7 @@ class Runner:
             )
             status = self._pipeline(preparer, todo, report, fingerprint, run_id)
             if status == "completed" and opts.selection.is_everything:
-                self._removed(report)
+                self._removed(report, sweep, change)
         except KeyboardInterrupt:
             status = "interrupted"
         except BaseException as exc:
@@ -269,6 +288,10 @@ class Runner:
                 report.error = f"{report.error}; {exc}" if report.error else str(exc)
             try:
                 checkpoint.finish_run(run_id, report.status, report.to_dict())
+                if self._saw_everything(report):
+                    # Only now: a crashed or partial run must never mark the source as seen.
+                    pending = report.counts.removed - report.counts.pruned
+                    incremental.record(checkpoint, sweep, run_id, pending)
             finally:
                 self.progress.close(report.status)
 
@@ -374,8 +397,28 @@ class Runner:
                 log.error("writer is stuck; %d embedded vectors dropped", len(flight.records))
         in_flight.clear()
 
-    def _removed(self, report: RunReport) -> None:
-        """Chunks stored in the sink but gone from the source: reported, deleted with --prune."""
+    @staticmethod
+    def _saw_everything(report: RunReport) -> bool:
+        """Completed with every planned shard done: nothing deferred or left to other runs."""
+        c = report.counts
+        return (
+            report.status == "completed"
+            and report.shards_done + report.shards_skipped_done >= report.shards_total
+            and c.deferred == 0
+            and c.claimed_elsewhere == 0
+        )
+
+    def _removed(self, report: RunReport, sweep: incremental.Sweep, change: incremental.ChangePlan) -> None:
+        """Chunks stored in the sink but gone from the source: reported, deleted with --prune.
+
+        Ids only, in one linear pass. An incremental run checks only when a chunk can have
+        left (a Parquet file changed or vanished) or ``--prune`` asks; otherwise the count
+        the last completed run found still holds (a cursor cannot see MongoDB deletions:
+        the full sweep finds them).
+        """
+        if not (sweep.full or self.opts.prune or change.may_have_removed) and sweep.since is not None:
+            report.counts.removed = sweep.since.removed
+            return
         sink = self.parts.sink
         removed = list(removed_ids(self.parts.source, sink.iter_states()))
         report.counts.removed = len(removed)

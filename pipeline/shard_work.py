@@ -98,7 +98,7 @@ class Preparer:
         force: bool = False,
         retry_failed: bool = False,
         limit: int | None = None,
-        duplicates: dict[str, int] | None = None,
+        duplicates: dict[str, int] | Callable[[], dict[str, int]] | None = None,
         claims: Claims | None = None,
     ) -> None:
         self.config = config
@@ -114,7 +114,9 @@ class Preparer:
         self.force = force
         self.retry_failed = retry_failed
         self.remaining = limit
-        self.duplicates = duplicates or {}
+        # A factory defers reading the source's ids until a shard is read: a night with
+        # nothing changed reads no id column at all.
+        self._duplicates: Any = duplicates if duplicates is not None else {}
         # Runs claim each shard's episodes before deciding (plan and status do not).
         self.claims = claims
 
@@ -150,9 +152,16 @@ class Preparer:
             force=force,
             retry_failed=retry_failed,
             limit=limit,
-            duplicates=parts.source.duplicate_ids(selection),
+            duplicates=lambda: parts.source.duplicate_ids(selection),
             claims=claims,
         )
+
+    @property
+    def duplicates(self) -> dict[str, int]:
+        """Chunk ids found more than once in the source, read on first use."""
+        if callable(self._duplicates):
+            self._duplicates = self._duplicates()
+        return self._duplicates
 
     def counter(self) -> TokenCounter:
         """The token counter, created on first use."""

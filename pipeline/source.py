@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.config import FieldMap
 from pipeline.records import RawRecord, ShardSpec, StoredState
 from pipeline.selection import Selection
+
+
+@dataclass(slots=True)
+class ChangePlan:
+    """The shards of what changed since a snapshot, and what needs no reading."""
+
+    shards: list[ShardSpec]
+    unchanged: int = 0  # chunks in units (files, documents) not read: unchanged since the snapshot
+    changed_units: list[str] = field(default_factory=list)  # files (or a cursor range) to read
+    gone_units: list[str] = field(default_factory=list)  # files in the snapshot that no longer exist
+    # Whether chunks may have left the source (a file changed or vanished). ``None``:
+    # this source cannot tell (a cursor does not see deletions; the full sweep does).
+    may_have_removed: bool | None = None
 
 
 class Source(ABC):
@@ -50,6 +64,43 @@ class Source(ABC):
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
         """Which of ``chunk_ids`` exist in the whole source (to find removed chunks)."""
 
+    # ----------------------------------------------------- change-proportional nights
+    def snapshot(self) -> dict[str, Any] | None:
+        """The source's state now, JSON-able, for the next run to compare with; ``None``:
+        this source cannot tell what changed, so every backfill reads everything.
+
+        Taken when a run starts and stored only when that run completes.
+        """
+        return None
+
+    def plan_since(self, selection: Selection, since: dict[str, Any]) -> ChangePlan:
+        """Shards of only what may have changed since the snapshot ``since``.
+
+        Sources without change detection plan everything.
+        """
+        return ChangePlan(shards=self.plan(selection))
+
+    def count(self) -> int | None:
+        """How many records the source holds, from metadata (``None`` when unknown)."""
+        return None
+
+    def missing_ids(self, chunk_ids: Iterable[str]) -> Iterator[str]:
+        """The ids among ``chunk_ids`` that the source lacks (removed chunks).
+
+        The default pages :meth:`existing_ids`; a source that would rebuild an index per
+        page answers all ids in one pass instead.
+        """
+        page: list[str] = []
+        for cid in chunk_ids:
+            page.append(cid)
+            if len(page) >= REMOVED_PAGE:
+                existing = self.existing_ids(page)
+                yield from (c for c in page if c not in existing)
+                page = []
+        if page:
+            existing = self.existing_ids(page)
+            yield from (c for c in page if c not in existing)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""
 
@@ -58,14 +109,5 @@ REMOVED_PAGE = 10_000  # ids asked of the source at once: bounded memory, few ro
 
 
 def removed_ids(source: Source, states: Iterable[StoredState]) -> Iterator[str]:
-    """Yield the ids of ``states`` that do not exist in ``source``, paging the lookups."""
-    page: list[str] = []
-    for state in states:
-        page.append(state.chunk_id)
-        if len(page) >= REMOVED_PAGE:
-            existing = source.existing_ids(page)
-            yield from (cid for cid in page if cid not in existing)
-            page = []
-    if page:
-        existing = source.existing_ids(page)
-        yield from (cid for cid in page if cid not in existing)
+    """Yield the ids of ``states`` that do not exist in ``source`` (linear in both)."""
+    return source.missing_ids(state.chunk_id for state in states)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline import incremental
 from pipeline.config import Config
 from pipeline.fingerprint import model_fingerprint
 from pipeline.records import StoredState
@@ -34,6 +35,12 @@ class Coverage:
     invalid: int = 0  # fails validation (would be dead-lettered)
     dead_lettered: int = 0  # stored dead letters
     removed: int = 0  # vectors whose chunk left the source
+    # False: a quick status from metadata. Chunks in files/documents unchanged since
+    # ``basis_run`` (``unchanged``) count as current without being read, and ``removed``
+    # is what that run found; ``status --full`` reads and checks every chunk.
+    exact: bool = True
+    basis_run: str = ""
+    unchanged: int = 0
     fingerprints: dict[str, int] = field(default_factory=dict)
     last_runs: list[dict[str, Any]] = field(default_factory=list)
     live_runs: list[dict[str, Any]] = field(default_factory=list)  # running now, with their claims
@@ -65,8 +72,15 @@ class Coverage:
             f"  missing:       {self.missing}",
             f"  invalid:       {self.invalid}",
             f"  dead-lettered: {self.dead_lettered}",
-            f"  removed from source but still stored: {self.removed}",
+            f"  removed from source but still stored: {self.removed}"
+            + ("" if self.exact else f" (as run {self.basis_run} found)"),
         ]
+        if not self.exact:
+            lines.append(
+                f"quick status: {self.unchanged} chunks in files/documents unchanged since run "
+                f"{self.basis_run} are counted current without reading them; "
+                "`podembed status --full` checks every chunk"
+            )
         if len(self.fingerprints) > 1 or (self.fingerprints and self.fingerprint not in self.fingerprints):
             lines.append("stored vectors by model fingerprint:")
             lines += [f"  {fp}: {n}" for fp, n in sorted(self.fingerprints.items())]
@@ -92,25 +106,42 @@ class Coverage:
         return "\n".join(lines)
 
 
-def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
-    """Scan the source and the sink's state (no vectors, no model) and classify every chunk."""
+def coverage(config: Config, parts: Parts, runs: int = 5, *, full: bool = True) -> Coverage:
+    """Classify every chunk of the source against the sink's state (no vectors, no model).
+
+    ``full=False`` is the quick form: once a whole-source run has completed, only what
+    changed since (by the source's own metadata) is read; the rest counts as current.
+    """
     fp = model_fingerprint(config.model)
     cov = Coverage(source=parts.source.describe(), sink=parts.sink.describe(), fingerprint=fp)
     selection = Selection()
+    last = None if full else incremental.usable_snapshot(config, parts.source, parts.checkpoint, fp)
+    if last is not None:
+        change = parts.source.plan_since(selection, last.state)
+        shards = change.shards
+        cov.exact, cov.basis_run, cov.unchanged = False, last.run_id, change.unchanged
+    else:
+        shards = parts.source.plan(selection)
     preparer = Preparer.for_parts(config, parts, selection, fingerprint=fp, counter=None, run_id="status")
     reasons: Counter[str] = Counter()
-    for shard in parts.source.plan(selection):
+    for shard in shards:
         prepared = preparer.prepare(shard)
         reasons.update(prepared.reasons)
         cov.total += prepared.counts.seen
         cov.invalid += len(prepared.dead_letters)
+    cov.total += cov.unchanged
     cov.valid = cov.total - cov.invalid
-    cov.current = reasons["current"]
+    cov.current = reasons["current"] + cov.unchanged
     cov.stale_text = reasons["changed"]
     cov.other_model = reasons["other_model"]
     cov.moved = reasons["moved"]
     cov.missing = reasons["new"] + reasons["failed_before"]
     cov.dead_lettered = parts.checkpoint.count_dead_letters()
+    cov.last_runs = parts.checkpoint.last_runs(runs) or read_reports(config.report.dir, runs)
+    cov.live_runs = [asdict(r) for r in parts.checkpoint.live_runs()]
+    if last is not None:
+        cov.removed = last.removed  # no id is read: that is status --full's job
+        return cov
     fps: Counter[str] = Counter()
 
     def counted(states: Iterable[StoredState]) -> Iterator[StoredState]:
@@ -120,6 +151,4 @@ def coverage(config: Config, parts: Parts, runs: int = 5) -> Coverage:
 
     cov.removed = sum(1 for _ in removed_ids(parts.source, counted(parts.sink.iter_states())))
     cov.fingerprints = dict(fps)
-    cov.last_runs = parts.checkpoint.last_runs(runs) or read_reports(config.report.dir, runs)
-    cov.live_runs = [asdict(r) for r in parts.checkpoint.live_runs()]
     return cov

@@ -288,7 +288,7 @@ def test_a_run_with_nothing_to_embed_says_so(tmp_path: Path, caplog: pytest.LogC
     progress = LogProgress("backfill", 30, logger=logger, clock=FakeClock(), background=False)
     executor = GatedExecutor(GatedOptions(), config.model)
     with caplog.at_level(logging.INFO, logger=logger.name):
-        report = run(config, RunOptions(), executor=executor, progress=progress)
+        report = run(config, RunOptions(full=True), executor=executor, progress=progress)
     assert report.counts.skipped == 10 and executor.answered == 0
     lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
     assert lines[-1] == (

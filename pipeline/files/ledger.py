@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, SinkHome, StoredDeadLetter
+from pipeline.checkpoint import (
+    CheckpointStore,
+    Holder,
+    LiveRun,
+    SinkHome,
+    SourceSnapshot,
+    StoredDeadLetter,
+)
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
@@ -69,6 +76,16 @@ CREATE TABLE IF NOT EXISTS claims (
     claimed_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS claims_owner ON claims(owner);
+CREATE TABLE IF NOT EXISTS source_snapshots (
+    source_key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    basis TEXT NOT NULL,
+    state TEXT NOT NULL,
+    full_sweep INTEGER NOT NULL,
+    nights_since_full INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    taken_at TEXT NOT NULL
+);
 """
 PAGE = 900
 
@@ -307,6 +324,37 @@ class SqliteCheckpointStore(CheckpointStore):
             }
             for r in rows
         ]
+
+    # -- source snapshots -------------------------------------------------------------
+    def source_snapshot(self, source_key: str) -> SourceSnapshot | None:
+        """The last completed whole-source run's snapshot of this source."""
+        rows = self.db.query(
+            "SELECT source_key, run_id, basis, state, full_sweep, nights_since_full, removed, taken_at "
+            "FROM source_snapshots WHERE source_key = ?",
+            (source_key,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return SourceSnapshot(r[0], r[1], r[2], json.loads(r[3]), bool(r[4]), int(r[5]), int(r[6]), r[7])
+
+    def save_source_snapshot(self, snapshot: SourceSnapshot) -> None:
+        """Replace this source's snapshot (one row per source)."""
+        s = snapshot
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO source_snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    s.source_key,
+                    s.run_id,
+                    s.basis,
+                    json.dumps(s.state),
+                    int(s.full_sweep),
+                    s.nights_since_full,
+                    s.removed,
+                    s.taken_at,
+                ),
+            )
 
     # -- dead letters ----------------------------------------------------------------
     def add_dead_letters(self, run_id: str, letters: Iterable[DeadLetter]) -> None:

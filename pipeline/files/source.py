@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pipeline.config import FieldMap
 from pipeline.errors import ConfigError, SourceError
 from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
-from pipeline.source import Source
+from pipeline.source import ChangePlan, Source
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,27 @@ class ParquetSourceOptions:
         """The path must be set."""
         if not self.path.strip():
             raise ConfigError(f"{prefix}.path: must name a Parquet file or folder")
+
+
+FOOTER_TAIL = 8  # a Parquet file ends with the footer's length (4 bytes) and "PAR1"
+
+
+def file_fingerprint(f: Path) -> list[Any]:
+    """``[size, mtime_ns, footer sha256, rows]``: what the format records of a file's content.
+
+    The footer holds every row group's row count, byte sizes, offsets and column-chunk
+    statistics, so a rewrite that changes any row changes its hash even when size and
+    modification time were restored. Stat first: a file rewritten after this call has a
+    newer mtime and is read again next time.
+    """
+    st = f.stat()
+    with f.open("rb") as fh:
+        fh.seek(max(0, st.st_size - FOOTER_TAIL))
+        tail = fh.read(FOOTER_TAIL)
+        length = int.from_bytes(tail[:4], "little") if len(tail) == FOOTER_TAIL else 0
+        fh.seek(max(0, st.st_size - FOOTER_TAIL - length))
+        footer = fh.read(length + FOOTER_TAIL)
+    return [st.st_size, st.st_mtime_ns, hashlib.sha256(footer).hexdigest()[:32], None]
 
 
 def _files(path: str) -> list[Path]:
@@ -87,13 +109,18 @@ class ParquetSource(Source):
         self._cache_lock = threading.Lock()
         #: Files whose id, episode or text column has a nested type: their rows are dead-lettered.
         self.wrong_type: dict[Path, str] = {}
+        #: Each file's fingerprint as of opening (see file_fingerprint), for the next run.
+        self._fingerprints: dict[str, list[Any]] = {}
         for f in self.files:
             try:
+                fingerprint = file_fingerprint(f)
                 meta = pq.read_metadata(f)
                 arrow_schema = meta.schema.to_arrow_schema()
             except (OSError, pa.ArrowException) as exc:
                 raise SourceError(f"source.path: {f} is not a readable Parquet file: {exc}") from None
             self._meta[f] = meta
+            fingerprint[3] = meta.num_rows
+            self._fingerprints[os.fspath(f)] = fingerprint
             starts = [0]
             for rg in range(meta.num_row_groups):
                 starts.append(starts[-1] + meta.row_group(rg).num_rows)
@@ -182,38 +209,71 @@ class ParquetSource(Source):
             raise SourceError("--podcast needs a podcast_id column: set source.fields.podcast_id")
         shards: list[ShardSpec] = []
         for f in self.files:
-            meta = self._meta[f]
-            groups: list[int] = []
-            rows = 0
-
-            def flush(f: Path = f) -> None:
-                nonlocal groups, rows
-                if groups:
-                    shards.append(
-                        ShardSpec(
-                            shard_id=f"{f.as_posix()}#rg{groups[0]}-{groups[-1]}",
-                            locator={"file": str(f), "row_groups": list(groups)},
-                            estimated_chunks=rows,
-                        )
-                    )
-                groups, rows = [], 0
-
-            for rg in range(meta.num_row_groups):
-                if not self._may_match(meta, rg, selection):
-                    flush()
-                    continue
-                n = meta.row_group(rg).num_rows
-                if n > self.window:
-                    # One big row group: cut it into row ranges, each its own checkpointed shard.
-                    flush()
-                    shards.extend(self._row_ranges(f, rg, n))
-                    continue
-                groups.append(rg)
-                rows += n
-                if rows >= self.window:
-                    flush()
-            flush()
+            shards.extend(self._plan_file(f, selection))
         return shards
+
+    def _plan_file(self, f: Path, selection: Selection) -> list[ShardSpec]:
+        meta = self._meta[f]
+        shards: list[ShardSpec] = []
+        groups: list[int] = []
+        rows = 0
+
+        def flush() -> None:
+            nonlocal groups, rows
+            if groups:
+                shards.append(
+                    ShardSpec(
+                        shard_id=f"{f.as_posix()}#rg{groups[0]}-{groups[-1]}",
+                        locator={"file": str(f), "row_groups": list(groups)},
+                        estimated_chunks=rows,
+                    )
+                )
+            groups, rows = [], 0
+
+        for rg in range(meta.num_row_groups):
+            if not self._may_match(meta, rg, selection):
+                flush()
+                continue
+            n = meta.row_group(rg).num_rows
+            if n > self.window:
+                # One big row group: cut it into row ranges, each its own checkpointed shard.
+                flush()
+                shards.extend(self._row_ranges(f, rg, n))
+                continue
+            groups.append(rg)
+            rows += n
+            if rows >= self.window:
+                flush()
+        flush()
+        return shards
+
+    # ------------------------------------------------------ change detection
+    def snapshot(self) -> dict[str, Any]:
+        """Every file's ``[size, mtime_ns, footer sha256, rows]`` as of opening."""
+        return {"files": dict(self._fingerprints)}
+
+    def plan_since(self, selection: Selection, since: dict[str, Any]) -> ChangePlan:
+        """Shards of the files that are new or differ from ``since``; the rest is not decoded.
+
+        Decided from metadata alone: path, size, modification time and the footer's hash.
+        """
+        before: dict[str, list[Any]] = since.get("files") or {}
+        change = ChangePlan(shards=[])
+        for f in self.files:
+            key = os.fspath(f)
+            if before.get(key) == self._fingerprints[key]:
+                change.unchanged += self._meta[f].num_rows
+                continue
+            change.changed_units.append(key)
+            change.shards.extend(self._plan_file(f, selection))
+        change.gone_units = sorted(set(before) - set(self._fingerprints))
+        # A chunk can leave only with a file that changed (or one that was there before).
+        change.may_have_removed = bool(change.gone_units) or any(k in before for k in change.changed_units)
+        return change
+
+    def count(self) -> int:
+        """Rows in every file, from the footers."""
+        return sum(m.num_rows for m in self._meta.values())
 
     def _row_ranges(self, f: Path, rg: int, n: int) -> list[ShardSpec]:
         parts = -(-n // self.window)
@@ -342,12 +402,35 @@ class ParquetSource(Source):
         return dict(zip(pc.filter(values, dup).to_pylist(), pc.filter(freq, dup).to_pylist(), strict=True))
 
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
-        """Which of ``chunk_ids`` are in the source."""
+        """Which of ``chunk_ids`` are in the source (one hash of the source's ids per call:
+        ask all ids at once, as :meth:`missing_ids` does, never page by page)."""
         wanted = pa.array(list(chunk_ids), pa.string())
         if len(wanted) == 0:
             return set()
         mask = pc.is_in(wanted, value_set=self._id_column())
         return set(pc.filter(wanted, mask).to_pylist())
+
+    def missing_ids(self, chunk_ids: Iterable[str]) -> Iterator[str]:
+        """The ids the source lacks, in one pass: the source's ids are hashed once.
+
+        Ids are gathered into compact Arrow arrays (not Python sets), so memory is a few
+        tens of bytes per id; ``pc.is_in`` per page would rebuild the hash of every
+        source id for each page (quadratic).
+        """
+        pages: list[pa.Array] = []
+        page: list[str] = []
+        for cid in chunk_ids:
+            page.append(cid)
+            if len(page) >= READ_BATCH_ROWS * 64:
+                pages.append(pa.array(page, pa.string()))
+                page = []
+        if page:
+            pages.append(pa.array(page, pa.string()))
+        if not pages:
+            return iter(())
+        wanted = pa.chunked_array(pages, type=pa.string())
+        mask = pc.is_in(wanted, value_set=self._id_column())
+        return iter(pc.filter(wanted, pc.invert(mask)).to_pylist())
 
     def close(self) -> None:
         """Drop the cached id column and row group."""

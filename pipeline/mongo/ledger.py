@@ -10,6 +10,9 @@ Collections (``collection_prefix`` defaults to ``podembed_``), all in ``database
     podembed_shards         _id = run id + shard id; run_id, shard_id, counts, done_at
     podembed_dead_letters   _id = target + chunk id; chunk_id, field, reason, run_id,
                             first_seen, last_seen, text_sha256, episode_id, position
+    podembed_source_snapshots  _id = target + source key; the last completed whole-source
+                            run's snapshot of the source (``state`` as JSON text: file paths
+                            and cursor values are data, never BSON keys)
 
 The *target* is what the sink writes (``database.collection.vector_field``), so two
 sinks in one database (two models, two vector fields) keep separate ledgers and claims.
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pipeline.checkpoint import CheckpointStore, SinkHome, StoredDeadLetter
+from pipeline.checkpoint import CheckpointStore, SinkHome, SourceSnapshot, StoredDeadLetter
 from pipeline.errors import ConfigError
 from pipeline.mongo.claims import MongoRunClaims
 from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
@@ -91,6 +94,7 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         self.runs = db[f"{p}runs"]
         self.shards = db[f"{p}shards"]
         self.dead = db[f"{p}dead_letters"]
+        self.snapshots = db[f"{p}source_snapshots"]
         self.ttl = timedelta(seconds=options.lease_ttl_s)
         self.beat_every = options.heartbeat_s or options.lease_ttl_s / 3
         self.claim_wait_s = options.claim_wait_s
@@ -322,6 +326,50 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
                 "clearing dead letters",
                 lambda k=keys: self.dead.delete_many({"_id": {"$in": k}}),
             )
+
+    def _snapshot_id(self, source_key: str) -> str:
+        return hashlib.sha256(f"{self.target}|{source_key}".encode()).hexdigest()[:32]
+
+    def source_snapshot(self, source_key: str) -> SourceSnapshot | None:
+        """The last completed whole-source run's snapshot of this source."""
+        doc = retrying(
+            self.conn,
+            "reading the source snapshot",
+            lambda: self.snapshots.find_one({"_id": self._snapshot_id(source_key)}),
+        )
+        if doc is None:
+            return None
+        return SourceSnapshot(
+            source_key=doc["source_key"],
+            run_id=doc["run_id"],
+            basis=doc["basis"],
+            state=json.loads(doc["state"]),
+            full_sweep=bool(doc["full_sweep"]),
+            nights_since_full=int(doc["nights_since_full"]),
+            removed=int(doc["removed"]),
+            taken_at=doc["taken_at"],
+        )
+
+    def save_source_snapshot(self, snapshot: SourceSnapshot) -> None:
+        """Replace this source's snapshot (one document per target and source)."""
+        s = snapshot
+        doc = {
+            "target": self.target,
+            "source_key": s.source_key,
+            "run_id": s.run_id,
+            "basis": s.basis,
+            "state": json.dumps(s.state),
+            "full_sweep": s.full_sweep,
+            "nights_since_full": s.nights_since_full,
+            "removed": s.removed,
+            "taken_at": s.taken_at,
+        }
+        key = self._snapshot_id(s.source_key)
+        retrying(
+            self.conn,
+            "recording the source snapshot",
+            lambda: self.snapshots.replace_one({"_id": key}, doc, upsert=True),
+        )
 
     def list_dead_letters(self, limit: int | None = None) -> list[StoredDeadLetter]:
         """Newest failures first."""

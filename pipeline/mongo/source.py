@@ -26,6 +26,13 @@
   documents per round trip) as a unit: after a network fault or a step-down the
   query is retried whole, so no record is ever yielded twice or skipped. A shard is
   at most about ``window_chunks`` documents, which the run holds in memory anyway.
+- **Cursor (change-proportional nights).** With ``cursor_field`` set (a field every write
+  moves forward: ``updated_at``, or ``_id`` for ObjectIds when documents are only ever
+  inserted), a run's snapshot is the field's highest value on the server when the run
+  starts; the next incremental night reads only documents at or above that mark minus
+  ``cursor_overlap_s`` (writes during the run, clocks slightly behind). The bound is a
+  typed value read from the server, never text from a config or a document. A cursor
+  sees no deletions and no update that left the field alone: the full sweep does.
 - **Ids.** ObjectId and UUID ids become their string form as chunk ids; writing back
   matches every BSON type a string may stand for (see ``mongo_common.id_candidates``).
 """
@@ -37,6 +44,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.config import FieldMap
@@ -67,7 +75,7 @@ from pipeline.mongo.values import (
 )
 from pipeline.records import RawRecord, ShardSpec
 from pipeline.selection import Selection
-from pipeline.source import Source
+from pipeline.source import ChangePlan, Source
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +94,15 @@ class MongoSourceOptions(ConnectionOptions):
     batch_size: int = 1000
     # "episode": shards are groups of whole episodes; "id": shards are _id ranges.
     shard_by: Literal["episode", "id"] = "episode"
-    # Create the indexes reads need (episode field, published_at) if missing.
+    # Create the indexes reads need (episode field, published_at, cursor_field) if missing.
     create_indexes: bool = True
+    # A field every insert and update moves forward (a date such as "updated_at", or "_id"
+    # holding ObjectIds when documents are only inserted): incremental nights read only the
+    # documents at or above the last completed run's mark. "": every night reads everything.
+    cursor_field: str = ""
+    # The mark is lowered by this much (dates and ObjectIds): writes that landed while the
+    # last run ran, or stamped by a clock slightly behind the server's, are read again.
+    cursor_overlap_s: float = 300.0
 
     def validate(self, prefix: str) -> None:
         """Names must be set and sizes positive."""
@@ -99,6 +114,10 @@ class MongoSourceOptions(ConnectionOptions):
         for key in self.query:
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{prefix}.query: keys must be field names or operators")
+        if self.cursor_field:
+            check_field(self.cursor_field, f"{prefix}.cursor_field")
+        if not self.cursor_overlap_s >= 0:
+            raise ConfigError(f"{prefix}.cursor_overlap_s: must be a number of seconds, 0 or more")
 
 
 class MongoSource(Source):
@@ -117,6 +136,7 @@ class MongoSource(Source):
         self.collection = conn.client[options.database][options.collection]
         self.projection = {path: 1 for path in self.mapping.values()}
         self.projection["_id"] = 1
+        self._plan_cursor: Any = None  # the cursor bound plan_since is planning with
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -175,6 +195,8 @@ class MongoSource(Source):
             wanted.append(self.mapping["chunk_id"])
         if "published_at" in self.mapping:
             wanted.append(self.mapping["published_at"])
+        if self.options.cursor_field and self.options.cursor_field != "_id":
+            wanted.append(self.options.cursor_field)
         for path in wanted:
             ensure_index(self.conn, self.collection, [(path, 1)])
 
@@ -216,7 +238,8 @@ class MongoSource(Source):
         return and_filter(*parts)
 
     def _base_filter(self, selection: Selection) -> dict[str, Any]:
-        return and_filter(self.options.query, self._selection_filter(selection))
+        cursor = self._cursor_filter(self._plan_cursor) if self._plan_cursor is not None else {}
+        return and_filter(self.options.query, self._selection_filter(selection), cursor)
 
     @staticmethod
     def _range_filter(locator: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +264,64 @@ class MongoSource(Source):
         elif locator.get("invalid_episode_ids"):
             parts.append(lacks_id_type(self.mapping["episode_id"]))
         parts.append(self._range_filter(locator))
+        if "cursor_gte" in locator:
+            parts.append(self._cursor_filter(_cursor_value(from_ejson(locator["cursor_gte"]))))
         return and_filter(*parts)
+
+    def _cursor_filter(self, bound: Any) -> dict[str, Any]:
+        # A typed value read from the server; $gte compares only values of its own BSON type.
+        return {self.options.cursor_field: {"$gte": bound}}
+
+    # ------------------------------------------------------ change detection
+    def snapshot(self) -> dict[str, Any] | None:
+        """The cursor field's highest value on the server now (``None`` without a cursor)."""
+        path = self.options.cursor_field
+        if not path:
+            return None
+        docs = retrying(
+            self.conn,
+            "reading the cursor's high-water mark",
+            lambda: list(
+                self.collection.find({path: {"$exists": True}}, {path: 1}).sort(path, -1).limit(1)
+            ),
+        )
+        mark = get_path(docs[0], path) if docs else None
+        if mark is not None and _cursor_value(mark) is None:
+            log.warning(
+                "source.cursor_field: %r holds %s values, not dates, ObjectIds or numbers; "
+                "every night reads everything",
+                path,
+                type(mark).__name__,
+            )
+            return None
+        return {"cursor_field": path, "mark": to_ejson(mark) if mark is not None else None}
+
+    def plan_since(self, selection: Selection, since: dict[str, Any]) -> ChangePlan:
+        """Shards of the documents whose cursor field is at or above the last mark, less the overlap."""
+        mark = from_ejson(since["mark"]) if since.get("mark") is not None else None
+        if since.get("cursor_field") != self.options.cursor_field or mark is None:
+            return ChangePlan(shards=self.plan(selection), may_have_removed=None)
+        bound = _lowered(mark, self.options.cursor_overlap_s)
+        self._plan_cursor = bound
+        try:
+            shards = self.plan(selection)
+        finally:
+            self._plan_cursor = None
+        changed = sum(s.estimated_chunks for s in shards)
+        total = self.count()
+        return ChangePlan(
+            shards=shards,
+            unchanged=max(0, total - changed) if total is not None else 0,
+            changed_units=[f"{self.options.cursor_field} >= {bound}"],
+            may_have_removed=None,  # a cursor cannot see deletions
+        )
+
+    def count(self) -> int | None:
+        """Documents the configured query selects (the collection's metadata when no query)."""
+        if not self.options.query:
+            return int(retrying(self.conn, "counting documents", self.collection.estimated_document_count))
+        query = self.options.query
+        return int(retrying(self.conn, "counting documents", lambda: self.collection.count_documents(query)))
 
     # ----------------------------------------------------------------- planning
     def plan(self, selection: Selection) -> list[ShardSpec]:
@@ -325,6 +405,9 @@ class MongoSource(Source):
         return [self._spec({**marker, **b}, {"counts": [c]}, c) for b, c in self._id_ranges(flt)]
 
     def _spec(self, locator: dict[str, Any], extra: dict[str, Any], n: int) -> ShardSpec:
+        if self._plan_cursor is not None:
+            # Reading the shard applies the same bound, so a resumed run reads the same documents.
+            locator = {**locator, "cursor_gte": to_ejson(self._plan_cursor)}
         ident = json.dumps({"loc": locator, **extra}, sort_keys=True)
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         prefix = "ep" if "episodes" in locator else "bad" if locator.get("invalid_episode_ids") else "id"
@@ -415,3 +498,27 @@ class MongoSource(Source):
     def close(self) -> None:
         """Release the shared client."""
         self.conn.close()
+
+
+def _cursor_value(value: Any) -> Any:
+    """``value`` when a cursor may compare with it (a date, an ObjectId, a number), else ``None``."""
+    from bson import ObjectId, Timestamp
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, datetime | ObjectId | Timestamp | int | float):
+        return value
+    return None
+
+
+def _lowered(mark: Any, overlap_s: float) -> Any:
+    """The mark less the overlap: dates and ObjectIds by time; numbers are versions, kept as is."""
+    from bson import ObjectId, Timestamp
+
+    if isinstance(mark, datetime):
+        return mark - timedelta(seconds=overlap_s)
+    if isinstance(mark, ObjectId):
+        return ObjectId.from_datetime(mark.generation_time - timedelta(seconds=overlap_s))
+    if isinstance(mark, Timestamp):
+        return Timestamp(max(0, mark.time - int(overlap_s)), 0)
+    return mark
