@@ -299,7 +299,7 @@ def status(config_path: str | None, as_json: bool, show_dead: int) -> None:
     from pipeline.status import coverage
 
     config = _load(config_path, None)
-    parts = open_parts(config)
+    parts = open_parts(config, read_only=True)
     try:
         cov = coverage(config, parts)
         dead = parts.checkpoint.list_dead_letters(show_dead) if show_dead else []
@@ -348,7 +348,7 @@ def plan(
         force=force,
         limit=limit,
     )
-    parts = open_parts(config)
+    parts = open_parts(config, read_only=True)
     try:
         result = make_plan(config, parts, opts)
     finally:

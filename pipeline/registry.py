@@ -75,15 +75,31 @@ def open_source(config: Config) -> Source:
     return cls.open(config.source.options, config.fields, config.batching.window_chunks)
 
 
-def open_parts(config: Config) -> Parts:
-    """Open source, sink and checkpoint store; closes what was opened if a later one fails."""
+def open_sink(config: Config, read_only: bool = False) -> Sink:
+    """The configured sink; ``read_only`` opens it without creating or changing anything."""
+    sink_cls = resolve("sink", config.sink.kind)
+    if read_only:
+        return sink_cls.open(config.sink.options, config.model.dimension, read_only=True)
+    return sink_cls.open(config.sink.options, config.model.dimension)
+
+
+def open_parts(config: Config, read_only: bool = False) -> Parts:
+    """Open source, sink and checkpoint store; closes what was opened if a later one fails.
+
+    ``read_only`` (status, plan): the sink and the ledger must exist and are opened without
+    creating or changing anything (SQLite ``mode=ro``, no lock files, no tables).
+    """
     source = open_source(config)
     try:
         sink_cls = resolve("sink", config.sink.kind)
-        sink = sink_cls.open(config.sink.options, config.model.dimension)
+        sink = open_sink(config, read_only)
         try:
             cp_cls = resolve("checkpoint", config.checkpoint.kind)
-            checkpoint = cp_cls.open(config.checkpoint.options, sink_cls.home(config.sink.options))
+            home = sink_cls.home(config.sink.options)
+            if read_only:
+                checkpoint = cp_cls.open(config.checkpoint.options, home, read_only=True)
+            else:
+                checkpoint = cp_cls.open(config.checkpoint.options, home)
         except BaseException:
             sink.close()
             raise

@@ -107,8 +107,10 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         self._beat_lock = threading.Lock()
 
     @classmethod
-    def open(cls, options: MongoCheckpointOptions, home: SinkHome) -> MongoCheckpointStore:
-        """Connect (by default with the sink's URI variable and database) and create indexes."""
+    def open(
+        cls, options: MongoCheckpointOptions, home: SinkHome, read_only: bool = False
+    ) -> MongoCheckpointStore:
+        """Connect (by default with the sink's URI variable and database) and create indexes (unless ``read_only``)."""
         import dataclasses
 
         database = options.database or home.database
@@ -122,7 +124,8 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         conn = connect(conn_opts, "checkpoint")
         try:
             store = cls(options, conn, database, target)
-            store._indexes()
+            if not read_only:
+                store._indexes()
         except BaseException:
             conn.close()
             raise
