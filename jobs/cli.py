@@ -348,7 +348,7 @@ def plan(
         force=force,
         limit=limit,
     )
-    parts = open_parts(config, read_only=True)
+    parts = open_parts(config, read_only=True, missing_ok=True)  # a first run's plan: nothing there yet
     try:
         result = make_plan(config, parts, opts)
     finally:

@@ -75,15 +75,20 @@ def open_source(config: Config) -> Source:
     return cls.open(config.source.options, config.fields, config.batching.window_chunks)
 
 
-def open_sink(config: Config, read_only: bool = False) -> Sink:
-    """The configured sink; ``read_only`` opens it without creating or changing anything."""
+def open_sink(config: Config, read_only: bool = False, missing_ok: bool = False) -> Sink:
+    """The configured sink; ``read_only`` opens it without creating or changing anything.
+
+    A read-only local sink that does not exist is an error naming the path, unless
+    ``missing_ok`` (``plan`` before the first run): then it reads as empty.
+    """
     sink_cls = resolve("sink", config.sink.kind)
     if read_only:
-        return sink_cls.open(config.sink.options, config.model.dimension, read_only=True)
+        extra = {"missing_ok": True} if missing_ok else {}
+        return sink_cls.open(config.sink.options, config.model.dimension, read_only=True, **extra)
     return sink_cls.open(config.sink.options, config.model.dimension)
 
 
-def open_parts(config: Config, read_only: bool = False) -> Parts:
+def open_parts(config: Config, read_only: bool = False, missing_ok: bool = False) -> Parts:
     """Open source, sink and checkpoint store; closes what was opened if a later one fails.
 
     ``read_only`` (status, plan): the sink and the ledger must exist and are opened without
@@ -92,12 +97,13 @@ def open_parts(config: Config, read_only: bool = False) -> Parts:
     source = open_source(config)
     try:
         sink_cls = resolve("sink", config.sink.kind)
-        sink = open_sink(config, read_only)
+        sink = open_sink(config, read_only, missing_ok)
         try:
             cp_cls = resolve("checkpoint", config.checkpoint.kind)
             home = sink_cls.home(config.sink.options)
             if read_only:
-                checkpoint = cp_cls.open(config.checkpoint.options, home, read_only=True)
+                extra = {"missing_ok": True} if missing_ok else {}
+                checkpoint = cp_cls.open(config.checkpoint.options, home, read_only=True, **extra)
             else:
                 checkpoint = cp_cls.open(config.checkpoint.options, home)
         except BaseException:

@@ -96,10 +96,12 @@ class SqliteCheckpointStore(CheckpointStore):
 
     Options = SqliteCheckpointOptions
 
-    def __init__(self, path: Path, claim_wait_s: float = 600.0, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, claim_wait_s: float = 600.0, read_only: bool = False, missing_ok: bool = False
+    ) -> None:
         self.path = path
         self.read_only = read_only
-        self.db = Database(path, SCHEMA, read_only=read_only)
+        self.db = Database(path, SCHEMA, read_only=read_only, missing_ok=missing_ok)
         columns = {r[1] for r in self.db.query("PRAGMA table_info(runs)")}
         if "owner" not in columns and not read_only:  # a ledger written before runs had owners
             with self.db.transaction() as conn:
@@ -111,17 +113,18 @@ class SqliteCheckpointStore(CheckpointStore):
 
     @classmethod
     def open(
-        cls, options: SqliteCheckpointOptions, home: SinkHome, read_only: bool = False
+        cls, options: SqliteCheckpointOptions, home: SinkHome, read_only: bool = False, missing_ok: bool = False
     ) -> SqliteCheckpointStore:
         """Open ``options.path``, or ``state.sqlite`` in the sink's folder.
 
-        ``read_only``: the file must exist; it is opened ``mode=ro`` and nothing is created.
+        ``read_only``: opened ``mode=ro`` and nothing is created; the file must exist unless
+        ``missing_ok`` (then it reads as an empty ledger).
         """
-        if options.path:
-            return cls(Path(options.path), options.claim_wait_s, read_only)
-        if not home.folder:
+        path = Path(options.path) if options.path else None
+        if path is None and not home.folder:
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        return cls(Path(home.folder) / "state.sqlite", options.claim_wait_s, read_only)
+        path = path or Path(home.folder) / "state.sqlite"  # type: ignore[arg-type]
+        return cls(path, options.claim_wait_s, read_only, missing_ok)
 
     # -- liveness ------------------------------------------------------------------
     def _lock_path(self, owner: str) -> Path:

@@ -160,7 +160,9 @@ class ParquetSink(Sink):
         """The output folder; the SQLite ledger defaults to ``state.sqlite`` inside it."""
         return SinkHome(target=f"parquet:{options.path}", folder=options.path)
 
-    def __init__(self, options: ParquetSinkOptions, dimension: int, read_only: bool = False) -> None:
+    def __init__(
+        self, options: ParquetSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
+    ) -> None:
         self.options = options
         self.root = Path(options.path)
         self.table_path = self.root / TABLE
@@ -170,7 +172,9 @@ class ParquetSink(Sink):
         self._wrote = False
         self._since_compaction = 0
         if read_only:
-            if not self.root.is_dir():
+            if not self.root.is_dir() and missing_ok:
+                pass  # `plan` before the first run: an empty sink, and nothing is created
+            elif not self.root.is_dir():
                 raise ConfigError(
                     f"sink.path: {self.root} does not exist; check sink.path in the config "
                     "(nothing was created)"
@@ -204,9 +208,12 @@ class ParquetSink(Sink):
                     self._migrate_legacy()
 
     @classmethod
-    def open(cls, options: ParquetSinkOptions, dimension: int, read_only: bool = False) -> ParquetSink:
-        """Create the folder if needed (unless ``read_only``: then it must exist, and nothing is created)."""
-        return cls(options, dimension, read_only)
+    def open(
+        cls, options: ParquetSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
+    ) -> ParquetSink:
+        """Create the folder if needed; ``read_only``: create nothing, and the folder must exist
+        unless ``missing_ok`` (then it reads as empty)."""
+        return cls(options, dimension, read_only, missing_ok)
 
     def describe(self) -> str:
         """The output folder."""

@@ -16,10 +16,15 @@ from pipeline.errors import ConfigError, TargetError
 class Database:
     """One connection, serialised by a lock; WAL so readers never block on the writer."""
 
-    def __init__(self, path: Path, schema: str, read_only: bool = False) -> None:
+    def __init__(self, path: Path, schema: str, read_only: bool = False, missing_ok: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         self._lock = threading.RLock()
+        if read_only and missing_ok and not path.exists():
+            # Nothing to read yet: an empty database in memory (nothing is created on disk).
+            self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            self._conn.executescript(schema)
+            return
         if read_only:
             self._conn = self._open_read_only(path)
             return

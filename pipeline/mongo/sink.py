@@ -108,7 +108,9 @@ class MongoSink(Sink):
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, options: MongoSinkOptions, dimension: int, read_only: bool = False) -> MongoSink:
+    def open(
+        cls, options: MongoSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
+    ) -> MongoSink:
         """Connect (failing fast if the server is down) and create indexes (unless ``read_only``)."""
         conn = connect(options, "sink")
         try:
