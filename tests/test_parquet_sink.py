@@ -166,7 +166,7 @@ def test_an_old_per_episode_folder_is_migrated_once_with_its_vectors(tmp_path: P
             schema=schema,
         )
 
-    pq.write_table(table(rows[:2] + [_rec("c", "ep1", 9)]), out / "vectors" / "ep1.parquet")  # c: a stray row
+    pq.write_table(table([*rows[:2], _rec("c", "ep1", 9)]), out / "vectors" / "ep1.parquet")  # c: a stray row
     pq.write_table(table(rows[2:]), out / "vectors" / "ep2.parquet")
     conn = sqlite3.connect(out / "manifest.sqlite")
     conn.executescript(

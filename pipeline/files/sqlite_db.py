@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -42,14 +41,17 @@ class Database:
     def _open_read_only(path: Path) -> sqlite3.Connection:
         """``mode=ro``: no table, journal or lock file is created; a missing file is an error.
 
-        A WAL database left closed (no ``-wal`` file) on a read-only folder cannot get its
-        shared-memory file: it is then opened ``immutable`` (nobody can be writing it there).
+        A WAL database whose writers all closed has no ``-wal`` file; opening it even
+        ``mode=ro`` would create ``-wal`` and ``-shm`` beside it (or fail on a read-only
+        folder). Then it is opened ``immutable``: with no ``-wal`` no one is writing, and a
+        writer that starts meanwhile writes its ``-wal``, not the main file we read (the
+        main file changes only at a checkpoint).
         """
         if not path.is_file():
             raise ConfigError(f"{path} does not exist; check the path in the config (nothing was created)")
         uri = f"{path.resolve().as_uri()}?mode=ro"
         wal = path.with_name(path.name + "-wal")
-        if not wal.exists() and not os.access(path.parent, os.W_OK):
+        if not wal.exists():
             uri += "&immutable=1"
         try:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
