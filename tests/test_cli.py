@@ -64,8 +64,8 @@ def test_plan_estimates_without_embedding_then_status_shows_missing(tmp_path: Pa
     assert not (tmp_path / "o").exists(), "plan created the output folder"
 
     status = CliRunner().invoke(cli, ["status", "--config", str(toml)])
-    assert status.exit_code == 0
-    assert "missing:       40" in status.output
+    assert status.exit_code == 2 and "does not exist" in status.output  # nothing to report yet, and named
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_episode_another_live_run_holds_is_left_to_it_and_status_shows_the_claim(tmp_path: Path) -> None:

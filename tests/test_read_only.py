@@ -46,7 +46,9 @@ def backfilled(tmp_path: Path, tiny_model_dir: str) -> dict[str, Any]:
     return {"src": src, "out": out, "model": model, "tmp": tmp_path}
 
 
-def test_status_search_and_read_vectors_on_a_read_only_copy_change_nothing(backfilled: dict[str, Any]) -> None:
+def test_status_search_and_read_vectors_on_a_read_only_copy_change_nothing(
+    backfilled: dict[str, Any],
+) -> None:
     tmp, model = backfilled["tmp"], backfilled["model"]
     copy = tmp / "copy"
     shutil.copytree(backfilled["out"], copy)
@@ -60,7 +62,8 @@ def test_status_search_and_read_vectors_on_a_read_only_copy_change_nothing(backf
         status = CliRunner().invoke(cli, ["status", "--config", str(toml), "--json"])
         assert status.exit_code == 0, status.output
         assert json.loads(status.stdout)["current"] == len(expected)
-        search = CliRunner().invoke(cli, ["search", "anything at all", "--config", str(toml), "--json", "-k", "3"])
+        args = ["search", "anything at all", "--config", str(toml), "--json", "-k", "3"]
+        search = CliRunner().invoke(cli, args)
         assert search.exit_code == 0, search.output
         assert len(json.loads(search.stdout)["hits"]) == 3
         plan = CliRunner().invoke(cli, ["plan", "--config", str(toml)])

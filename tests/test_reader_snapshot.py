@@ -40,7 +40,8 @@ def _fill(out: Path) -> set[str]:
 def _writer_step(out: Path) -> set[str]:
     """Move every chunk of the first episodes to the last one, delete some, add some, compact."""
     sink = ParquetSink.open(ParquetSinkOptions(path=str(out)), DIM)
-    moved = [_rec(f"e{e}-c{i}", f"ep{EPISODES - 1}", 7000 + e * 10 + i) for e in range(3) for i in range(PER_EPISODE)]
+    last = f"ep{EPISODES - 1}"
+    moved = [_rec(f"e{e}-c{i}", last, 7000 + e * 10 + i) for e in range(3) for i in range(PER_EPISODE)]
     sink.write(moved)
     sink.delete([f"e3-c{i}" for i in range(PER_EPISODE)])
     sink.write([_rec(f"new-{i}", "ep-new", 9000 + i) for i in range(4)])

@@ -167,7 +167,8 @@ def test_index_on_a_small_local_sink_builds_only_the_exact_matrix(corpus: dict[s
     after = json_hits(corpus["toml"], "how long should sourdough ferment", "--k", "5")
     assert before["method"] == "exact" and after["method"] == "exact (matrix)"
     assert [h["chunk_id"] for h in after["hits"]] == [h["chunk_id"] for h in before["hits"]]
-    assert [h["score"] for h in after["hits"]] == pytest.approx([h["score"] for h in before["hits"]], abs=1e-5)
+    scores = [h["score"] for h in before["hits"]]
+    assert [h["score"] for h in after["hits"]] == pytest.approx(scores, abs=1e-5)
     shutil.rmtree(corpus["out"] / "search")  # the module's other tests search the table itself
 
 
@@ -185,6 +186,10 @@ def test_other_fingerprint_is_refused(corpus: dict[str, Any], tmp_path: Path) ->
 
 def test_empty_sink_is_refused(corpus: dict[str, Any], tmp_path: Path) -> None:
     raw = parquet_raw(corpus["source"], tmp_path / "empty")
+    result = run_search(write_config(tmp_path / "empty.toml", raw), "sourdough")
+    assert result.exit_code == 2 and "empty does not exist" in result.stderr  # a typo'd path is named
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "empty").mkdir()  # the folder exists but holds no vectors yet
     result = run_search(write_config(tmp_path / "empty.toml", raw), "sourdough")
     assert result.exit_code == 2 and "run `podembed backfill` first" in result.stderr
 

@@ -113,7 +113,11 @@ class SqliteCheckpointStore(CheckpointStore):
 
     @classmethod
     def open(
-        cls, options: SqliteCheckpointOptions, home: SinkHome, read_only: bool = False, missing_ok: bool = False
+        cls,
+        options: SqliteCheckpointOptions,
+        home: SinkHome,
+        read_only: bool = False,
+        missing_ok: bool = False,
     ) -> SqliteCheckpointStore:
         """Open ``options.path``, or ``state.sqlite`` in the sink's folder.
 

@@ -108,9 +108,13 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
 
     @classmethod
     def open(
-        cls, options: MongoCheckpointOptions, home: SinkHome, read_only: bool = False, missing_ok: bool = False
+        cls,
+        options: MongoCheckpointOptions,
+        home: SinkHome,
+        read_only: bool = False,
+        missing_ok: bool = False,
     ) -> MongoCheckpointStore:
-        """Connect (by default with the sink's URI variable and database); create indexes unless ``read_only``."""
+        """Connect (by default with the sink's URI and database); create indexes unless ``read_only``."""
         import dataclasses
 
         database = options.database or home.database
