@@ -306,7 +306,7 @@ def status(config_path: str | None, as_json: bool, show_dead: int, full: bool) -
     from pipeline.status import coverage
 
     config = _load(config_path, None)
-    parts = open_parts(config)
+    parts = open_parts(config, read_only=True)
     try:
         cov = coverage(config, parts, full=full)
         dead = parts.checkpoint.list_dead_letters(show_dead) if show_dead else []
@@ -355,7 +355,7 @@ def plan(
         force=force,
         limit=limit,
     )
-    parts = open_parts(config)
+    parts = open_parts(config, read_only=True, missing_ok=True)  # a first run's plan: nothing there yet
     try:
         result = make_plan(config, parts, opts)
     finally:

@@ -75,15 +75,37 @@ def open_source(config: Config) -> Source:
     return cls.open(config.source.options, config.fields, config.batching.window_chunks)
 
 
-def open_parts(config: Config) -> Parts:
-    """Open source, sink and checkpoint store; closes what was opened if a later one fails."""
+def open_sink(config: Config, read_only: bool = False, missing_ok: bool = False) -> Sink:
+    """The configured sink; ``read_only`` opens it without creating or changing anything.
+
+    A read-only local sink that does not exist is an error naming the path, unless
+    ``missing_ok`` (``plan`` before the first run): then it reads as empty.
+    """
+    sink_cls = resolve("sink", config.sink.kind)
+    if read_only:
+        extra = {"missing_ok": True} if missing_ok else {}
+        return sink_cls.open(config.sink.options, config.model.dimension, read_only=True, **extra)
+    return sink_cls.open(config.sink.options, config.model.dimension)
+
+
+def open_parts(config: Config, read_only: bool = False, missing_ok: bool = False) -> Parts:
+    """Open source, sink and checkpoint store; closes what was opened if a later one fails.
+
+    ``read_only`` (status, plan): the sink and the ledger must exist and are opened without
+    creating or changing anything (SQLite ``mode=ro``, no lock files, no tables).
+    """
     source = open_source(config)
     try:
         sink_cls = resolve("sink", config.sink.kind)
-        sink = sink_cls.open(config.sink.options, config.model.dimension)
+        sink = open_sink(config, read_only, missing_ok)
         try:
             cp_cls = resolve("checkpoint", config.checkpoint.kind)
-            checkpoint = cp_cls.open(config.checkpoint.options, sink_cls.home(config.sink.options))
+            home = sink_cls.home(config.sink.options)
+            if read_only:
+                extra = {"missing_ok": True} if missing_ok else {}
+                checkpoint = cp_cls.open(config.checkpoint.options, home, read_only=True, **extra)
+            else:
+                checkpoint = cp_cls.open(config.checkpoint.options, home)
         except BaseException:
             sink.close()
             raise

@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.fingerprint import model_fingerprint
-from pipeline.registry import open_source, resolve
+from pipeline.registry import open_sink, open_source
 from pipeline.selection import Selection
 from pipeline.sink import EPISODE, PODCAST, SINCE, SearchOutcome, Sink, VectorHit, VectorQuery
 from pipeline.source import Source
@@ -123,8 +123,8 @@ class Searcher:
         self._embedder = embedder
         self.source: Source = open_source(config)
         try:
-            sink_cls = resolve("sink", config.sink.kind)
-            self.sink: Sink = sink_cls.open(config.sink.options, config.model.dimension)
+            # Searching changes nothing: the sink must exist and is opened read-only.
+            self.sink: Sink = open_sink(config, read_only=True)
         except BaseException:
             self.source.close()
             raise

@@ -69,11 +69,12 @@ def vectors_by_id(out: Path) -> dict[str, np.ndarray]:
 
 
 def raw_rows_in_files(out: Path) -> list[str]:
-    """Every chunk id in every vectors file, owned or not (to catch duplicates on disk)."""
-    ids: list[str] = []
-    for f in sorted((out / "vectors").glob("*.parquet")):
-        ids += pq.read_table(f, columns=["chunk_id"])["chunk_id"].to_pylist()
-    return ids
+    """Every chunk id in the table's latest version, read by Lance itself (to catch duplicates on disk)."""
+    import lance
+
+    if not (out / "vectors.lance" / "_versions").exists():
+        return []
+    return lance.dataset(str(out / "vectors.lance")).to_table(columns=["chunk_id"])["chunk_id"].to_pylist()
 
 
 TINY_DIM = 32  # tests.synthetic_model.TINY.out_dim
@@ -126,15 +127,25 @@ def config_dict(
 
 
 def dataset_ids(out: Path) -> list[str]:
-    """Every chunk id any Parquet reader sees over ``out/vectors`` (pyarrow.dataset's defaults)."""
-    import pyarrow.dataset as ds
+    """Every chunk id a reader of the table sees: DuckDB over ``lance.dataset`` (a pyarrow Dataset)."""
+    import duckdb
+    import lance
 
-    folder = out / "vectors"
-    if not folder.exists():
+    if not (out / "vectors.lance" / "_versions").exists():
         return []
-    return ds.dataset(folder, format="parquet").to_table(columns=["chunk_id"])["chunk_id"].to_pylist()
+    vectors = lance.dataset(str(out / "vectors.lance"))  # noqa: F841 - DuckDB finds it by name
+    return [r[0] for r in duckdb.sql("SELECT chunk_id FROM vectors").fetchall()]
 
 
 def temp_files(out: Path) -> list[Path]:
-    """Temp files in the vectors and reports of ``out`` (none may outlive a kill and a resume)."""
-    return [p for folder in ("vectors", "runs") for p in (out / folder).glob("*") if ".tmp-" in p.name]
+    """What a kill may leave and the next run must remove: temp reports, and data files of the
+    table that its latest version does not use (written by a writer killed before its commit)."""
+    left = [p for p in (out / "runs").glob("*") if ".tmp-" in p.name]
+    table = out / "vectors.lance"
+    if (table / "_versions").exists():
+        import lance
+
+        ds = lance.dataset(str(table))
+        used = {f.path.rsplit("/", 1)[-1] for frag in ds.get_fragments() for f in frag.data_files()}
+        left += [p for p in (table / "data").glob("*") if p.name not in used]
+    return left

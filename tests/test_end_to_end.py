@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.files.sink import read_vectors
 from pipeline.fingerprint import model_fingerprint
 from tests.helpers import ROOT, SAMPLE, make_config, raw_rows_in_files, vectors_by_id
 
@@ -53,7 +54,7 @@ def test_backfill_sample_corpus_then_rerun_skips_everything(tmp_path: Path) -> N
     assert matrix.shape == (len(source_ids), 384)
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
 
-    table = pq.read_table(next((out / "vectors").glob("*.parquet")))
+    table = read_vectors(out)
     assert table.schema.field("embedding").type.list_size == 384
     config = make_config(SAMPLE, out)
     assert set(table["model_fingerprint"].to_pylist()) == {model_fingerprint(config.model)}

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
 from pipeline.files.sink import read_vectors
-from tests.helpers import ROOT, sample_rows, write_rows
+from tests.helpers import ROOT, raw_rows_in_files, sample_rows, write_rows
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     URI_ENV,
     MongoEnv,
@@ -80,11 +79,7 @@ class Target:
             return [(cid, v["meta"]["run_id"]) for cid, v in got.items()]
         out = self.config.parent / "out"
         current = read_vectors(out, columns=["run_id"])
-        on_disk = [
-            cid
-            for f in sorted((out / "vectors").glob("*.parquet"))
-            for cid in pq.read_table(f, columns=["chunk_id"])["chunk_id"].to_pylist()
-        ]
+        on_disk = raw_rows_in_files(out)
         assert sorted(on_disk) == sorted(current["chunk_id"].to_pylist())  # no stray rows in files
         return list(zip(current["chunk_id"].to_pylist(), current["run_id"].to_pylist(), strict=True))
 

@@ -1,9 +1,8 @@
-"""The Parquet sink: per-episode files, ownership manifest, moves, deletes, atomic replace."""
+"""The local sink: one Lance table, upserts by chunk id, moves, deletes, atomic commits, compaction."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigError, TargetError
-from pipeline.files import sink as sink_module
-from pipeline.files.sink import ParquetSink, ParquetSinkOptions, episode_file_name, read_vectors
+from pipeline.files.sink import ParquetSink, ParquetSinkOptions, read_vectors
 from pipeline.records import Chunk, VectorRecord
 from pipeline.runner import RunOptions, run
 from tests.helpers import (
@@ -41,17 +39,15 @@ def _sink(tmp_path: Path, dim: int = DIM) -> ParquetSink:
     return ParquetSink.open(ParquetSinkOptions(path=str(tmp_path / "out")), dim)
 
 
-def test_upsert_is_idempotent_and_touches_only_the_episodes_written(tmp_path: Path) -> None:
+def test_upsert_is_idempotent_and_one_row_per_chunk(tmp_path: Path) -> None:
     sink = _sink(tmp_path)
     sink.write([_rec("a1", "ep-a", 1), _rec("a2", "ep-a", 2), _rec("b1", "ep-b", 3)])
-    b_file = tmp_path / "out" / "vectors" / episode_file_name("ep-b")
-    b_mtime = b_file.stat().st_mtime_ns
     sink.write([_rec("a1", "ep-a", 9, run="r2")])
     sink.write([_rec("a1", "ep-a", 9, run="r2")])  # a retried batch
-    assert b_file.stat().st_mtime_ns == b_mtime, "an unrelated episode file was rewritten"
+    sink.write([_rec("a2", "ep-a", 7, run="r2"), _rec("a2", "ep-a", 8, run="r3")])  # twice in one batch
     table = read_vectors(tmp_path / "out")
     got = dict(zip(table["chunk_id"].to_pylist(), table["embedding"].to_pylist(), strict=True))
-    assert got["a1"] == [9.0] * DIM and got["a2"] == [2.0] * DIM
+    assert got["a1"] == [9.0] * DIM and got["a2"] == [8.0] * DIM
     assert sorted(raw_rows_in_files(tmp_path / "out")) == ["a1", "a2", "b1"]
     states = sink.lookup([Chunk("a1", "ep-a", "x"), Chunk("zz", "ep-a", "y")])
     assert set(states) == {"a1"} and states["a1"].run_id == "r2"
@@ -71,29 +67,35 @@ def test_a_chunk_moved_to_another_episode_keeps_exactly_one_vector(tmp_path: Pat
     sink.close()
 
 
-def test_rows_not_owned_after_a_crash_are_invisible_and_collected(tmp_path: Path) -> None:
+def test_data_a_killed_writer_left_uncommitted_is_invisible_and_collected(tmp_path: Path) -> None:
     sink = _sink(tmp_path)
     sink.write([_rec("c1", "ep-old", 1)])
-    # Simulate a crash after the new episode file was renamed into place but before the
-    # manifest commit: the new file holds c1 too, but the manifest still says ep-old.
-    old = tmp_path / "out" / "vectors" / episode_file_name("ep-old")
-    new = tmp_path / "out" / "vectors" / episode_file_name("ep-new")
-    pq.write_table(pq.read_table(old), new)
-    assert raw_rows_in_files(tmp_path / "out").count("c1") == 2
+    sink.close()
+    # What a writer killed after writing its data file but before its commit leaves: a data
+    # file no version names (here: a copy of a real one, so it would be read if it counted).
+    data = tmp_path / "out" / "vectors.lance" / "data"
+    real = next(data.glob("*.lance"))
+    orphan = data / ("0" * 8 + real.name[8:])
+    shutil.copy(real, orphan)
+    assert temp_files(tmp_path / "out") == [orphan]
     assert read_vectors(tmp_path / "out")["chunk_id"].to_pylist() == ["c1"]
-    sink.write([_rec("c9", "ep-new", 3)])  # the next write of ep-new drops the stray row
-    assert sorted(raw_rows_in_files(tmp_path / "out")) == ["c1", "c9"]
+    assert dataset_ids(tmp_path / "out") == ["c1"]
+    sink = _sink(tmp_path)
+    sink.recover()
+    assert not orphan.exists(), "the next run's recover did not remove the uncommitted data"
+    assert read_vectors(tmp_path / "out")["chunk_id"].to_pylist() == ["c1"]
     sink.close()
 
 
 def test_delete_and_iter_states(tmp_path: Path) -> None:
     sink = _sink(tmp_path)
     sink.write([_rec(f"c{i}", f"ep-{i % 2}", i) for i in range(6)])
-    assert sink.delete(["c0", "c1", "missing"]) == 2
-    assert sorted(s.chunk_id for s in sink.iter_states()) == ["c2", "c3", "c4", "c5"]
-    assert sorted(raw_rows_in_files(tmp_path / "out")) == ["c2", "c3", "c4", "c5"]
-    sink.delete(["c2", "c3", "c4", "c5"])
-    assert not list((tmp_path / "out" / "vectors").glob("*.parquet")), "empty files are removed"
+    sink.write([_rec("it's", "ep-'", 1)])  # a quote in an id is data, not SQL
+    assert sink.delete(["c0", "c1", "missing", "' OR '1'='1"]) == 2
+    assert sorted(s.chunk_id for s in sink.iter_states()) == ["c2", "c3", "c4", "c5", "it's"]
+    assert sorted(raw_rows_in_files(tmp_path / "out")) == ["c2", "c3", "c4", "c5", "it's"]
+    assert sink.delete(["c2", "c3", "c4", "c5", "it's"]) == 5
+    assert raw_rows_in_files(tmp_path / "out") == [] and sink.count() == 0
     sink.close()
 
 
@@ -109,11 +111,91 @@ def test_refuses_nan_and_other_dimensions(tmp_path: Path) -> None:
         _sink(tmp_path, dim=8)
 
 
-def test_episode_file_names_are_safe_and_distinct() -> None:
-    names = {episode_file_name(e) for e in ["a/b", "a_b", "../../etc", "ép 1", "x" * 300]}
-    assert len(names) == 5
-    for n in names:
-        assert "/" not in n and not n.startswith(".") and len(n) < 120
+def test_many_writes_end_in_few_files_readable_by_pyarrow_duckdb_and_polars(tmp_path: Path) -> None:
+    import duckdb
+    import lance
+    import polars as pl
+
+    sink = _sink(tmp_path)
+    for w in range(120):  # 120 commits, each upserting 50 rows (a third of them updates)
+        sink.write([_rec(f"c{(w * 33 + i) % 4000:05d}", f"ep-{i % 7}", w) for i in range(50)])
+    sink.close()
+    out = tmp_path / "out"
+    expected = sorted({f"c{(w * 33 + i) % 4000:05d}" for w in range(120) for i in range(50)})
+    data_files = list((out / "vectors.lance" / "data").glob("*"))
+    all_files = [p for p in (out / "vectors.lance").rglob("*") if p.is_file()]
+    assert len(data_files) <= 4, f"{len(data_files)} data files after compaction"
+    assert len(all_files) <= 30, f"{len(all_files)} files in the table after cleanup"
+    vectors = lance.dataset(str(out / "vectors.lance"))
+    assert sorted(vectors.to_table(columns=["chunk_id"])["chunk_id"].to_pylist()) == expected
+    rows = duckdb.sql("SELECT count(*), count(DISTINCT chunk_id) FROM vectors").fetchall()[0]
+    assert rows == (len(expected), len(expected))
+    assert pl.scan_pyarrow_dataset(vectors).select(pl.len()).collect().item() == len(expected)
+
+
+def test_an_old_per_episode_folder_is_migrated_once_with_its_vectors(tmp_path: Path) -> None:
+    """Last night's output of the old layout: read as it was, then moved into the table."""
+    import sqlite3
+
+    import pyarrow as pa
+
+    from pipeline.files.sink import vector_schema
+
+    out = tmp_path / "out"
+    (out / "vectors").mkdir(parents=True)
+    rows = [_rec("a", "ep1", 1), _rec("b", "ep1", 2), _rec("c", "ep2", 3)]
+    schema = vector_schema(DIM)
+
+    def table(recs: list[VectorRecord]) -> pa.Table:
+        return pa.Table.from_pylist(
+            [
+                {**r.__dict__, "embedding": r.embedding.tolist()}
+                if hasattr(r, "__dict__")
+                else {
+                    "chunk_id": r.chunk_id,
+                    "episode_id": r.episode_id,
+                    "embedding": r.embedding.tolist(),
+                    "text_sha256": r.text_sha256,
+                    "model_fingerprint": r.model_fingerprint,
+                    "instruction": r.instruction,
+                    "embedded_at": r.embedded_at,
+                    "run_id": r.run_id,
+                }
+                for r in recs
+            ],
+            schema=schema,
+        )
+
+    pq.write_table(table([*rows[:2], _rec("c", "ep1", 9)]), out / "vectors" / "ep1.parquet")  # c: a stray row
+    pq.write_table(table(rows[2:]), out / "vectors" / "ep2.parquet")
+    conn = sqlite3.connect(out / "manifest.sqlite")
+    conn.executescript(
+        "CREATE TABLE owner (chunk_id TEXT PRIMARY KEY, file TEXT, episode_id TEXT, text_sha256 TEXT,"
+        " model_fingerprint TEXT, run_id TEXT); CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+    )
+    conn.executemany(
+        "INSERT INTO owner VALUES (?, ?, ?, ?, 'fp', 'r1')",
+        [
+            ("a", "ep1.parquet", "ep1", "sha-a"),
+            ("b", "ep1.parquet", "ep1", "sha-b"),
+            ("c", "ep2.parquet", "ep2", "sha-c"),
+        ],
+    )
+    conn.commit()
+    conn.close()
+    assert sorted(read_vectors(out)["chunk_id"].to_pylist()) == ["a", "b", "c"]  # read before migrating
+    with pytest.raises(ConfigError, match="older podembed"):
+        ParquetSink.open(ParquetSinkOptions(path=str(out)), DIM, read_only=True)
+    sink = _sink(tmp_path)  # a writing open migrates
+    got = read_vectors(out)
+    assert dict(zip(got["chunk_id"].to_pylist(), got["episode_id"].to_pylist(), strict=True)) == {
+        "a": "ep1",
+        "b": "ep1",
+        "c": "ep2",
+    }
+    assert set(sink.lookup([Chunk("a", "ep1", "x")])) == {"a"}
+    sink.close()
+    assert (out / "legacy-layout" / "manifest.sqlite").exists() and not (out / "vectors").exists()
 
 
 class Crash(BaseException):
@@ -140,46 +222,39 @@ def _scenario(tmp_path: Path, tiny_model_dir: str) -> tuple[Path, Path, list[dic
     return src, base, keep, moved
 
 
-def test_a_kill_at_any_file_step_of_a_prune_run_leaves_one_row_per_chunk_after_resume(
+def test_a_kill_at_any_table_step_of_a_prune_run_leaves_one_row_per_chunk_after_resume(
     tmp_path: Path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A crash before or after each step the sink takes on the table (upsert commit, delete
+    commit, compaction, cleanup): after a resume every reader sees exactly the source's chunks."""
     src, base, keep, moved = _scenario(tmp_path, tiny_model_dir)
     model = tiny_model(tiny_model_dir)
     expected = sorted(r["chunk_id"] for r in keep)
-    real_replace_file = ParquetSink._replace_file
-    real_os_replace = os.replace
     calls = {"n": 0}
+    steps = ("_upsert", "_delete_page", "_maintain", "_cleanup")
 
-    def crash_before_rename(at: int) -> None:
-        class SinkOs:  # the sink module's `os`: only its renames crash, nobody else's
-            def __getattr__(self, name: str) -> object:
-                return getattr(os, name)
+    def crashing(before: bool, at: int) -> None:
+        for name in steps:
+            real = getattr(ParquetSink, name)
 
-            @staticmethod
-            def replace(a: object, b: object) -> None:
+            def step(self: ParquetSink, *args: object, _real: object = real) -> object:
                 calls["n"] += 1
-                if calls["n"] == at:
-                    raise Crash  # the temp file is written, not yet renamed
-                real_os_replace(a, b)  # type: ignore[arg-type]
+                if before and calls["n"] == at:
+                    raise Crash  # killed just before this step
+                result = _real(self, *args)  # type: ignore[operator]
+                if not before and calls["n"] == at:
+                    raise Crash  # killed just after it (committed; nothing after it done)
+                return result
 
-        monkeypatch.setattr(sink_module, "os", SinkOs())
-
-    def crash_after_file(at: int) -> None:
-        def replace_file(self: ParquetSink, name: str, keep_rows: object) -> None:
-            real_replace_file(self, name, keep_rows)  # type: ignore[arg-type]
-            calls["n"] += 1
-            if calls["n"] == at:
-                raise Crash  # the file is in place; the manifest or the other files are not
-
-        monkeypatch.setattr(ParquetSink, "_replace_file", replace_file)
+            monkeypatch.setattr(ParquetSink, name, step)
 
     crashes = 0
-    for inject in (crash_before_rename, crash_after_file):
-        for at in range(1, 8):
-            out = tmp_path / f"{inject.__name__}-{at}"
+    for before in (True, False):
+        for at in range(1, 9):
+            out = tmp_path / f"{'before' if before else 'after'}-{at}"
             shutil.copytree(base, out)
             calls["n"] = 0
-            inject(at)
+            crashing(before, at)
             with contextlib.suppress(Crash):
                 run(make_config(src, out, model=model), RunOptions(prune=True))
             monkeypatch.undo()
@@ -187,12 +262,12 @@ def test_a_kill_at_any_file_step_of_a_prune_run_leaves_one_row_per_chunk_after_r
             resumed = run(make_config(src, out, model=model), RunOptions(prune=True))
             assert resumed.status == "completed"
             owned = read_vectors(out)
-            assert sorted(owned["chunk_id"].to_pylist()) == expected, (inject.__name__, at)
-            assert sorted(dataset_ids(out)) == expected, f"{inject.__name__} at step {at}: stale rows"
-            assert not temp_files(out), f"{inject.__name__} at step {at}: temp file left"
+            assert sorted(owned["chunk_id"].to_pylist()) == expected, (before, at)
+            assert sorted(dataset_ids(out)) == expected, f"before={before} at step {at}: stale rows"
+            assert not temp_files(out), f"before={before} at step {at}: uncommitted data left"
             episodes = dict(zip(owned["chunk_id"].to_pylist(), owned["episode_id"].to_pylist(), strict=True))
             assert episodes[moved] == "ep-moved-here"
-    assert crashes >= 6, "the injected crashes did not hit the file steps"
+    assert crashes >= 10, "the injected crashes did not hit the table steps"
 
 
 def test_stale_temp_files_of_dead_processes_are_removed_by_the_next_run(
@@ -204,18 +279,13 @@ def test_stale_temp_files_of_dead_processes_are_removed_by_the_next_run(
     run(config, RunOptions())
     code = "import os; print(os.getpid())"
     dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    try:
-        name = next((out / "vectors").glob("*.parquet")).name
-        left = out / "vectors" / f".{name}.tmp-{int(dead.stdout)}"  # what a SIGKILL mid-write leaves
-        busy = out / "vectors" / f".{name}.tmp-{live.pid}"  # another live process's
-        report = out / "runs" / f".20261201T000000Z-abcdef.json.tmp-{int(dead.stdout)}"
-        for path in (left, busy, report):
-            path.write_bytes(b"")
-        assert run(config, RunOptions()).status == "completed"
-        assert not left.exists(), "a dead process's temp file survived the next run"
-        assert not report.exists(), "a dead process's temp report survived the next run"
-        assert busy.exists(), "a live process's temp file was deleted"
-    finally:
-        live.stdin.close()  # type: ignore[union-attr]
-        live.wait()
+    data = out / "vectors.lance" / "data"
+    real = next(data.glob("*.lance"))
+    left = data / ("1" * 8 + real.name[8:])  # a data file whose commit never happened
+    shutil.copy(real, left)
+    report = out / "runs" / f".20261201T000000Z-abcdef.json.tmp-{int(dead.stdout)}"
+    report.write_bytes(b"")
+    assert run(config, RunOptions()).status == "completed"
+    assert not left.exists(), "a killed writer's uncommitted data survived the next run"
+    assert not report.exists(), "a dead process's temp report survived the next run"
+    assert sorted(read_vectors(out)["chunk_id"].to_pylist()) == sorted(dataset_ids(out))

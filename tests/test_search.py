@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from pipeline.config import FieldMap, load_config
 from pipeline.files import search as files_search
-from pipeline.files.sink import ParquetSink, ParquetSinkOptions, episode_file_name, read_vectors
+from pipeline.files.sink import ParquetSink, ParquetSinkOptions, read_vectors
 from pipeline.records import VectorRecord
 from pipeline.search import Question, Searcher, retrieval_check, search
 from pipeline.selection import Selection
@@ -159,9 +159,17 @@ def test_filters(corpus: dict[str, Any]) -> None:
     assert none.exit_code == 0 and "0 hits" in none.stderr
 
 
-def test_index_on_parquet_sink_has_nothing_to_do(corpus: dict[str, Any]) -> None:
+def test_index_on_a_small_local_sink_builds_only_the_exact_matrix(corpus: dict[str, Any]) -> None:
+    before = json_hits(corpus["toml"], "how long should sourdough ferment", "--k", "5")
     result = CliRunner().invoke(cli, ["index", "--config", str(corpus["toml"])])
-    assert result.exit_code == 0 and "nothing to index" in result.stderr and result.stdout == ""
+    assert result.exit_code == 0 and "exact search is as fast as an index" in result.stderr
+    assert result.stdout == ""
+    after = json_hits(corpus["toml"], "how long should sourdough ferment", "--k", "5")
+    assert before["method"] == "exact" and after["method"] == "exact (matrix)"
+    assert [h["chunk_id"] for h in after["hits"]] == [h["chunk_id"] for h in before["hits"]]
+    scores = [h["score"] for h in before["hits"]]
+    assert [h["score"] for h in after["hits"]] == pytest.approx(scores, abs=1e-5)
+    shutil.rmtree(corpus["out"] / "search")  # the module's other tests search the table itself
 
 
 # --------------------------------------------------------------------------- refusals
@@ -178,6 +186,10 @@ def test_other_fingerprint_is_refused(corpus: dict[str, Any], tmp_path: Path) ->
 
 def test_empty_sink_is_refused(corpus: dict[str, Any], tmp_path: Path) -> None:
     raw = parquet_raw(corpus["source"], tmp_path / "empty")
+    result = run_search(write_config(tmp_path / "empty.toml", raw), "sourdough")
+    assert result.exit_code == 2 and "empty does not exist" in result.stderr  # a typo'd path is named
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "empty").mkdir()  # the folder exists but holds no vectors yet
     result = run_search(write_config(tmp_path / "empty.toml", raw), "sourdough")
     assert result.exit_code == 2 and "run `podembed backfill` first" in result.stderr
 
@@ -204,12 +216,6 @@ def test_vectors_of_another_model_and_unowned_rows_are_never_returned(
             ]
         )
         sink.close()
-        # An unowned leftover: a copy of a chunk in a file that does not own it (an interrupted move).
-        stray = out / "vectors" / episode_file_name("pc-biz-ep01")
-        table = pq.read_table(stray)
-        row = table.slice(0, 1).to_pylist()[0]
-        row.update(chunk_id=honest[-1].chunk_id, embedding=query.tolist())
-        pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)]), stray)
     finally:
         searcher.close()
     searcher = Searcher(config)

@@ -121,7 +121,7 @@ def test_random_sigkill_then_resume_parquet(tmp_path: Path, tiny_model_dir: str)
             proc.proc.send_signal(signal.SIGKILL)
         code, _, stderr = proc.finish()
         assert not killed or code == -signal.SIGKILL, stderr
-        kept_after_kill = len(read_vectors(out)) if (out / "manifest.sqlite").exists() else 0
+        kept_after_kill = len(read_vectors(out)) if (out / "vectors.lance").exists() else 0
 
         resumed = run(make_config(src, out, model=model, batching=BATCHING), RunOptions(prune=True))
         assert resumed.status == "completed", resumed.error

@@ -113,11 +113,14 @@ class SqliteCheckpointStore(CheckpointStore):
 
     Options = SqliteCheckpointOptions
 
-    def __init__(self, path: Path, claim_wait_s: float = 600.0) -> None:
+    def __init__(
+        self, path: Path, claim_wait_s: float = 600.0, read_only: bool = False, missing_ok: bool = False
+    ) -> None:
         self.path = path
-        self.db = Database(path, SCHEMA)
+        self.read_only = read_only
+        self.db = Database(path, SCHEMA, read_only=read_only, missing_ok=missing_ok)
         columns = {r[1] for r in self.db.query("PRAGMA table_info(runs)")}
-        if "owner" not in columns:  # a ledger written before runs had owners
+        if "owner" not in columns and not read_only:  # a ledger written before runs had owners
             with self.db.transaction() as conn:
                 conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
         self.owners_dir = path.with_name(path.name + ".owners")
@@ -126,13 +129,23 @@ class SqliteCheckpointStore(CheckpointStore):
         self._owner_file: TextIO | None = None
 
     @classmethod
-    def open(cls, options: SqliteCheckpointOptions, home: SinkHome) -> SqliteCheckpointStore:
-        """Open ``options.path``, or ``state.sqlite`` in the sink's folder."""
-        if options.path:
-            return cls(Path(options.path), options.claim_wait_s)
-        if not home.folder:
+    def open(
+        cls,
+        options: SqliteCheckpointOptions,
+        home: SinkHome,
+        read_only: bool = False,
+        missing_ok: bool = False,
+    ) -> SqliteCheckpointStore:
+        """Open ``options.path``, or ``state.sqlite`` in the sink's folder.
+
+        ``read_only``: opened ``mode=ro`` and nothing is created; the file must exist unless
+        ``missing_ok`` (then it reads as an empty ledger).
+        """
+        path = Path(options.path) if options.path else None
+        if path is None and not home.folder:
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        return cls(Path(home.folder) / "state.sqlite", options.claim_wait_s)
+        path = path or Path(home.folder) / "state.sqlite"  # type: ignore[arg-type]
+        return cls(path, options.claim_wait_s, read_only, missing_ok)
 
     # -- liveness ------------------------------------------------------------------
     def _lock_path(self, owner: str) -> Path:
@@ -152,7 +165,8 @@ class SqliteCheckpointStore(CheckpointStore):
                 fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
-            path.unlink(missing_ok=True)
+            if not self.read_only:
+                path.unlink(missing_ok=True)
             return False
 
     def register(self, owner: str, command: str, selection: str) -> None:
@@ -246,7 +260,7 @@ class SqliteCheckpointStore(CheckpointStore):
         """Live runs and their claims; rows left by dead runs are cleaned up on the way."""
         rows = self.db.query("SELECT owner, run_id, command, selection, started_at FROM live_runs")
         dead = [r[0] for r in rows if not self._alive(r[0])]
-        if dead:
+        if dead and not self.read_only:  # a read-only look leaves the cleanup to the next run
             with self.db.transaction() as conn:
                 self._forget_dead(conn, dead)
         claims: dict[str, list[str]] = {}

@@ -1,70 +1,79 @@
-"""Writing vectors to a folder of Parquet files: one file per episode, plus a manifest.
+"""Writing vectors to a folder as one Lance table: few large files, atomic versions, compaction.
 
 Layout under ``path``::
 
-    vectors/<episode>.parquet   chunk_id, episode_id, embedding, text_sha256,
-                                model_fingerprint, instruction, embedded_at, run_id
-    manifest.sqlite             chunk_id -> file that owns its vector (+ its state)
+    vectors.lance/          the table (Lance format): one row per current chunk
+        data/*.lance        chunk_id, episode_id, embedding, text_sha256,
+                            model_fingerprint, instruction, embedded_at, run_id
+        _versions/          one manifest per committed version (the commit point)
+        _indices/           the chunk_id B-tree; the ANN index `podembed index` builds
+        _deletions/, _transactions/
+    vectors.lock            the writers' lock (flock); readers never take it
+    vectors.readers         readers hold a shared flock on it while they read a snapshot
+    search/                 the exact-search matrix of one version (`podembed index`)
+    state.sqlite            the run ledger (pipeline/files/ledger.py)
 
-Updating some chunks rewrites only their episodes' files (read, merge by chunk id,
-write a temp file, fsync, rename): a crash leaves the old file or the new one, never
-half of one. The manifest says which file owns each chunk; it is committed after the
-files are in place, so a row a file holds without owning it (a chunk moved to another
-episode, mid-crash) is invisible to :func:`read_vectors`.
+Why a table format and not our own files: one Parquet file per episode meant ~364,000
+files at 10M chunks, a rewrite and fsync per episode per write, and readers racing the
+writer's renames. Lance gives what this sink needs, well kept and tested elsewhere:
 
-Overlapping runs may write one folder: each write (files and manifest together) holds
-``fcntl.flock`` on ``manifest.lock``, so two writers never merge into one file at once.
+- an upsert keyed on ``chunk_id`` (``merge_insert``) that commits atomically: a write is a
+  new version or nothing, so a kill at any instruction leaves the old version or the new
+  one; data files of a commit that never happened are never read and are removed later;
+- a chunk moved to another episode is the same row updated: never two rows for one id;
+- versions: a reader opens one and sees exactly it, however the writer moves, deletes or
+  compacts meanwhile (issue 19.1);
+- ``compact_files`` merges the small fragments each write adds into large ones, and a
+  scalar index on ``chunk_id`` keeps lookups and upserts independent of the table's size;
+- ``lance.dataset(path)`` is a ``pyarrow.dataset.Dataset``: DuckDB and Polars read it.
 
-Every write and delete first records the files it is about to touch in the manifest's
-``pending`` table and clears them when done. A writer killed in between leaves them
-listed: the next run (:meth:`ParquetSink.recover`, under the same lock) rewrites each
-listed file with only the rows it owns, deletes files nobody owns and stale temp files.
-So after a kill and a resume, any Parquet reader over ``vectors/`` (pyarrow.dataset,
-DuckDB, Polars) sees exactly one row per chunk, the same rows :func:`read_vectors` returns.
+The state of every chunk (hash, fingerprint, run, episode) is read from the table itself
+(no second store to keep in step with it). Overlapping runs may write one folder: each
+write holds ``fcntl.flock`` on ``vectors.lock``. Old versions are deleted only while no
+reader holds ``vectors.readers``, so a reader never finds its snapshot's files gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
+import logging
 import os
-import re
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
-from pipeline.files.sqlite_db import Database
-from pipeline.liveness import TMP_MARK, stale_temp_files
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import SearchOutcome, Sink, VectorQuery
+from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 
-MANIFEST_SCHEMA = """
-CREATE TABLE IF NOT EXISTS owner (
-    chunk_id TEXT PRIMARY KEY,
-    file TEXT NOT NULL,
-    episode_id TEXT NOT NULL,
-    text_sha256 TEXT NOT NULL,
-    model_fingerprint TEXT NOT NULL,
-    run_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS owner_file ON owner(file);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (file TEXT PRIMARY KEY);
-"""
-LOOKUP_PAGE = 900  # SQLite's default limit on bound parameters is 999
+log = logging.getLogger(__name__)
+
+TABLE = "vectors.lance"
+WRITE_LOCK = "vectors.lock"
+READERS_LOCK = "vectors.readers"
+LEGACY_DIR = "vectors"  # the per-episode layout of podembed before the table
+LEGACY_MANIFEST = "manifest.sqlite"
+ID_INDEX = "chunk_id_idx"
+STATE_COLUMNS = ["chunk_id", "text_sha256", "model_fingerprint", "run_id", "episode_id"]
+LOOKUP_PAGE = 4096
+#: Compact once this many small fragments piled up (each write adds one).
+COMPACT_AFTER_FRAGMENTS = 48
+#: A compacted fragment holds up to this many rows (~770 MB at 768 dimensions): 10M chunks -> ~40 files.
+TARGET_ROWS_PER_FRAGMENT = 262_144
+#: Re-index chunk ids once this many rows are outside the B-tree (an upsert scans them).
+REINDEX_AFTER_ROWS = 16_384
 
 
 def vector_schema(dimension: int) -> pa.Schema:
-    """The schema of every vectors file."""
+    """The schema of the vectors table."""
     return pa.schema(
         [
             pa.field("chunk_id", pa.string(), nullable=False),
@@ -79,19 +88,12 @@ def vector_schema(dimension: int) -> pa.Schema:
     )
 
 
-def episode_file_name(episode_id: str) -> str:
-    """A safe, readable, collision-free file name for an episode id."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", episode_id)[:80].strip("._") or "episode"
-    digest = hashlib.sha256(episode_id.encode("utf-8")).hexdigest()[:10]
-    return f"{readable}-{digest}.parquet"
-
-
 @dataclass(slots=True)
 class ParquetSinkOptions:
-    """``[sink]`` options for ``kind = "parquet"``."""
+    """``[sink]`` options for ``kind = "parquet"`` (a local folder; the table is Lance, see above)."""
 
     path: str
-    compression: str = "zstd"
+    compression: str = "zstd"  # kept for old configs; Lance chooses its own encodings
 
     def validate(self, prefix: str) -> None:
         """The path must be set."""
@@ -99,16 +101,56 @@ class ParquetSinkOptions:
             raise ConfigError(f"{prefix}.path: must name an output folder")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _lance() -> Any:
+    import lance  # imported lazily: loading a config must stay cheap
+
+    return lance
+
+
+def _table_dimension(dataset: Any) -> int:
+    return int(dataset.schema.field("embedding").type.list_size)
+
+
+def _is_legacy(root: Path) -> bool:
+    return (root / LEGACY_MANIFEST).exists() and not (root / TABLE).exists()
+
+
+@contextlib.contextmanager
+def reader_snapshot(root: Path) -> Iterator[None]:
+    """Hold a shared flock on ``vectors.readers`` (when present) while reading a snapshot.
+
+    Opened read-only, so it works on a read-only copy and creates nothing; a writer deletes
+    old versions' files only when it can take this lock exclusively.
+    """
+    fd = _hold_shared(root)
     try:
-        os.fsync(fd)
+        yield  # without the file no writer ever ran here (or a copy): nothing can delete under us
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
+
+
+def _hold_shared(root: Path) -> int | None:
+    try:
+        fd = os.open(root / READERS_LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def open_snapshot(root: Path) -> Any | None:
+    """The table's latest version (a ``lance.LanceDataset``), or ``None`` when none was written."""
+    if not (root / TABLE / "_versions").exists():
+        return None
+    try:
+        return _lance().dataset(str(root / TABLE))
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"cannot read {root / TABLE}: {exc}") from None
 
 
 class ParquetSink(Sink):
-    """Vectors in per-episode Parquet files with a SQLite ownership manifest."""
+    """Vectors in one Lance table under a local folder (``kind = "parquet"`` for old configs)."""
 
     Options = ParquetSinkOptions
     default_checkpoint = "sqlite"
@@ -118,88 +160,137 @@ class ParquetSink(Sink):
         """The output folder; the SQLite ledger defaults to ``state.sqlite`` inside it."""
         return SinkHome(target=f"parquet:{options.path}", folder=options.path)
 
-    def __init__(self, options: ParquetSinkOptions, dimension: int) -> None:
+    def __init__(
+        self, options: ParquetSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
+    ) -> None:
         self.options = options
         self.root = Path(options.path)
-        self.vectors_dir = self.root / "vectors"
-        try:
-            self.vectors_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TargetError(f"sink.path: cannot create {self.vectors_dir}: {exc.strerror}") from None
+        self.table_path = self.root / TABLE
         self.dimension = dimension
         self.schema = vector_schema(dimension)
-        self.db = Database(self.root / "manifest.sqlite", MANIFEST_SCHEMA)
-        with self.db.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('dimension', ?)", (str(dimension),))
-        stored = int(self.db.query("SELECT value FROM meta WHERE key = 'dimension'")[0][0])
-        if stored != dimension:
-            self.db.close()
+        self.read_only = read_only
+        self._wrote = False
+        self._since_compaction = 0
+        if read_only:
+            if not self.root.is_dir() and missing_ok:
+                pass  # `plan` before the first run: an empty sink, and nothing is created
+            elif not self.root.is_dir():
+                raise ConfigError(
+                    f"sink.path: {self.root} does not exist; check sink.path in the config "
+                    "(nothing was created)"
+                )
+            if _is_legacy(self.root):
+                raise ConfigError(
+                    f"sink.path: {self.root} holds vectors in the per-episode layout of an older "
+                    "podembed (vectors/ + manifest.sqlite); run `podembed backfill` once to move "
+                    f"them into {TABLE} (nothing is re-embedded), then read again"
+                )
+        else:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                (self.root / READERS_LOCK).touch(exist_ok=True)
+            except OSError as exc:
+                raise TargetError(f"sink.path: cannot create {self.root}: {exc.strerror}") from None
+        self._reader_fd: int | None = None
+        if read_only:
+            # A reader keeps one snapshot from open to close: old versions' files stay meanwhile.
+            self._reader_fd = _hold_shared(self.root)
+        self._ds = open_snapshot(self.root)
+        if self._ds is not None and _table_dimension(self._ds) != dimension:
             raise ConfigError(
-                f"sink.path: {self.root} holds {stored}-dimension vectors but model.dimension is "
-                f"{dimension}; write to another sink.path (or delete that folder to start over)"
+                f"sink.path: {self.root} holds {_table_dimension(self._ds)}-dimension vectors but "
+                f"model.dimension is {dimension}; write to another sink.path (or delete that folder "
+                "to start over)"
             )
-
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the folder's write lock (other processes' writes wait; the kernel frees it on death)."""
-        with (self.root / "manifest.lock").open("a", encoding="utf-8") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            yield
+        if not read_only and _is_legacy(self.root):
+            with self._exclusive():
+                if _is_legacy(self.root):
+                    self._migrate_legacy()
 
     @classmethod
-    def open(cls, options: ParquetSinkOptions, dimension: int) -> ParquetSink:
-        """Create the folder and manifest if needed."""
-        return cls(options, dimension)
+    def open(
+        cls, options: ParquetSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
+    ) -> ParquetSink:
+        """Create the folder if needed; ``read_only``: create nothing, and the folder must exist
+        unless ``missing_ok`` (then it reads as empty)."""
+        return cls(options, dimension, read_only, missing_ok)
 
     def describe(self) -> str:
         """The output folder."""
         return f"parquet:{self.options.path}"
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the folder's write lock (other processes' writes wait; the kernel frees it on death)."""
+        if self.read_only:
+            raise TargetError(f"{self.root}: opened read-only")
+        with (self.root / WRITE_LOCK).open("a", encoding="utf-8") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            self._ds = open_snapshot(self.root)  # another writer may have committed meanwhile
+            yield
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Any | None]:
+        """The latest version, under the write lock (for `podembed index`)."""
+        with self._exclusive():
+            yield self._ds
+
+    def refresh(self) -> Any | None:
+        """Re-open the latest version (after a commit made through :meth:`snapshot`'s object)."""
+        self._ds = open_snapshot(self.root)
+        return self._ds
+
+    def after_index(self, version: int) -> None:
+        """Drop what older versions left (their files, their matrices) if no reader needs them."""
+        self._cleanup()
+
     # ------------------------------------------------------------------ reading
-    def _owners(self, chunk_ids: list[str]) -> dict[str, tuple[str, ...]]:
-        out: dict[str, tuple[str, ...]] = {}
-        for i in range(0, len(chunk_ids), LOOKUP_PAGE):
-            page = chunk_ids[i : i + LOOKUP_PAGE]
-            marks = ",".join("?" * len(page))
-            for row in self.db.query(
-                "SELECT chunk_id, file, episode_id, text_sha256, model_fingerprint, run_id "
-                f"FROM owner WHERE chunk_id IN ({marks})",
-                page,
-            ):
-                out[row[0]] = row[1:]
-        return out
+    def snapshot(self) -> Any | None:
+        """The version this sink reads (a writer's latest commit; a reader's opening version)."""
+        return self._ds
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any | None]:
+        """The version to read: a reader's own snapshot, or a writer's latest, kept while reading."""
+        if self.read_only:
+            yield self._ds
+            return
+        with reader_snapshot(self.root):
+            yield open_snapshot(self.root)
+
+    def _states(self, table: pa.Table) -> Iterator[StoredState]:
+        cols = [table[c].to_pylist() for c in STATE_COLUMNS]
+        for cid, sha, fp, run, ep in zip(*cols, strict=True):
+            yield StoredState(cid, sha, fp, run, episode_id=ep)
 
     def lookup(self, chunks: list[Chunk]) -> dict[str, StoredState]:
-        """State from the manifest alone: no vector is read."""
-        owners = self._owners([c.chunk_id for c in chunks])
-        return {
-            cid: StoredState(cid, sha, fp, run, episode_id=ep)
-            for cid, (_file, ep, sha, fp, run) in owners.items()
-        }
+        """State from the table's id index and metadata columns: no vector is read."""
+        if not chunks:
+            return {}
+        ids = list(dict.fromkeys(c.chunk_id for c in chunks))
+        out: dict[str, StoredState] = {}
+        with self.reading() as ds:
+            if ds is None:
+                return {}
+            for i in range(0, len(ids), LOOKUP_PAGE):
+                # An Arrow expression, not SQL text: an id is data, whatever characters it holds.
+                wanted = pc.field("chunk_id").isin(pa.array(ids[i : i + LOOKUP_PAGE], pa.string()))
+                table = ds.to_table(columns=STATE_COLUMNS, filter=wanted)
+                out.update((s.chunk_id, s) for s in self._states(table))
+        return out
 
     def iter_states(self) -> Iterator[StoredState]:
-        """Every owned chunk, in id order, paged so memory stays flat."""
-        last = ""
-        while True:
-            rows = self.db.query(
-                "SELECT chunk_id, text_sha256, model_fingerprint, run_id, episode_id FROM owner "
-                "WHERE chunk_id > ? ORDER BY chunk_id LIMIT 5000",
-                (last,),
-            )
-            if not rows:
+        """Every stored chunk's state, streamed from one version (no vectors read)."""
+        with self.reading() as ds:
+            if ds is None:
                 return
-            for cid, sha, fp, run, ep in rows:
-                yield StoredState(cid, sha, fp, run, episode_id=ep)
-            last = rows[-1][0]
+            for batch in ds.to_batches(columns=STATE_COLUMNS, batch_size=8192):
+                yield from self._states(pa.Table.from_batches([batch]))
 
-    def _read_file(self, name: str) -> pa.Table | None:
-        path = self.vectors_dir / name
-        if not path.exists():
-            return None
-        return pq.read_table(path, schema=self.schema)
-
-    def _owned_ids(self, name: str) -> list[str]:
-        return [r[0] for r in self.db.query("SELECT chunk_id FROM owner WHERE file = ?", (name,))]
+    def count(self) -> int:
+        """Stored vectors (rows of the current version)."""
+        with self.reading() as ds:
+            return 0 if ds is None else int(ds.count_rows())
 
     # ------------------------------------------------------------------ writing
     def _table(self, records: list[VectorRecord]) -> pa.Table:
@@ -221,184 +312,212 @@ class ParquetSink(Sink):
             schema=self.schema,
         )
 
-    def _replace_file(self, name: str, keep: pa.Table | None) -> None:
-        """Atomically replace ``vectors/name`` with ``keep`` (or remove it when empty)."""
-        path = self.vectors_dir / name
-        if keep is None or keep.num_rows == 0:
-            if path.exists():
-                path.unlink()
-                _fsync_dir(self.vectors_dir)
-            return
-        keep = keep.sort_by("chunk_id")
-        tmp = path.with_name(f".{name}{TMP_MARK}{os.getpid()}")
-        try:
-            with tmp.open("wb") as fh:
-                pq.write_table(keep, fh, compression=self.options.compression)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.vectors_dir)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TargetError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-    def _rewrite(self, name: str, new: pa.Table | None, drop: set[str]) -> None:
-        """Merge ``new`` into file ``name``: drop replaced, disowned and ``drop`` rows."""
-        old = self._read_file(name)
-        parts: list[pa.Table] = []
-        if old is not None and old.num_rows:
-            owned = set(self._owned_ids(name)) - drop
-            if new is not None:
-                owned -= set(new["chunk_id"].to_pylist())
-            mask = pc.is_in(old["chunk_id"], pa.array(sorted(owned), pa.string()))
-            parts.append(old.filter(mask))
-        if new is not None:
-            parts.append(new)
-        self._replace_file(name, pa.concat_tables(parts) if parts else None)
-
     def write(self, records: list[VectorRecord]) -> int:
-        """Upsert vectors: files first, then the manifest, then drop moved chunks' old rows."""
+        """Upsert vectors by chunk id in one atomic commit (then compact when due)."""
         if not records:
             return 0
-        with self._exclusive():
-            return self._write(records)
-
-    def _write(self, records: list[VectorRecord]) -> int:
         latest: dict[str, VectorRecord] = {}
         for r in records:
             if not np.isfinite(r.embedding).all():
                 raise TargetError(f"refusing to write a non-finite vector for chunk {r.chunk_id}")
-            latest[r.chunk_id] = r
-        by_file: dict[str, list[VectorRecord]] = defaultdict(list)
-        for r in latest.values():
-            by_file[episode_file_name(r.episode_id)].append(r)
-        previous = self._owners(list(latest))
-        moved: dict[str, set[str]] = defaultdict(set)
-        for cid, (old_file, *_rest) in previous.items():
-            if old_file != episode_file_name(latest[cid].episode_id):
-                moved[old_file].add(cid)
-        self._set_pending([*by_file, *moved])
-        for name, recs in by_file.items():
-            self._rewrite(name, self._table(recs), drop=set())
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO owner (chunk_id, file, episode_id, text_sha256, model_fingerprint, run_id) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chunk_id) DO UPDATE SET file=excluded.file, "
-                "episode_id=excluded.episode_id, text_sha256=excluded.text_sha256, "
-                "model_fingerprint=excluded.model_fingerprint, run_id=excluded.run_id",
-                [
-                    (
-                        r.chunk_id,
-                        episode_file_name(r.episode_id),
-                        r.episode_id,
-                        r.text_sha256,
-                        r.model_fingerprint,
-                        r.run_id,
-                    )
-                    for r in latest.values()
-                ],
-            )
-            # Those files now hold exactly the rows they own.
-            conn.executemany("DELETE FROM pending WHERE file = ?", [(n,) for n in by_file if n not in moved])
-        for name, ids in moved.items():
-            self._rewrite(name, None, drop=ids)
-        self._clear_pending(moved)
+            latest[r.chunk_id] = r  # the last of a chunk delivered twice in one batch wins
+        table = self._table(list(latest.values()))
+        with self._exclusive():
+            self._upsert(table)
+            self._wrote = True
+            self._since_compaction += 1
+            if self._since_compaction >= COMPACT_AFTER_FRAGMENTS:
+                self._maintain()
+            else:
+                self._reindex_if_due()
         return len(latest)
 
-    # ------------------------------------------------------------------ crash repair
-    def _set_pending(self, names: Iterable[str]) -> None:
-        with self.db.transaction() as conn:
-            conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(n,) for n in names])
+    def _upsert(self, table: pa.Table) -> None:
+        lance = _lance()
+        try:
+            if self._ds is None:
+                self._ds = lance.write_dataset(table, str(self.table_path), schema=self.schema, mode="create")
+                self._ds.create_scalar_index("chunk_id", "BTREE", name=ID_INDEX)
+                return
+            self._ds.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(
+                table
+            )
+            self._ds = lance.dataset(str(self.table_path))
+        except OSError as exc:
+            raise TargetError(f"cannot write {self.table_path}: {exc}") from None
 
-    def _clear_pending(self, names: Iterable[str]) -> None:
-        names = list(names)
-        if names:
-            with self.db.transaction() as conn:
-                conn.executemany("DELETE FROM pending WHERE file = ?", [(n,) for n in names])
+    def _reindex_if_due(self) -> None:
+        ds = self._ds
+        if ds is None:
+            return
+        if not any(ix.name == ID_INDEX for ix in ds.describe_indices()):
+            ds.create_scalar_index("chunk_id", "BTREE", name=ID_INDEX)
+        elif ds.stats.index_stats(ID_INDEX)["num_unindexed_rows"] >= REINDEX_AFTER_ROWS:
+            ds.optimize.optimize_indices(index_names=[ID_INDEX])
+        else:
+            return
+        self._ds = _lance().dataset(str(self.table_path))
+
+    def _maintain(self) -> None:
+        """Compact small fragments, bring the id index up to date, delete unused old versions."""
+        ds = self._ds
+        if ds is None:
+            return
+        ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
+        ds = _lance().dataset(str(self.table_path))
+        ds.optimize.optimize_indices()
+        self._ds = _lance().dataset(str(self.table_path))
+        self._since_compaction = 0
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        """Delete files no current version uses, unless a reader holds a snapshot now.
+
+        Under the write lock no other commit is under way, so a file no version references
+        is garbage (``delete_unverified``): e.g. data written by a writer killed before its
+        commit. A busy reader only postpones this to the next write.
+        """
+        if self._ds is None:
+            return
+        fd = os.open(self.root / READERS_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+            from pipeline.files.search import prune_matrices
+
+            prune_matrices(self, keep=self._ds.version)
+        finally:
+            os.close(fd)
 
     def recover(self) -> None:
-        """Repair what a killed write or delete left: stray rows, unowned files, temp files.
+        """Remove what a killed writer left: data files of commits that never happened.
 
-        Under the folder's write lock: a live writer holds it from its first temp file to
-        its last manifest commit, so whatever is pending, unowned or temporary now was left
-        by a writer that died.
+        Nothing else can be half-done: a commit is atomic, so the table is the old version
+        or the new one.
         """
         with self._exclusive():
-            # Ours too: a write of this process holds the lock, so none is under way.
-            for tmp in stale_temp_files(self.vectors_dir, ours_too=True):
-                tmp.unlink(missing_ok=True)
-            pending = [r[0] for r in self.db.query("SELECT file FROM pending ORDER BY file")]
-            for name in pending:
-                self._rewrite(name, None, drop=set())  # keeps only the rows the manifest gives it
-            self._clear_pending(pending)
-            owned = {r[0] for r in self.db.query("SELECT DISTINCT file FROM owner")}
-            orphans = [f for f in self.vectors_dir.glob("*.parquet") if f.name not in owned]
-            for f in orphans:  # e.g. left by a version without the pending list
-                f.unlink(missing_ok=True)
-            if orphans:
-                _fsync_dir(self.vectors_dir)
+            self._cleanup()
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Disown in the manifest first (atomic), then rewrite the files without them."""
-        with self._exclusive():
-            return self._delete(list(dict.fromkeys(chunk_ids)))
-
-    def _delete(self, ids: list[str]) -> int:
-        owners = self._owners(ids)
-        if not owners:
+        """Delete these chunks' rows in one atomic commit."""
+        ids = list(dict.fromkeys(chunk_ids))
+        if not ids:
             return 0
-        by_file: dict[str, set[str]] = defaultdict(set)
-        for cid, (name, *_rest) in owners.items():
-            by_file[name].add(cid)
-        with self.db.transaction() as conn:
-            conn.executemany("DELETE FROM owner WHERE chunk_id = ?", [(c,) for c in owners])
-            conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(n,) for n in by_file])
-        for name, drop in by_file.items():
-            self._rewrite(name, None, drop=drop)
-        self._clear_pending(by_file)
-        return len(owners)
+        with self._exclusive():
+            present = self.lookup([Chunk(cid, "", "") for cid in ids])
+            if not present:
+                return 0
+            wanted = list(present)
+            for i in range(0, len(wanted), LOOKUP_PAGE):
+                page = pa.array(wanted[i : i + LOOKUP_PAGE], pa.string())
+                self._delete_page(page)
+            self._ds = _lance().dataset(str(self.table_path))
+            self._wrote = True
+            return len(present)
+
+    def _delete_page(self, ids: pa.Array) -> None:
+        # Lance's delete takes a SQL predicate: ids are quoted as SQL string literals here,
+        # never interpolated raw (a quote in an id is doubled).
+        literals = ",".join("'" + str(v).replace("'", "''") + "'" for v in ids.to_pylist())
+        self._ds.delete(f"chunk_id IN ({literals})")
+
+    # ------------------------------------------------------------------ legacy layout
+    def _migrate_legacy(self) -> None:
+        """Move the per-episode layout (vectors/*.parquet + manifest.sqlite) into the table.
+
+        Only rows the old manifest owns are taken (exactly what the old reader returned);
+        the old files are renamed, not deleted, so nothing is lost if the user wants them.
+        """
+        from pipeline.files.legacy import read_legacy_vectors
+
+        old = read_legacy_vectors(self.root)
+        if old.num_rows:
+            old = old.cast(self.schema)
+            if _table_dimension_of(old) != self.dimension:
+                raise ConfigError(
+                    f"sink.path: {self.root} holds {_table_dimension_of(old)}-dimension vectors "
+                    f"but model.dimension is {self.dimension}; write to another sink.path"
+                )
+            for i in range(0, old.num_rows, 65_536):
+                self._upsert(old.slice(i, 65_536))
+            self._maintain()
+        kept = self.root / "legacy-layout"
+        kept.mkdir(exist_ok=True)
+        for name in (
+            LEGACY_DIR,
+            LEGACY_MANIFEST,
+            f"{LEGACY_MANIFEST}-wal",
+            f"{LEGACY_MANIFEST}-shm",
+            "manifest.lock",
+        ):
+            if (self.root / name).exists():
+                os.replace(self.root / name, kept / name)
+        log.warning(
+            "sink: moved %d vectors from the old per-episode layout into %s; the old files are in %s "
+            "(delete them when you no longer need them)",
+            old.num_rows,
+            self.table_path,
+            kept,
+        )
 
     # ------------------------------------------------------------------ search
     def fingerprint_counts(self) -> dict[str, int]:
-        """Stored vectors per fingerprint, from the manifest (see pipeline/files/search.py)."""
+        """Stored vectors per fingerprint, counted from one column of one version."""
         from pipeline.files.search import fingerprint_counts
 
         return fingerprint_counts(self)
 
     def search(self, query: VectorQuery) -> SearchOutcome:
-        """Exact search streamed over the vector files (see pipeline/files/search.py)."""
+        """The ANN index when it covers this version, else exact (see pipeline/files/search.py)."""
         from pipeline.files.search import search
 
         return search(self, query)
 
+    def ensure_search_index(self, fields: Any) -> IndexOutcome:
+        """Build the ANN index and the exact-search matrix for the current version."""
+        from pipeline.files.search import build_index
+
+        return build_index(self)
+
     def close(self) -> None:
-        """Close the manifest."""
-        self.db.close()
+        """Compact what this process wrote (few large files for readers), then let go."""
+        if self._wrote and not self.read_only:
+            self._wrote = False
+            from pipeline.files.search import SEARCH_DIR, write_matrix
+
+            had_matrix = any((self.root / SEARCH_DIR).glob("v*"))
+            with self._exclusive():
+                self._maintain()
+                if had_matrix and self._ds is not None:
+                    # The user asked for fast exact search (`podembed index`): keep it current.
+                    write_matrix(self, self._ds)
+                    self._cleanup()
+        self._ds = None
+        if self._reader_fd is not None:
+            os.close(self._reader_fd)
+            self._reader_fd = None
+
+
+def _table_dimension_of(table: pa.Table) -> int:
+    return int(table.schema.field("embedding").type.list_size)
 
 
 def read_vectors(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
-    """The current vectors under a Parquet sink folder: exactly one row per chunk.
+    """The current vectors under a sink folder: exactly one row per chunk, from one version.
 
-    Rows a file holds without owning them (left by an interrupted move) are skipped.
+    Works on a read-only copy; creates nothing.
     """
     root = Path(path)
-    manifest = root / "manifest.sqlite"
-    if not manifest.exists():
-        raise TargetError(f"{root} holds no podembed vectors (no manifest.sqlite)")
-    db = Database(manifest, MANIFEST_SCHEMA)
-    try:
-        dimension = int(db.query("SELECT value FROM meta WHERE key = 'dimension'")[0][0])
-        files = [r[0] for r in db.query("SELECT DISTINCT file FROM owner ORDER BY file")]
+    if _is_legacy(root):
+        from pipeline.files.legacy import read_legacy_vectors
+
+        return read_legacy_vectors(root, columns)
+    with reader_snapshot(root):
+        ds = open_snapshot(root)
+        if ds is None:
+            raise TargetError(f"{root} holds no podembed vectors (no {TABLE})")
         wanted = None if columns is None else list(dict.fromkeys(["chunk_id", *columns]))
-        tables = []
-        for name in files:
-            ids = db.query("SELECT chunk_id FROM owner WHERE file = ?", (name,))
-            owned = pa.array([r[0] for r in ids], pa.string())
-            table = pq.read_table(root / "vectors" / name, columns=wanted)
-            tables.append(table.filter(pc.is_in(table["chunk_id"], owned)))
-    finally:
-        db.close()
-    if not tables:
-        schema = vector_schema(dimension)
-        return schema.empty_table() if wanted is None else schema.empty_table().select(wanted)
-    return pa.concat_tables(tables)
+        return ds.to_table(columns=wanted)

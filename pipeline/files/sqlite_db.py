@@ -9,14 +9,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import TargetError
+from pipeline.errors import ConfigError, TargetError
 
 
 class Database:
     """One connection, serialised by a lock; WAL so readers never block on the writer."""
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, read_only: bool = False, missing_ok: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if read_only and missing_ok and not path.exists():
+            # Nothing to read yet: an empty database in memory (nothing is created on disk).
+            self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            self._conn.executescript(schema)
+            return
+        if read_only:
+            self._conn = self._open_read_only(path)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -26,11 +36,35 @@ class Database:
             self._conn.executescript(schema)
         except (sqlite3.Error, OSError) as exc:
             raise TargetError(f"cannot open {path}: {exc}") from None
-        self._lock = threading.RLock()
+
+    @staticmethod
+    def _open_read_only(path: Path) -> sqlite3.Connection:
+        """``mode=ro``: no table, journal or lock file is created; a missing file is an error.
+
+        A WAL database whose writers all closed has no ``-wal`` file; opening it even
+        ``mode=ro`` would create ``-wal`` and ``-shm`` beside it (or fail on a read-only
+        folder). Then it is opened ``immutable``: with no ``-wal`` no one is writing, and a
+        writer that starts meanwhile writes its ``-wal``, not the main file we read (the
+        main file changes only at a checkpoint).
+        """
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist; check the path in the config (nothing was created)")
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        wal = path.with_name(path.name + "-wal")
+        if not wal.exists():
+            uri += "&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise TargetError(f"cannot read {path}: {exc}") from None
+        return conn
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Run statements atomically."""
+        if self.read_only:
+            raise TargetError(f"{self.path}: opened read-only")
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:

@@ -111,8 +111,14 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         self._beat_lock = threading.Lock()
 
     @classmethod
-    def open(cls, options: MongoCheckpointOptions, home: SinkHome) -> MongoCheckpointStore:
-        """Connect (by default with the sink's URI variable and database) and create indexes."""
+    def open(
+        cls,
+        options: MongoCheckpointOptions,
+        home: SinkHome,
+        read_only: bool = False,
+        missing_ok: bool = False,
+    ) -> MongoCheckpointStore:
+        """Connect (by default with the sink's URI and database); create indexes unless ``read_only``."""
         import dataclasses
 
         database = options.database or home.database
@@ -126,7 +132,8 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         conn = connect(conn_opts, "checkpoint")
         try:
             store = cls(options, conn, database, target)
-            store._indexes()
+            if not read_only:
+                store._indexes()
         except BaseException:
             conn.close()
             raise

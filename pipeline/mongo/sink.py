@@ -108,12 +108,14 @@ class MongoSink(Sink):
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, options: MongoSinkOptions, dimension: int) -> MongoSink:
-        """Connect (failing fast if the server is down) and create indexes."""
+    def open(
+        cls, options: MongoSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
+    ) -> MongoSink:
+        """Connect (failing fast if the server is down) and create indexes (unless ``read_only``)."""
         conn = connect(options, "sink")
         try:
             sink = cls(options, dimension, conn)
-            if options.create_indexes:
+            if options.create_indexes and not read_only:
                 sink._indexes()
         except BaseException:
             conn.close()
