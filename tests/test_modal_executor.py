@@ -361,9 +361,37 @@ def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkey
 def test_a_result_from_another_device_than_the_configured_gpu_is_refused(device_name: str) -> None:
     fake = FakeMap(dim=DIM, device_name=device_name)
     got: list[BatchResult] = []
-    with pytest.raises(TargetError, match=r"not from a A10G \(executor\.gpu\); its vectors are refused"):
+    with pytest.raises(TargetError, match=r"not on a A10G \(executor\.gpu\); its vectors were refused"):
         got.extend(_executor(fake).embed(make_batches(3, 2)))
     assert got == []  # nothing from that device reaches the sink
+
+
+def test_one_container_on_a_wrong_gpu_has_its_batches_retried_elsewhere() -> None:
+    """Before: one container reporting another GPU stopped the whole run."""
+
+    class OneWrongContainer(FakeMap):
+        def answer(self, payload, worker):  # type: ignore[override]
+            out = super().answer(payload, worker)
+            if payload["batch_id"] in ("b2", "b5") and isinstance(out, dict):
+                out["device_name"], out["container"] = "Tesla T4", "ta-wrong"
+                out["vectors"] = np.zeros(len(payload["chunk_ids"]) * DIM, dtype="<f4").tobytes()
+            return out
+
+    batches = make_batches(8, 4)
+    fake = OneWrongContainer(dim=DIM, workers=3, seed=5)
+    ex = _executor(fake)
+    good, failed = _check_accounting(batches, list(ex.embed(batches)))  # the T4's zeros never pass
+    assert not failed and len(good) == 32
+    assert fake.attempts["b2"] == 1 and fake.attempts["b2/0"] == 1 and fake.attempts["b2/1"] == 1
+    assert ex.usage().devices["Tesla T4 (refused)"] == 2
+    assert "ta-wrong" in ex.containers  # it started, so it is billed
+
+
+def test_configured_a10g_accepts_a_device_named_a10() -> None:
+    """Before: the alias went one way ("A10" accepted A10G, "A10G" refused "NVIDIA A10")."""
+    fake = FakeMap(dim=DIM, device_name="NVIDIA A10")
+    good, failed = _check_accounting(make_batches(3, 2), list(_executor(fake, gpu="A10G").embed(make_batches(3, 2))))
+    assert len(good) == 6 and not failed
 
 
 @pytest.mark.parametrize(
@@ -371,6 +399,10 @@ def test_a_result_from_another_device_than_the_configured_gpu_is_refused(device_
     [
         ("A10G", "NVIDIA A10G", True),
         ("A10", "NVIDIA A10G", True),  # Modal's docs call the A10G "A10"
+        ("A10G", "NVIDIA A10", True),  # ... and the other way round
+        ("A10", "NVIDIA A10", True),
+        ("a10g!", "NVIDIA A10", True),
+        ("A10G", "NVIDIA A100-SXM4-40GB", False),
         ("A10G", "NVIDIA A100-SXM4-80GB", False),
         ("A100-80GB", "NVIDIA A100-SXM4-80GB", True),
         ("A100-80GB", "NVIDIA A100-SXM4-40GB", False),

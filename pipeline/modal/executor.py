@@ -19,7 +19,8 @@ wire format both sides share:
   in flight: memory stays flat and the containers never wait on the reader;
 - every result carries the container's timings (model load and start-up once per
   container, compute per batch) and the name of its GPU: a result from another device
-  than ``executor.gpu`` stops the run, and reports hold real device-seconds, the devices
+  than ``executor.gpu`` is refused and its batch sent again (another container serves
+  it; refused twice, the run stops), and reports hold real device-seconds, the devices
   that served and the billed estimate (:meth:`ModalExecutor.usage`).
 
 ``modal`` is imported lazily: loading a config must not pay for it.
