@@ -390,7 +390,9 @@ def test_one_container_on_a_wrong_gpu_has_its_batches_retried_elsewhere() -> Non
 def test_configured_a10g_accepts_a_device_named_a10() -> None:
     """Before: the alias went one way ("A10" accepted A10G, "A10G" refused "NVIDIA A10")."""
     fake = FakeMap(dim=DIM, device_name="NVIDIA A10")
-    good, failed = _check_accounting(make_batches(3, 2), list(_executor(fake, gpu="A10G").embed(make_batches(3, 2))))
+    good, failed = _check_accounting(
+        make_batches(3, 2), list(_executor(fake, gpu="A10G").embed(make_batches(3, 2)))
+    )
     assert len(good) == 6 and not failed
 
 
