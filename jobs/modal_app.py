@@ -36,6 +36,7 @@ import dataclasses
 import hmac
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -350,12 +351,13 @@ def run_job(
     selection = selection or Selection()
     log.info("podembed %s (%s) starting", command, selection.describe())
     try:
-        report = run(
-            config,
-            RunOptions(command=command, selection=selection, force=force),
-            executor=executor,
-            progress=LogProgress.from_config(config, command),  # INFO lines in `modal app logs`
-        )
+        with sigterm_interrupts():
+            report = run(
+                config,
+                RunOptions(command=command, selection=selection, force=force),
+                executor=executor,
+                progress=LogProgress.from_config(config, command),  # INFO lines in `modal app logs`
+            )
     finally:
         executor.close()
         if not modal.is_local():
@@ -369,7 +371,40 @@ def run_job(
         OPTIONS.reports_volume,
         relative,
     )
+    if report.status != "completed":
+        # Returning would make an interrupted or failed run look finished to Modal (and to
+        # whoever waits on the call). Raised: Modal retries per the function's retry policy,
+        # and the next run resumes from the ledger anyway.
+        raise JobNotFinished(
+            f"podembed {command} {report.status} (run {report.run_id})"
+            + (f": {report.error}" if report.error else "")
+            + "; what was written is kept, the next run resumes"
+        )
     return report.to_dict()
+
+
+class JobNotFinished(RuntimeError):
+    """A job's run ended interrupted or failed (its report is in the ledger and the Volume)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a container being stopped or preempted) stops the run like Ctrl-C: the runner
+    hands what is embedded to the writer, releases the run's claims and records the run as
+    interrupted, instead of the process dying with its claims live until their lease ends."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

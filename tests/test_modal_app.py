@@ -496,3 +496,54 @@ def test_job_functions_reserve_measured_cpu_and_memory() -> None:
     assert (gpu.cpu, gpu.memory_mib) == (modal_app.OPTIONS.gpu_cpu, modal_app.OPTIONS.gpu_memory_mib)
     # The trigger takes concurrent requests in one container, so its rate cap is global.
     assert modal_app.trigger.info().concurrency_info.max_inputs == 32
+
+
+# ------------------------------------------------- jobs that did not finish (issue 21)
+def test_a_job_stopped_by_sigterm_releases_its_claims_and_raises(job_env, monkeypatch) -> None:
+    """Before: the runner turned the interrupt into status "interrupted" and run_job
+    returned normally, so Modal took a half-done job for a finished one."""
+    import signal
+
+    from pipeline.registry import open_parts
+
+    tmp_path, _ = job_env
+    inner = local_map(modal_app.Embedder(config_path=str(modal_app.CONFIG_PATH)).embed.local)
+    held_during_run: list[list[str]] = []
+
+    def map_then_sigterm(inputs, **kw):
+        for i, out in enumerate(inner(inputs, **kw)):
+            yield out
+            if i == 1:
+                parts = open_parts(modal_app.read_config(modal_app.CONFIG_PATH))
+                try:
+                    held_during_run.extend(r.claims for r in parts.checkpoint.live_runs())
+                finally:
+                    parts.close()
+                signal.raise_signal(signal.SIGTERM)  # what a preempted container gets
+
+    unhandled: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
+    monkeypatch.setattr(modal_app, "require_cuda", cpu_as_a10g)
+    try:
+        with pytest.raises(modal_app.JobNotFinished, match=r"backfill interrupted"):
+            modal_app.run_job("backfill", map_fn=map_then_sigterm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert unhandled == []  # the job handled it
+    assert held_during_run and held_during_run[0]  # it held claims while it ran ...
+    parts = open_parts(modal_app.read_config(modal_app.CONFIG_PATH))
+    try:
+        assert parts.checkpoint.live_runs() == []  # ... and none after it stopped
+    finally:
+        parts.close()
+    (saved,) = (tmp_path / "volume").rglob("*.json")
+    assert json.loads(saved.read_text())["status"] == "interrupted"
+
+
+def test_a_failed_job_raises_instead_of_returning_its_report(job_env) -> None:
+    def broken_map(inputs, **kw):
+        raise ConnectionError("lost the connection to Modal")
+        yield  # pragma: no cover
+
+    with pytest.raises(modal_app.JobNotFinished, match=r"ingest failed .*lost the connection"):
+        modal_app.run_job("ingest", Selection(episode_ids=("pc-astro-ep02",)), map_fn=broken_map)
