@@ -31,9 +31,11 @@ functions with ``.local()``).
 
 # No `from __future__ import annotations`: Modal reads the class parameter's type (str)
 # and FastAPI the endpoint's annotations at definition time.
+import asyncio
 import contextlib
 import dataclasses
 import hmac
+import json
 import logging
 import os
 import signal
@@ -56,21 +58,18 @@ from pipeline.modal.wire import embed_payload
 from pipeline.selection import Selection
 
 try:  # in the image; the machine that deploys does not need FastAPI
-    from fastapi import Header, HTTPException
+    from fastapi import HTTPException, Request
 except ImportError:  # pragma: no cover - depends on the local environment
+    Request = Any  # type: ignore[misc,assignment]
 
     class HTTPException(Exception):  # type: ignore[no-redef]
-        """Stand-in with FastAPI's shape, so the endpoint can be called locally."""
+        """Stand-in with FastAPI's shape (the endpoint only runs where FastAPI is)."""
 
         def __init__(
             self, status_code: int, detail: Any = None, headers: dict[str, str] | None = None
         ) -> None:
             super().__init__(status_code, detail)
             self.status_code, self.detail, self.headers = status_code, detail, headers
-
-    def Header(default: Any = None, **_: Any) -> Any:  # type: ignore[no-redef]
-        """Stand-in: without FastAPI the header value is passed as a plain argument."""
-        return default
 
 
 log = logging.getLogger("podembed.modal")
@@ -430,7 +429,7 @@ JOB_SETTINGS: dict[str, Any] = {
 SCHEDULE = modal.Cron(OPTIONS.schedule, timezone="UTC") if OPTIONS.schedule else None
 
 
-# Episodes with an ingest pending or running (shared by the trigger and the jobs).
+# Episodes with an ingest pending or running (shared by the trigger's containers and the jobs).
 PENDING = PendingEpisodes(
     modal.Dict.from_name(f"{OPTIONS.app_name}-pending-episodes", create_if_missing=True),
     ttl_s=OPTIONS.ingest_timeout_s + 300,
@@ -493,17 +492,20 @@ def spawn_ingest(episode_id: str) -> str:
 RATE = RateLimit(OPTIONS.trigger_per_minute)
 
 
-@app.function(image=image, secrets=[trigger_secret], max_containers=1)
-@modal.concurrent(max_inputs=32)
-@modal.fastapi_endpoint(method="POST", docs=False)
-def trigger(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:
+async def handle_trigger(request: Request) -> dict[str, Any]:
     """Authenticated per-episode trigger; answers ``{"call_id", "episode_id", "deduplicated"}``:
-    401 bad token, 422 bad episode id, 429 too many requests, 503 no token configured."""
+    401 bad token, 422 bad body or episode id, 429 too many requests, 503 no token configured.
+
+    The token is checked before the body is read: an unauthenticated caller learns nothing
+    from the answer (FastAPI validating a declared body parameter first answered 422 with
+    the caller's input echoed). Modal calls are made off the event loop, and no lock is
+    held around them: requests for different episodes never wait on each other."""
+    configure_logging()
     expected = os.environ.get(OPTIONS.token_env, "")
     if not expected:
         log.error("trigger: %s is not set in Secret %r", OPTIONS.token_env, OPTIONS.trigger_secret)
         raise HTTPException(status_code=503, detail="trigger token not configured")
-    if not bearer_token_ok(authorization, expected):
+    if not bearer_token_ok(request.headers.get("authorization"), expected):
         raise HTTPException(
             status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -514,16 +516,27 @@ def trigger(body: dict[str, Any], authorization: str | None = Header(default=Non
             detail=f"more than {OPTIONS.trigger_per_minute} requests a minute; retry later",
             headers={"Retry-After": str(max(1, round(wait_s)))},
         )
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        body = None
     if not isinstance(body, dict) or "episode_id" not in body:
-        raise HTTPException(status_code=422, detail='body must be {"episode_id": "<id>"}')
+        raise HTTPException(status_code=422, detail='body must be JSON: {"episode_id": "<id>"}')
     try:
         episode_id = check_episode_id(body["episode_id"])
     except ConfigError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    call_id, started = PENDING.start(episode_id, spawn_ingest)
-    if not started:
-        log.info("trigger: episode %s already pending or running as %s", episode_id, call_id)
+    call_id, started = await asyncio.to_thread(PENDING.start, episode_id, spawn_ingest)
+    if started:
+        log.info("trigger: episode %s: ingest started as %s", episode_id, call_id)
+    else:
+        log.info("trigger: episode %s already pending or running as %s", episode_id, call_id or "(spawning)")
     return {"call_id": call_id, "episode_id": episode_id, "deduplicated": not started}
+
+
+trigger = app.function(image=image, secrets=[trigger_secret], max_containers=1, name="trigger")(
+    modal.concurrent(max_inputs=32)(modal.fastapi_endpoint(method="POST", docs=False)(handle_trigger))
+)
 
 
 __all__ = [

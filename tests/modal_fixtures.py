@@ -304,3 +304,42 @@ dir = "{(tmp / "out" / "runs").as_posix()}"
         encoding="utf-8",
     )
     return path
+
+
+def asgi_post(app: Any, body: bytes, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+    """POST ``body`` to the ASGI ``app`` at ``/`` (no server, no HTTP client): the status,
+    the JSON answer and the response headers."""
+    import json
+
+    async def call() -> list[dict[str, Any]]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 12345),
+            "server": ("testserver", 80),
+        }
+        inbox = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(call())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    answer = json.loads(raw) if raw else None
+    return start["status"], answer, {k.decode(): v.decode() for k, v in start.get("headers", [])}

@@ -217,9 +217,23 @@ def trigger_env(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     spawned: list[str] = []
     monkeypatch.setenv(modal_app.OPTIONS.token_env, "s3cret-token")
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: spawned.append(eid) or "fc-42")
-    monkeypatch.setattr(modal_app, "PENDING", modal_app.PendingEpisodes(MemoryDict(), ttl_s=600))
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, call_done=lambda call_id: False)
+    monkeypatch.setattr(modal_app, "PENDING", pending)
     monkeypatch.setattr(modal_app, "RATE", modal_app.RateLimit(1000))
     return spawned
+
+
+def post(body: object, authorization: str | None = None, raw: bytes | None = None):
+    """The trigger as Modal serves it (its own FastAPI wrapper), called over ASGI."""
+    from modal._runtime.asgi import magic_fastapi_app
+
+    from tests.modal_fixtures import asgi_post
+
+    app = magic_fastapi_app(modal_app.handle_trigger, "POST", False)
+    headers = {"content-type": "application/json"}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    return asgi_post(app, raw if raw is not None else json.dumps(body).encode(), headers)
 
 
 @pytest.mark.parametrize(
@@ -235,28 +249,36 @@ def trigger_env(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ],
 )
 def test_trigger_refuses_a_missing_or_wrong_token(trigger_env: list[str], header: str | None) -> None:
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode_id": "ep-1"}, authorization=header)
-    assert getattr(exc.value, "status_code", None) == 401
+    status, _, headers = post({"episode_id": "ep-1"}, header)
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert trigger_env == []
+
+
+def test_trigger_checks_the_token_before_it_reads_the_body(trigger_env: list[str]) -> None:
+    """Before: FastAPI validated the declared body first, answering an unauthenticated
+    caller 422 with its own input echoed back."""
+    for raw in (b"not json <script>", b'["ep-1"]', b"{}", b'{"episode_id": "../etc/passwd"}'):
+        status, answer, _ = post(None, None, raw=raw)
+        assert status == 401, (raw, answer)
+        assert "passwd" not in json.dumps(answer) and "script" not in json.dumps(answer)
+    status, answer, _ = post(None, BEARER, raw=b"not json")
+    assert status == 422 and "episode_id" in answer["detail"]
     assert trigger_env == []
 
 
 def test_trigger_accepts_the_right_token_and_returns_the_call_id(trigger_env: list[str]) -> None:
-    out = modal_app.trigger.local({"episode_id": " ep-1 "}, authorization="Bearer s3cret-token")
-    assert out == {"call_id": "fc-42", "episode_id": "ep-1", "deduplicated": False}
+    status, out, _ = post({"episode_id": " ep-1 "}, "Bearer s3cret-token")
+    assert status == 200 and out == {"call_id": "fc-42", "episode_id": "ep-1", "deduplicated": False}
     assert trigger_env == ["ep-1"]
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode": "ep-1"}, authorization="bearer s3cret-token")
-    assert getattr(exc.value, "status_code", None) == 422
+    status, _, _ = post({"episode": "ep-1"}, "bearer s3cret-token")
+    assert status == 422
 
 
 def test_trigger_without_a_configured_token_accepts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(modal_app.OPTIONS.token_env, raising=False)
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: pytest.fail("must not spawn"))
     for header in (None, "Bearer ", "Bearer anything"):
-        with pytest.raises(Exception) as exc:
-            modal_app.trigger.local({"episode_id": "ep-1"}, authorization=header)
-        assert getattr(exc.value, "status_code", None) == 503
+        assert post({"episode_id": "ep-1"}, header)[0] == 503
 
 
 def test_bearer_token_check_is_constant_time() -> None:
@@ -424,17 +446,16 @@ BEARER = "Bearer s3cret-token"
     ["x" * 129, "ep\x001", "ep-1\nDROP", "ep 1", "../etc", "-ep", 42, None, ["ep-1"], "  "],
 )
 def test_trigger_refuses_a_bad_episode_id_with_422(trigger_env: list[str], episode_id) -> None:
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode_id": episode_id}, authorization=BEARER)
-    assert getattr(exc.value, "status_code", None) == 422, exc.value
-    assert "episode id" in str(exc.value.detail)
+    status, answer, _ = post({"episode_id": episode_id}, BEARER)
+    assert status == 422, answer
+    assert "episode id" in str(answer["detail"])
     assert trigger_env == []
 
 
 def test_trigger_accepts_real_ids(trigger_env: list[str]) -> None:
     ids = ["pc-astro-ep02", "65f1c2a9e4b0a1b2c3d4e5f6", "3f2b8c1e-7d4a-4e9b-9c1d-2a3b4c5d6e7f", "x" * 128]
     for eid in ids:
-        modal_app.trigger.local({"episode_id": eid}, authorization=BEARER)
+        assert post({"episode_id": eid}, BEARER)[0] == 200
     assert trigger_env == ids
 
 
@@ -442,25 +463,30 @@ def test_trigger_deduplicates_an_episode_pending_or_running(trigger_env: list[st
     from tests.modal_fixtures import MemoryDict
 
     clock = FakeClock()
-    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock)
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock, call_done=lambda c: False)
     monkeypatch.setattr(modal_app, "PENDING", pending)
     calls = iter(f"fc-{i}" for i in range(10))
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: trigger_env.append(eid) or next(calls))
 
-    first = modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)
-    again = modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)
-    other = modal_app.trigger.local({"episode_id": "ep-2"}, authorization=BEARER)
+    def trigger(eid: str) -> dict:
+        status, answer, _ = post({"episode_id": eid}, BEARER)
+        assert status == 200, answer
+        return answer
+
+    first = trigger("ep-1")
+    again = trigger("ep-1")
+    other = trigger("ep-2")
     assert first == {"call_id": "fc-0", "episode_id": "ep-1", "deduplicated": False}
     assert again == {"call_id": "fc-0", "episode_id": "ep-1", "deduplicated": True}
     assert other["call_id"] == "fc-1" and trigger_env == ["ep-1", "ep-2"]
     # The job ends and frees its episode (only its own entry): the next trigger spawns.
     pending.finish("ep-1", "fc-other")
-    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["deduplicated"]
+    assert trigger("ep-1")["deduplicated"]
     pending.finish("ep-1", "fc-0")
-    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["call_id"] == "fc-2"
+    assert trigger("ep-1")["call_id"] == "fc-2"
     # A job that died without freeing its episode holds it for ttl_s at most.
     clock.t += 601
-    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["call_id"] == "fc-3"
+    assert trigger("ep-1")["call_id"] == "fc-3"
     assert trigger_env == ["ep-1", "ep-2", "ep-1", "ep-1"]
 
 
@@ -476,14 +502,14 @@ def test_trigger_caps_requests_per_minute_with_429(trigger_env: list[str], monke
     clock = FakeClock()
     monkeypatch.setattr(modal_app, "RATE", modal_app.RateLimit(3, clock=clock))
     for i in range(3):
-        modal_app.trigger.local({"episode_id": f"ep-{i}"}, authorization=BEARER)
+        assert post({"episode_id": f"ep-{i}"}, BEARER)[0] == 200
     clock.t += 20
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode_id": "ep-9"}, authorization=BEARER)
-    assert exc.value.status_code == 429 and exc.value.headers["Retry-After"] == "40"
+    status, _, headers = post({"episode_id": "ep-9"}, BEARER)
+    assert status == 429 and headers["retry-after"] == "40"
     # Requests without the token do not use up the budget; a minute later there is room again.
+    assert post({"episode_id": "ep-9"}, "Bearer nope")[0] == 401
     clock.t += 40
-    modal_app.trigger.local({"episode_id": "ep-9"}, authorization=BEARER)
+    assert post({"episode_id": "ep-9"}, BEARER)[0] == 200
     assert trigger_env == ["ep-0", "ep-1", "ep-2", "ep-9"]
 
 
@@ -547,3 +573,114 @@ def test_a_failed_job_raises_instead_of_returning_its_report(job_env) -> None:
 
     with pytest.raises(modal_app.JobNotFinished, match=r"ingest failed .*lost the connection"):
         modal_app.run_job("ingest", Selection(episode_ids=("pc-astro-ep02",)), map_fn=broken_map)
+
+
+# ------------------------------------------------ the trigger across containers (issue 21)
+def test_two_trigger_containers_spawn_one_ingest_for_one_episode() -> None:
+    """Before: get -> spawn -> put under a per-process lock; two containers (a redeploy)
+    both saw no entry and both spawned."""
+    import threading
+
+    from tests.modal_fixtures import MemoryDict
+
+    store = MemoryDict()
+    old, new = (modal_app.PendingEpisodes(store, ttl_s=600, call_done=lambda c: False) for _ in range(2))
+    spawned: list[str] = []
+    in_spawn, other_done = threading.Event(), threading.Event()
+
+    def slow_spawn(eid: str) -> str:
+        spawned.append(eid)
+        in_spawn.set()
+        other_done.wait(timeout=30)  # the other container answers while this spawn is under way
+        return "fc-old"
+
+    first: list[tuple[str, bool]] = []
+    t = threading.Thread(target=lambda: first.append(old.start("ep-1", slow_spawn)))
+    t.start()
+    assert in_spawn.wait(timeout=30)
+    second = new.start("ep-1", lambda eid: spawned.append(eid) or "fc-new")
+    other_done.set()
+    t.join(timeout=30)
+    assert spawned == ["ep-1"]
+    assert second == ("", False)  # on its way; its call id is being recorded
+    assert first == [("fc-old", True)]
+    assert new.start("ep-1", lambda eid: pytest.fail("must not spawn")) == ("fc-old", False)
+
+
+def test_trigger_requests_for_different_episodes_do_not_wait_on_each_other() -> None:
+    """Before: one lock around get/spawn/put serialised every request (20 requests with a
+    0.3 s spawn took 6 s). Here every spawn waits until all 20 are inside spawn at once:
+    with a lock around it, the barrier breaks."""
+    import threading
+
+    from tests.modal_fixtures import MemoryDict
+
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, call_done=lambda c: False)
+    barrier = threading.Barrier(20, timeout=30)
+    results: dict[str, tuple[str, bool]] = {}
+    errors: list[BaseException] = []
+
+    def spawn(eid: str) -> str:
+        barrier.wait()
+        return f"fc-{eid}"
+
+    def request(eid: str) -> None:
+        try:
+            results[eid] = pending.start(eid, spawn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(f"ep-{i}",)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert results == {f"ep-{i}": (f"fc-ep-{i}", True) for i in range(20)}
+
+
+def test_an_episode_whose_ingest_ended_or_never_spawned_is_spawned_again() -> None:
+    """Before: a call that died before freeing its entry kept its episode "deduplicated"
+    for ingest_timeout_s + 300 s."""
+    from tests.modal_fixtures import MemoryDict
+
+    clock = FakeClock()
+    done: set[str] = set()
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock, call_done=done.__contains__)
+    calls = iter(f"fc-{i}" for i in range(10))
+
+    def spawn(eid: str) -> str:
+        return next(calls)
+
+    assert pending.start("ep-1", spawn) == ("fc-0", True)
+    assert pending.start("ep-1", spawn) == ("fc-0", False)  # running
+    done.add("fc-0")  # it failed (or returned) without freeing its entry
+    assert pending.start("ep-1", spawn) == ("fc-1", True)
+    assert pending.start("ep-1", spawn) == ("fc-1", False)
+
+    # A spawn that fails frees the reservation at once.
+    def broken(eid: str) -> str:
+        raise ConnectionError("Modal unreachable")
+
+    with pytest.raises(ConnectionError):
+        pending.start("ep-2", broken)
+    assert pending.start("ep-2", spawn) == ("fc-2", True)
+    # A request that died between reserving and spawning holds it reserve_s at most.
+    pending.store.put("ep-3", {"call_id": "", "at": clock.t, "by": "dead-request"})
+    assert pending.start("ep-3", spawn) == ("", False)
+    clock.t += pending.reserve_s
+    assert pending.start("ep-3", spawn) == ("fc-3", True)
+
+
+def test_trigger_logs_at_info(trigger_env: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Before: the trigger never configured logging, so its INFO lines vanished."""
+    root = logging.getLogger()
+    for h in root.handlers[:]:
+        if isinstance(h, modal_app._ToStderr):
+            root.removeHandler(h)
+    root.setLevel(logging.WARNING)
+    post({"episode_id": "ep-1"}, BEARER)
+    post({"episode_id": "ep-1"}, BEARER)
+    err = capsys.readouterr().err
+    assert "INFO podembed.modal: trigger: episode ep-1: ingest started as fc-42" in err
+    assert "INFO podembed.modal: trigger: episode ep-1 already pending or running as fc-42" in err
