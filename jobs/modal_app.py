@@ -51,7 +51,7 @@ import modal
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor
-from pipeline.modal.gpu import GpuFault, require_cuda
+from pipeline.modal.gpu import GpuFault, GpuUnavailable, gpu_matches, require_cuda
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.trigger import PendingEpisodes, RateLimit, check_episode_id
 from pipeline.modal.wire import embed_payload
@@ -242,6 +242,23 @@ def retire_container(reason: str) -> None:
         os._exit(70)
 
 
+# Every GPU container records itself here when it starts (or fails to): the client bills
+# containers that never answered a batch too (a failed start, a late scale-up).
+ROSTER = modal.Dict.from_name(f"{OPTIONS.app_name}-containers", create_if_missing=True)
+
+
+def record_container(started_at: float, *, boot_s: float, load_s: float = 0.0, failed: str = "") -> None:
+    """This container in the roster, by task id (best effort: the bill is an estimate)."""
+    task_id = os.environ.get("MODAL_TASK_ID", "")
+    if not task_id:
+        return  # not in a Modal container (`.local()`)
+    entry = {"at": started_at, "boot_s": boot_s, "load_s": load_s, "failed": failed[:500]}
+    try:
+        ROSTER.put(task_id, entry)
+    except Exception as exc:
+        log.warning("could not record this container in the roster: %s", exc)
+
+
 @app.cls(image=image, volumes={HF_HOME: weights.read_only()}, env=OFFLINE, **EMBEDDER_SETTINGS)
 class Embedder:
     """``Embedder().embed.map(payloads)``: float32 vectors as bytes, timings, fingerprint,
@@ -277,9 +294,20 @@ class Embedder:
 
     @modal.enter(snap=False)
     def to_device(self) -> None:
-        """After a restore (or a cold start): check CUDA, onto the GPU, warm its kernels up."""
+        """After a restore (or a cold start): check CUDA and the GPU type, onto the GPU, warm
+        its kernels up. Records the container in the roster either way (the bill counts it)."""
         start = time.perf_counter()
-        device, self.device_name = require_cuda()  # raises: the container fails to start
+        started_at = time.time()
+        try:
+            device, self.device_name = require_cuda()  # raises: the container fails to start
+            if not gpu_matches(OPTIONS.gpu, self.device_name):
+                raise GpuUnavailable(
+                    f"this container got a {self.device_name}, not a {OPTIONS.gpu} (executor.gpu): "
+                    "refusing to start, so that Modal places the work on another container"
+                )
+        except GpuUnavailable as exc:
+            record_container(started_at, boot_s=time.perf_counter() - start, failed=str(exc))
+            raise
         self.embedder.move_to(device)  # the GPU, in the precision "auto" picks for it
         self.embedder.embed(["warm-up"])
         move_s = time.perf_counter() - start
@@ -295,6 +323,8 @@ class Embedder:
         if age is None or (restored and age > time.time() - self.snapshot_at):
             age = move_s
         self.unreported_boot_s = max(0.0, age - self.unreported_load_s)
+        self.ready_at = time.monotonic()
+        record_container(started_at, boot_s=self.unreported_boot_s, load_s=self.unreported_load_s)
         log.info("Embedder ready on %s in %.1fs (load %.1fs)", self.device_name, age, self.unreported_load_s)
 
     @modal.method()
@@ -308,7 +338,9 @@ class Embedder:
         load_s, self.unreported_load_s = self.unreported_load_s, 0.0
         boot_s, self.unreported_boot_s = self.unreported_boot_s, 0.0
         try:
-            return embed_payload(self.embedder, payload, load_s, boot_s=boot_s, device_name=self.device_name)
+            out = embed_payload(self.embedder, payload, load_s, boot_s=boot_s, device_name=self.device_name)
+            out["alive_s"] = time.monotonic() - self.ready_at  # the client bills the span
+            return out
         except GpuFault as exc:
             self.retired = str(exc)
             retire_container(self.retired)
@@ -345,7 +377,11 @@ def run_job(
     on_volume = dataclasses.replace(config.report, dir=report_dir(config.report.dir))  # other keys kept
     config = dataclasses.replace(config, report=on_volume)
     executor = ModalExecutor(
-        config.executor.options, config.model, map_fn=map_fn or gpu_map(), job_container=True
+        config.executor.options,
+        config.model,
+        map_fn=map_fn or gpu_map(),
+        job_container=True,
+        roster=None if map_fn else ROSTER,
     )
     selection = selection or Selection()
     log.info("podembed %s (%s) starting", command, selection.describe())

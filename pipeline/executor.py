@@ -41,6 +41,12 @@ class Executor(ABC):
         return Footprint()
 
     @classmethod
+    def check_cost(cls, options: Any, cost: Any) -> None:
+        """Refuse (``ConfigError``) a ``[cost]`` section that prices another device than this
+        executor runs on; called when a config is loaded. Nothing to check by default."""
+        return None
+
+    @classmethod
     @abstractmethod
     def open(cls, options: Any, model: ModelConfig) -> Executor:
         """Prepare (but do not necessarily load the model yet)."""

@@ -73,6 +73,7 @@ class FakeMap:
         boot_s: float = 1.5,
         record: bool = True,
         delay_s: float = 0.004,
+        gap_s: float = 0.0,
     ) -> None:
         self.dim = dim
         self.rule = rule or (lambda payload, attempt: None)
@@ -87,6 +88,8 @@ class FakeMap:
         self.boot_s = boot_s  # start-up beyond the load, reported once per container
         self.record = record  # False: keep no per-payload history (memory tests)
         self.delay_s = delay_s  # each answer takes up to this long (random)
+        self.gap_s = gap_s  # container seconds per batch beyond its compute (dispatch, serialising)
+        self._spans: dict[int, float] = {}
         self.reported_boot_s = 0.0
         self._unit: dict[int, np.ndarray] = {}
         self.attempts: dict[str, int] = {}
@@ -99,6 +102,12 @@ class FakeMap:
         self._consumed = 0
         self._containers_started: set[int] = set()
         self._lock = threading.Lock()
+
+    def _alive(self, worker: int, compute_s: float) -> float:
+        """The container's ready-to-this-answer span: its compute plus ``gap_s`` per batch."""
+        with self._lock:
+            self._spans[worker] = self._spans.get(worker, 0.0) + compute_s + self.gap_s
+            return self._spans[worker]
 
     # -- one container call
     def answer(self, payload: dict[str, Any], worker: int) -> Any:
@@ -128,6 +137,7 @@ class FakeMap:
             "compute_s": compute_s,
             "load_s": load_s,
             "boot_s": boot_s,
+            "alive_s": self._alive(worker, compute_s),
             "fp32_retries": 0,
             "dim": self.dim,
             "failed": {},
@@ -231,6 +241,10 @@ class MemoryDict:
     def pop(self, key: Any, default: Any = None) -> Any:
         with self._lock:
             return self.data.pop(key, default)
+
+    def items(self) -> list[tuple[Any, Any]]:
+        with self._lock:
+            return list(self.data.items())
 
 
 def cpu_as_a10g() -> tuple[str, str]:

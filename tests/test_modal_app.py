@@ -301,6 +301,34 @@ def test_the_gpu_class_fails_its_start_up_without_cuda(minilm_config: Path, monk
         obj.embed.local({"batch_id": "b0", "chunk_ids": ["c0"], "texts": ["hello"]})
 
 
+def test_a_container_on_another_gpu_type_refuses_to_start_and_is_still_billed(
+    minilm_config: Path, monkeypatch
+) -> None:
+    """Before: it started and served, and the client stopped the whole night on its first
+    result. Now it leaves at start-up (Modal places the work elsewhere) and records itself
+    in the roster, so the bill counts its start-up."""
+    from pipeline.modal.gpu import GpuUnavailable
+    from tests.modal_fixtures import MemoryDict
+
+    roster = MemoryDict()
+    monkeypatch.setattr(modal_app, "ROSTER", roster)
+    monkeypatch.setattr(modal_app, "require_cuda", lambda: ("cpu", "Tesla T4"))
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-t4")
+    obj = modal_app.Embedder(config_path=str(minilm_config))
+    with pytest.raises(GpuUnavailable, match=r"got a Tesla T4, not a A10G"):
+        obj.embed.local({"batch_id": "b0", "chunk_ids": ["c0"], "texts": ["hello"]})
+    entry = roster.get("ta-t4")
+    assert entry["failed"].startswith("this container got a Tesla T4") and entry["boot_s"] >= 0
+    # A container on the right type (Modal's "A10" name included) records itself as started.
+    monkeypatch.setattr(modal_app, "require_cuda", lambda: ("cpu", "NVIDIA A10"))
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-a10")
+    out = modal_app.Embedder(config_path=str(minilm_config)).embed.local(
+        {"batch_id": "b1", "chunk_ids": ["c1"], "texts": ["hello"]}
+    )
+    assert out["error"] is None and out["alive_s"] >= out["compute_s"] > 0
+    assert roster.get("ta-a10")["failed"] == "" and roster.get("ta-a10")["load_s"] > 0
+
+
 def test_nothing_calls_into_cuda_before_the_snapshot(minilm_config: Path, monkeypatch) -> None:
     """torch caches "no GPU" if CUDA is queried while the snapshot is taken (no GPU there):
     every CUDA query must come after the restore hook started."""
@@ -395,8 +423,9 @@ def job_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj):
     monkeypatch.setattr(modal_app, "CONFIG_PATH", str(modal_minilm_config(tmp_path / "cfg", source=src)))
     monkeypatch.setattr(modal_app, "REPORTS_MOUNT", str(tmp_path / "volume"))
     monkeypatch.setattr(modal_app, "gpu_map", lambda: local_map(embedder_obj.embed.local))
-    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600)
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, call_done=lambda call_id: False)
     monkeypatch.setattr(modal_app, "PENDING", pending)
+    monkeypatch.setattr(modal_app, "ROSTER", MemoryDict())
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     yield tmp_path, pending

@@ -507,3 +507,68 @@ def test_fanout_memory_does_not_grow_with_the_number_of_batches() -> None:
     payload_total = 2000 * 4 * 1024
     assert large < payload_total / 8, (small, large)
     assert large <= small + 512 * 1024, (small, large)
+
+
+# ------------------------------------------------------ the whole bill (issue 21)
+def test_the_bill_counts_every_container_started_and_the_time_around_batches() -> None:
+    """Before: only containers that answered were billed, and only their compute, loads
+    and boots: a failed start, a late scale-up and per-input overhead were missing."""
+    from pipeline.cost import Prices, bill_usage
+    from tests.modal_fixtures import MemoryDict
+
+    roster = MemoryDict()
+    fake = FakeMap(dim=DIM, workers=2, seed=4, gap_s=0.5)
+    options = ModalOptions(max_containers=2, inflight_per_container=2)
+    ex = ModalExecutor(options, _model(), map_fn=fake, roster=roster)
+    fake.fingerprint = ex.fingerprint()
+    now = time.time()
+    # Containers record themselves when they start: the two that answer, one whose start-up
+    # failed (it got the wrong GPU), one started late that never got a batch, and one that
+    # started before this run (another run's: not billed here).
+    for worker in range(2):
+        roster.put(f"ta-fake-{worker}", {"at": now + 1, "boot_s": 1.5, "load_s": 3.0, "failed": ""})
+    roster.put("ta-failed", {"at": now + 1, "boot_s": 40.0, "load_s": 0.0, "failed": "got a Tesla T4"})
+    roster.put("ta-late", {"at": now + 2, "boot_s": 2.0, "load_s": 18.0, "failed": ""})
+    roster.put("ta-earlier", {"at": now - 3600, "boot_s": 9.0, "load_s": 9.0, "failed": ""})
+    batches = make_batches(10, 4)
+    _check_accounting(batches, list(ex.embed(batches)))
+
+    usage = ex.usage()
+    assert usage.containers == 4 and usage.failed_starts == 1
+    assert usage.boot_s == pytest.approx(2 * 1.5 + 40.0 + 2.0 + 18.0)
+    assert usage.overhead_s == pytest.approx(10 * 0.5)  # measured: spans minus compute
+    prices = Prices(gpu_per_s=1.0)
+    bill = bill_usage(compute_s=10.0, load_s=6.0, job_s=0.0, usage=usage, prices=prices)
+    assert bill.overhead_s == pytest.approx(5.0) and bill.parts_usd["overhead"] == pytest.approx(5.0)
+    assert bill.idle_s == 3 * options.scaledown_window_s  # the failed start does not idle
+    assert bill.containers == 4 and bill.failed_starts == 1
+
+
+def test_cost_device_must_be_the_executor_gpu(tmp_path) -> None:
+    from pipeline.config import parse_config
+    from tests.helpers import config_dict
+
+    raw = config_dict(tmp_path / "in.parquet", tmp_path / "out", executor={"kind": "modal", "gpu": "H100"})
+    raw["cost"] = {"device": "A10G", "hourly_usd": 1.10}
+    with pytest.raises(ConfigError, match=r"cost\.device: 'A10G' is not executor\.gpu 'H100'"):
+        parse_config(raw)
+    raw["executor"]["gpu"], raw["cost"]["device"] = "A10", "A10G"  # one type, two names
+    parse_config(raw)
+    raw["executor"]["kind"], raw["cost"]["device"] = "local", "cpu"  # a local run prices its machine
+    raw["executor"].pop("gpu")
+    parse_config(raw)
+
+
+def test_cli_refuses_a_cost_device_that_is_not_the_gpu_with_exit_2(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from tests.helpers import config_dict, write_toml
+
+    raw = config_dict(
+        tmp_path / "in.parquet", tmp_path / "out", executor={"kind": "modal", "gpu": "A100-80GB"}
+    )
+    raw["cost"] = {"device": "A10G", "hourly_usd": 1.10}
+    result = CliRunner().invoke(cli, ["plan", "--config", str(write_toml(tmp_path / "c.toml", raw))])
+    assert result.exit_code == 2, result.output
+    assert "cost.device" in result.output and "Traceback" not in result.output

@@ -28,7 +28,9 @@ wire format both sides share:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -39,6 +41,7 @@ from pipeline.executor import Executor
 from pipeline.fingerprint import model_fingerprint
 from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
+from pipeline.modal.gpu import same_gpu_type
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.stream import MapFn
 from pipeline.precision import Resolved, for_gpu_name
@@ -63,6 +66,17 @@ class ModalExecutor(Executor):
         return for_gpu_name(model.precision, options.gpu)
 
     @classmethod
+    def check_cost(cls, options: ModalOptions, cost: Any) -> None:
+        """``[cost].device`` must name the GPU the containers run on: reports and plans price
+        ``executor.gpu``'s seconds at ``[cost].hourly_usd``."""
+        if not same_gpu_type(options.gpu, cost.device):
+            raise ConfigError(
+                f"cost.device: {cost.device!r} is not executor.gpu {options.gpu!r}; reports price "
+                f"the GPU's seconds at cost.hourly_usd: set [cost] device = {options.gpu!r} and its "
+                "hourly price"
+            )
+
+    @classmethod
     def footprint(cls, options: ModalOptions) -> Footprint:
         """GPU containers' reservations and idle tails, plus the job container that runs the client."""
         return options.footprint()
@@ -74,6 +88,7 @@ class ModalExecutor(Executor):
         *,
         map_fn: MapFn | None = None,
         job_container: bool = False,
+        roster: Any = None,
     ) -> None:
         self.options = options
         self.model_cfg = model
@@ -81,8 +96,13 @@ class ModalExecutor(Executor):
         self._map_fn = map_fn
         self._fingerprint: str | None = None
         self.containers: set[str] = set()  # Modal task ids that answered (for logs and tests)
+        self._spans: dict[str, list[float]] = {}  # container -> [ready-to-last-answer s, compute s]
         # job_container: this process is itself a Modal job container (billed as well).
         self._usage = Usage(footprint=options.footprint(job_container=job_container))
+        # Where the GPU containers record themselves when they start (jobs/modal_app.py):
+        # containers that never answered are billed from it. None: not read (tests, ephemeral).
+        self._roster = roster
+        self._since = time.time()
 
     @classmethod
     def open(cls, options: ModalOptions, model: ModelConfig) -> ModalExecutor:
@@ -116,12 +136,42 @@ class ModalExecutor(Executor):
             self.model_cfg.dimension,
             self.containers,
             self._usage,
+            spans=self._spans,
         )
         return fanout.run(batches)
 
     def usage(self) -> Usage:
-        """GPUs and containers that answered, their start-up, failed attempts, footprint."""
-        return self._usage
+        """Every GPU container started for the run (those that never answered too, from the
+        roster), start-up, time around batches, failed attempts, devices, footprint."""
+        usage = dataclasses.replace(self._usage, devices=dict(self._usage.devices))
+        usage.overhead_s = sum(max(0.0, alive - compute) for alive, compute in self._spans.values())
+        for _task_id, entry in self._silent_containers():
+            usage.containers += 1
+            usage.boot_s += float(entry.get("boot_s") or 0.0) + float(entry.get("load_s") or 0.0)
+            if entry.get("failed"):
+                usage.failed_starts += 1
+        return usage
+
+    def _silent_containers(self) -> list[tuple[str, dict[str, Any]]]:
+        """Containers that started (or failed to) during this run and answered no batch."""
+        if self._roster is None:
+            return []
+        try:
+            entries = list(self._roster.items())
+        except Exception as exc:  # the bill is an estimate; never fail a run over it
+            log.warning(
+                "Modal: could not read the container roster (%s); the bill counts only "
+                "containers that answered",
+                exc,
+            )
+            return []
+        return [
+            (str(task_id), entry)
+            for task_id, entry in entries
+            if isinstance(entry, dict)
+            and str(task_id) not in self.containers
+            and float(entry.get("at") or 0.0) >= self._since
+        ]
 
     def _remote_map(self) -> MapFn:
         if self._map_fn is not None:

@@ -83,12 +83,15 @@ class Fanout:
         containers: set[str],
         usage: Usage | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spans: dict[str, list[float]] | None = None,
     ) -> None:
         self.map_fn = map_fn
         self.options = options
         self.expected = fingerprint
         self.dim = dim
         self.containers = containers  # Modal task ids that answered (the executor's set)
+        # container -> [seconds from ready to its latest answer, compute seconds it reported]
+        self.spans = spans if spans is not None else {}
         self.usage = usage if usage is not None else Usage()
         self.clock = clock
         self.pending: dict[str, _Pending] = {}  # batches in flight or failed
@@ -204,6 +207,10 @@ class Fanout:
             self.containers.add(container)
             usage.containers += 1
         usage.boot_s += float(out.get("boot_s") or 0.0)
+        if container:
+            span = self.spans.setdefault(container, [0.0, 0.0])
+            span[0] = max(span[0], float(out.get("alive_s") or 0.0))
+            span[1] += float(out.get("compute_s") or 0.0)
         if not gpu_matches(self.options.gpu, name):
             shown = name or "an unnamed device"
             usage.devices[f"{shown} (refused)"] = usage.devices.get(f"{shown} (refused)", 0) + 1
