@@ -3,7 +3,7 @@ bf16 snapshot, missing weights or tokenizer, job start-up limits, the image's ve
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
 from pipeline.config import ModelConfig
 
@@ -42,3 +42,29 @@ def test_move_to_reloads_fp32_at_the_pinned_revision_with_the_shape_settings(mon
     assert len(loads) == 2 and loads[-1][1] == "0123abcd"  # the same revision as the snapshot
     assert encoder_shapes.installed(emb.model) is not None  # seq_multiple kept
     assert emb.precision.weights == "fp32"
+
+
+def test_a_missing_tokenizer_says_run_download_weights(tmp_path: Path) -> None:
+    """Before: a 118-line OSError traceback from transformers (an empty weights Volume)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from pipeline.config import ModelConfig\n"
+        "from pipeline.errors import ModelError\n"
+        "from pipeline.tokens import TokenCounter\n"
+        "cfg = ModelConfig(id='hkunlp/instructor-xl', dimension=768, revision='0123abcd')\n"
+        "try:\n"
+        "    TokenCounter(cfg)\n"
+        "except ModelError as exc:\n"
+        "    print('MODELERROR', exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-volume")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "MODELERROR" in out.stdout, out.stdout + out.stderr
+    message = out.stdout.split("MODELERROR", 1)[1]
+    assert "modal run jobs/modal_app.py::download_weights" in message
+    assert "hkunlp/instructor-xl at revision 0123abcd" in message and str(tmp_path) in message
+    assert "Traceback" not in out.stderr
