@@ -460,6 +460,9 @@ JOB_SETTINGS: dict[str, Any] = {
     "cpu": OPTIONS.job_cpu,
     "memory": OPTIONS.job_memory_mib,
     "region": OPTIONS.region or None,  # near MongoDB
+    # Without it Modal allows a job's whole timeout (6 h for the backfill) for its start-up:
+    # a container that cannot start would hold the night's slot that long.
+    "startup_timeout": OPTIONS.startup_timeout_s,
     "proxy": modal.Proxy.from_name(OPTIONS.proxy) if OPTIONS.proxy else None,  # a static IP
 }
 SCHEDULE = modal.Cron(OPTIONS.schedule, timezone="UTC") if OPTIONS.schedule else None

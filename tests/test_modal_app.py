@@ -547,6 +547,8 @@ def test_job_functions_reserve_measured_cpu_and_memory() -> None:
         info = fn.info()
         assert info.cpu == modal_app.OPTIONS.job_cpu >= 0.5, fn
         assert info.memory_mib == modal_app.OPTIONS.job_memory_mib >= 1024, fn
+        # Start-up has its own limit, not the job's whole timeout (6 h for the backfill).
+        assert info.startup_timeout == modal_app.OPTIONS.startup_timeout_s < info.timeout, fn
     gpu = modal_app.Embedder().embed.info()
     assert (gpu.cpu, gpu.memory_mib) == (modal_app.OPTIONS.gpu_cpu, modal_app.OPTIONS.gpu_memory_mib)
     # The trigger takes concurrent requests in one container, so its rate cap is global.
