@@ -58,6 +58,9 @@ def _parse_since(value: str | None) -> datetime | None:
 def _load(config_path: str | None, executor: str | None) -> Any:
     from pipeline.config import load_config, with_executor
 
+    if config_path is None:  # `podembed --config FILE plan`: the option before the subcommand
+        ctx = click.get_current_context(silent=True)
+        config_path = ctx.find_root().params.get("config_path") if ctx is not None else None
     config = load_config(config_path)
     return with_executor(config, executor) if executor else config
 
@@ -176,7 +179,13 @@ def _selection(episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="podembed")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
-def cli(verbose: int) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config for any command (a command's own --config wins).",
+)
+def cli(verbose: int, config_path: str | None) -> None:
     """podembed: embed podcast transcript chunks with an INSTRUCTOR model, incrementally.
 
     \b

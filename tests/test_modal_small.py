@@ -68,3 +68,23 @@ def test_a_missing_tokenizer_says_run_download_weights(tmp_path: Path) -> None:
     assert "modal run jobs/modal_app.py::download_weights" in message
     assert "hkunlp/instructor-xl at revision 0123abcd" in message and str(tmp_path) in message
     assert "Traceback" not in out.stderr
+
+
+def test_config_before_the_subcommand(tmp_path: Path) -> None:
+    """Before: `podembed --config FILE plan` failed with "No such option: --config"."""
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from tests.helpers import config_dict, sample_rows, write_rows, write_toml
+
+    src = write_rows(tmp_path / "in.parquet", sample_rows(episodes=1))
+    cfg = write_toml(tmp_path / "c.toml", config_dict(src, tmp_path / "out"))
+    before = CliRunner().invoke(cli, ["--config", str(cfg), "plan", "--json"])
+    after = CliRunner().invoke(cli, ["plan", "--json", "--config", str(cfg)])
+    assert before.exit_code == 0, before.output
+    assert before.stdout == after.stdout and '"command": "backfill"' in before.stdout
+    # The command's own option wins over the one before it.
+    both = CliRunner().invoke(cli, ["--config", str(tmp_path / "absent.toml"), "plan", "--config", str(cfg)])
+    assert both.exit_code == 0, both.output
+    missing = CliRunner().invoke(cli, ["--config", str(tmp_path / "absent.toml"), "status"])
+    assert missing.exit_code == 2 and "absent.toml" in missing.output
