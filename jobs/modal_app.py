@@ -52,6 +52,7 @@ from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor
 from pipeline.modal.gpu import GpuFault, GpuUnavailable, gpu_matches, require_cuda
+from pipeline.modal.image import read_pins
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.trigger import PendingEpisodes, RateLimit, check_episode_id
 from pipeline.modal.wire import embed_payload
@@ -126,25 +127,16 @@ app = modal.App(OPTIONS.app_name)
 # ----------------------------------------------------------------------------------------
 HF_HOME = "/hf-cache"
 REPORTS_MOUNT = "/reports"
-PINNED = [
-    "torch==2.13.0",
-    "sentence-transformers==6.2.0",
-    "transformers==5.24.0",
-    "huggingface_hub==2.4.0",
-    "tokenizers==0.23.3",
-    "safetensors==0.8.0",
-    "sentencepiece==0.2.3",
-    "numpy==2.4.6",
-    "pyarrow==26.0.1",
-    "pymongo==4.20.1",
-    "click==8.5.1",
-    "tqdm==4.70.1",
-    "tenacity==9.2.1",
-    "fastapi[standard]==0.163.2",
-]
+# One source of truth for versions: the pins the tests ran with (pipeline/modal/image.py),
+# on the Python version they ran on.
+# Inside a container the image is built already (and the file is not shipped: only Python
+# sources are).
+PYTHON_VERSION, PINNED = (
+    read_pins() if modal.is_local() else (f"{sys.version_info[0]}.{sys.version_info[1]}", [])
+)
 
 image = (
-    modal.Image.debian_slim(python_version="3.11")
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .pip_install(*PINNED)
     .env(
         {

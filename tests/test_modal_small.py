@@ -88,3 +88,25 @@ def test_config_before_the_subcommand(tmp_path: Path) -> None:
     assert both.exit_code == 0, both.output
     missing = CliRunner().invoke(cli, ["--config", str(tmp_path / "absent.toml"), "status"])
     assert missing.exit_code == 2 and "absent.toml" in missing.output
+
+
+def test_the_image_installs_exactly_what_the_tests_run() -> None:
+    """Before: the image pinned sentence-transformers 6.2.0, transformers 5.24.0 and
+    fastapi[standard] 0.163.2 (unresolvable) while the tests ran 6.3.0 and 5.25.0."""
+    import sys
+    from importlib import metadata
+
+    import jobs.modal_app as modal_app
+    from pipeline.modal.image import IMAGE_PACKAGES, PINS_FILE, canonical, closure, read_pins, render
+
+    python, pins = read_pins()
+    assert (modal_app.PYTHON_VERSION, modal_app.PINNED) == (python, pins)
+    assert python == f"{sys.version_info.major}.{sys.version_info.minor}"
+    pinned = dict(p.split("==", 1) for p in pins)
+    for name, version in pinned.items():
+        assert metadata.version(name).split("+", 1)[0] == version, f"{name}: tests run another version"
+    assert {canonical(p) for p in IMAGE_PACKAGES} <= set(pinned)
+    # Regenerated from this environment, the file is unchanged (dependencies included).
+    assert PINS_FILE.read_text(encoding="utf-8") == render(closure()), (
+        "run: python -m pipeline.modal.image > jobs/image-requirements.txt"
+    )
