@@ -100,7 +100,7 @@ def test_the_image_installs_exactly_what_the_tests_run() -> None:
     from pipeline.modal.image import IMAGE_PACKAGES, PINS_FILE, canonical, closure, read_pins, render
 
     python, pins = read_pins()
-    assert (modal_app.PYTHON_VERSION, modal_app.PINNED) == (python, pins)
+    assert (python, pins) == (modal_app.PYTHON_VERSION, modal_app.PINNED)
     assert python == f"{sys.version_info.major}.{sys.version_info.minor}"
     pinned = dict(p.split("==", 1) for p in pins)
     for name, version in pinned.items():
