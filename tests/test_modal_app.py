@@ -715,3 +715,50 @@ def test_trigger_logs_at_info(trigger_env: list[str], capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "INFO podembed.modal: trigger: episode ep-1: ingest started as fc-42" in err
     assert "INFO podembed.modal: trigger: episode ep-1 already pending or running as fc-42" in err
+
+
+# ---------------------------------------------- the executor opens its own map (issue 17)
+def test_the_library_runs_an_ephemeral_app_without_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj
+) -> None:
+    """Before: only jobs/cli.py could wire an ephemeral app (it imported the deployment file
+    and called ModalExecutor.use_map); ``run()`` from the library failed."""
+    import contextlib
+
+    from tests.modal_fixtures import MemoryDict
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    monkeypatch.delenv("MODAL_PROFILE", raising=False)
+    login = tmp_path / "modal.toml"
+    login.write_text('[default]\ntoken_id = "ak-test"\ntoken_secret = "as-test"\nactive = true\n')
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(login))  # a token is found; no call reaches Modal
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_app_run(options):
+        events.append("started")
+        try:
+            yield local_map(embedder_obj.embed.local)
+        finally:
+            events.append("stopped")
+
+    monkeypatch.setattr(modal_app, "ephemeral_map", fake_app_run)
+    monkeypatch.setattr(modal_app, "ROSTER", MemoryDict())
+    src = write_rows(tmp_path / "chunks.parquet", sample_rows(episodes=1))
+    cfg = modal_minilm_config(tmp_path / "cfg", source=src)
+    cfg.write_text(cfg.read_text().replace('kind = "modal"\n', 'kind = "modal"\ndeployed = false\n'))
+    config = load_config(cfg)
+    assert config.executor.options.deployed is False
+    report = run(config, RunOptions(command="backfill"))
+    assert report.status == "completed", report.error
+    assert report.counts.embedded == len(sample_rows(episodes=1))
+    assert events == ["started", "stopped"]  # the executor closed its app when the run ended
+    assert (
+        "modal"
+        not in Path(modal_app.__file__)
+        .with_name("cli.py")
+        .read_text()
+        .split("def _execute")[1]
+        .split("def _common")[0]
+    )

@@ -28,7 +28,9 @@ wire format both sides share:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -42,7 +44,7 @@ from pipeline.fingerprint import model_fingerprint
 from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
 from pipeline.modal.gpu import same_gpu_type
-from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
+from pipeline.modal.options import APP_MODULE, EMBEDDER_CLASS, ModalOptions, roster_name
 from pipeline.modal.stream import MapFn
 from pipeline.precision import Resolved, for_gpu_name
 from pipeline.records import Batch, BatchResult
@@ -103,12 +105,31 @@ class ModalExecutor(Executor):
         # containers that never answered are billed from it. None: not read (tests, ephemeral).
         self._roster = roster
         self._since = time.time()
+        self._app_run: contextlib.ExitStack | None = None  # a temporary app started by open()
 
     @classmethod
     def open(cls, options: ModalOptions, model: ModelConfig) -> ModalExecutor:
-        """Check what can be checked offline (a Modal token) and fail at once."""
+        """Check what can be checked offline (a Modal token) and fail at once; then obtain the
+        map: the deployed app's (looked up on the first batch), or a temporary copy of the app
+        (``executor.deployed = false``), started here and stopped by :meth:`close`."""
         require_modal_credentials()
-        return cls(options, model)
+        executor = cls(options, model)
+        if not options.deployed:
+            executor._start_ephemeral()
+        return executor
+
+    def _start_ephemeral(self) -> None:
+        # The deployment file defines the app; its containers read the config named by
+        # PODEMBED_CONFIG (default configs/production.toml), as a deployment does.
+        app_module = importlib.import_module(APP_MODULE)
+        stack = contextlib.ExitStack()
+        try:
+            self._map_fn = stack.enter_context(app_module.ephemeral_map(self.options))
+        except BaseException:
+            stack.close()
+            raise
+        self._app_run = stack
+        self._roster = app_module.ROSTER
 
     def fingerprint(self) -> str:
         """From the config; every result's fingerprint is checked against it."""
@@ -121,11 +142,25 @@ class ModalExecutor(Executor):
         return None
 
     def close(self) -> None:
-        """Nothing to release: Modal's client outlives the run, the app run belongs to the CLI."""
+        """Stop the temporary app started by :meth:`open` (a deployed app stays)."""
+        app_run, self._app_run = self._app_run, None
+        if app_run is not None:
+            app_run.close()
 
-    def use_map(self, map_fn: MapFn) -> None:
-        """Send batches through ``map_fn`` (an ephemeral app's ``Embedder().embed.map``)."""
-        self._map_fn = map_fn
+    @classmethod
+    def submit_ingest(cls, config: Any, episode_id: str, limit: int | None) -> tuple[dict[str, str], str]:
+        """Start the deployed ``ingest_episode`` and return at once (see :class:`Executor`)."""
+        from pipeline.modal import trigger
+
+        if limit is not None:
+            raise ConfigError("--limit: not supported when the ingest runs on Modal")
+        app = config.executor.options.app_name
+        call_id = trigger.trigger_ingest(config, episode_id)
+        message = (
+            f"ingest of {episode_id} started on Modal (app {app}); its report: `podembed status` "
+            "once it is done"
+        )
+        return {"episode_id": episode_id, "call_id": call_id, "app": app}, message
 
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
         """Fan batches out; yield one result per batch as soon as it is complete."""
@@ -177,11 +212,9 @@ class ModalExecutor(Executor):
         if self._map_fn is not None:
             return self._map_fn
         if not self.options.deployed:
-            # An ephemeral app run is wired by jobs/cli.py (it owns jobs/modal_app.py), which
-            # passes its map function in; the library never imports the deployment file.
             raise ConfigError(
-                "executor.deployed = false needs the app file: run it through the CLI "
-                "(`podembed backfill --executor modal`), or pass map_fn= to ModalExecutor"
+                "executor.deployed = false: open the executor with ModalExecutor.open (it starts "
+                "a temporary copy of the app), or pass map_fn= to ModalExecutor"
             )
         require_modal_credentials()
         import modal
@@ -189,4 +222,6 @@ class ModalExecutor(Executor):
         env = self.options.environment or None
         cls = modal.Cls.from_name(self.options.app_name, EMBEDDER_CLASS, environment_name=env)
         self._map_fn = cls().embed.map
+        if self._roster is None:
+            self._roster = modal.Dict.from_name(roster_name(self.options.app_name), environment_name=env)
         return self._map_fn
