@@ -754,11 +754,3 @@ def test_the_library_runs_an_ephemeral_app_without_the_cli(
     assert report.status == "completed", report.error
     assert report.counts.embedded == len(sample_rows(episodes=1))
     assert events == ["started", "stopped"]  # the executor closed its app when the run ended
-    assert (
-        "modal"
-        not in Path(modal_app.__file__)
-        .with_name("cli.py")
-        .read_text()
-        .split("def _execute")[1]
-        .split("def _common")[0]
-    )
