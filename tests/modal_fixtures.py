@@ -357,3 +357,48 @@ def asgi_post(app: Any, body: bytes, headers: dict[str, str]) -> tuple[int, Any,
     raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     answer = json.loads(raw) if raw else None
     return start["status"], answer, {k.decode(): v.decode() for k, v in start.get("headers", [])}
+
+
+def modal_client_map(fake: FakeMap) -> Callable[..., Iterator[Any]]:
+    """``.map`` through Modal's own client code (``modal.parallel_map._map_sync``): its input
+    pump, iterator bridging and back-pressure run for real; only the server is a stand-in
+    (``fn._map.aio``), answering each input with ``fake.answer`` on a thread."""
+    import functools
+    import types
+
+    import modal.parallel_map as pm
+
+    async def server(raw_input_queue: Any, order_outputs: bool, return_exceptions: bool) -> Any:
+        out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def work(item: Any, n: int) -> None:
+            args, _kwargs = item
+            await out.put(("result", await asyncio.to_thread(fake.answer, args[0], n % fake.workers)))
+
+        async def pump() -> None:
+            n = 0
+            while (item := await raw_input_queue.get.aio()) is not None:
+                task = asyncio.ensure_future(work(item, n))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            await out.put(("end", n))
+
+        feeder = asyncio.ensure_future(pump())
+        total, got = None, 0
+        try:
+            while total is None or got < total:
+                kind, value = await out.get()
+                if kind == "end":
+                    total = value
+                    continue
+                got += 1
+                yield value
+        finally:
+            feeder.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    fn = types.SimpleNamespace(_map=types.SimpleNamespace(aio=server))
+    return functools.partial(pm._map_sync, fn)

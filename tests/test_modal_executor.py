@@ -572,3 +572,38 @@ def test_cli_refuses_a_cost_device_that_is_not_the_gpu_with_exit_2(tmp_path) -> 
     result = CliRunner().invoke(cli, ["plan", "--config", str(write_toml(tmp_path / "c.toml", raw))])
     assert result.exit_code == 2, result.output
     assert "cost.device" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------- an early stop through Modal's client (issue 21)
+def test_an_early_stop_through_modals_client_prints_no_aclose_tracebacks(
+    capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: stopping on the first refused result closed Modal's map generator while it
+    ran, and Modal printed "aclose(): asynchronous generator is already running" tracebacks."""
+    import gc
+
+    from tests.modal_fixtures import modal_client_map
+
+    fake = FakeMap(dim=DIM, workers=2)
+    ex = _executor(fake)
+    ex._map_fn = modal_client_map(fake)
+    fake.fingerprint = "instructor-xl/0000"  # another model: the run stops at the first result
+    with pytest.raises(TargetError, match="Redeploy"):
+        for _ in ex.embed(make_batches(40, 4)):
+            pass
+    gc.collect()
+    noise = capfd.readouterr().err + caplog.text
+    assert "asynchronous generator is already running" not in noise, noise[-3000:]
+    assert "Traceback" not in noise, noise[-3000:]
+    assert len(fake.calls) <= 2 * 2 + 4  # it stopped feeding: only what was in flight ran
+
+
+def test_modals_client_map_carries_a_whole_run() -> None:
+    from tests.modal_fixtures import modal_client_map
+
+    fake = FakeMap(dim=DIM, workers=3)
+    ex = _executor(fake)
+    ex._map_fn = modal_client_map(fake)
+    batches = make_batches(30, 3)
+    good, failed = _check_accounting(batches, list(ex.embed(batches)))
+    assert len(good) == 90 and not failed

@@ -308,8 +308,9 @@ class Fanout:
         failed: list[_Part] = []
         exceptions: list[str] = []
         exception_times: list[float] = []
+        outputs = self._map(stream, what)
         try:
-            for out in self._map(stream, what):
+            for out in outputs:
                 stream.release()
                 part, error = self.settle(out)
                 if error is None:
@@ -335,6 +336,7 @@ class Fanout:
                 raise stream.error
         finally:
             stream.close()
+            outputs.close()  # an early stop: drains what is in flight (see _map)
         lost = self.take_unanswered()
         firsts = {p.part_id: p.error for p in lost}
         self.blame(lost, exceptions)
@@ -352,11 +354,27 @@ class Fanout:
         for row in part.rows:
             owner.failed[owner.batch.chunk_ids[row]] = reason
 
-    def _map(self, inputs: Any, what: str) -> Iterator[Any]:
+    def _map(self, inputs: InputStream, what: str) -> Generator[Any, None, None]:
         """``map_fn`` over ``inputs``, unordered, exceptions in the stream; Modal's own
-        failures (auth, app not deployed, connection lost) become our errors."""
+        failures (auth, app not deployed, connection lost) become our errors.
+
+        Closed early (the run stops on a refused result, the runner stops consuming), it
+        stops feeding and drains what is in flight, so Modal's map ends as it would at the
+        end of its input: closing Modal's generator while it runs printed "aclose():
+        asynchronous generator is already running" tracebacks. At most the in-flight window
+        (``max_containers * inflight_per_container``) is waited for."""
+        outputs = iter(self.map_fn(inputs, order_outputs=False, return_exceptions=True))
         try:
-            yield from self.map_fn(inputs, order_outputs=False, return_exceptions=True)
+            for out in outputs:  # noqa: UP028 - `yield from` would close Modal's generator first
+                yield out
+        except GeneratorExit:
+            inputs.close()
+            try:
+                for _ in outputs:
+                    pass
+            except Exception as exc:  # the run is stopping anyway: say why the drain ended
+                log.debug("Modal: draining the map after an early stop: %s", exc)
+            raise
         except PodembedError:
             raise
         except Exception as exc:
