@@ -6,7 +6,6 @@ Exit codes: 0 done (dead-lettered chunks included), 1 failed, 2 bad usage or con
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shlex
@@ -58,6 +57,9 @@ def _parse_since(value: str | None) -> datetime | None:
 def _load(config_path: str | None, executor: str | None) -> Any:
     from pipeline.config import load_config, with_executor
 
+    if config_path is None:  # `podembed --config FILE plan`: the option before the subcommand
+        ctx = click.get_current_context(silent=True)
+        config_path = ctx.find_root().params.get("config_path") if ctx is not None else None
     config = load_config(config_path)
     return with_executor(config, executor) if executor else config
 
@@ -123,17 +125,7 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
     opts = RunOptions(command=command, **opts_kwargs)
     recorded = _interrupt_signals()
 
-    with contextlib.ExitStack() as stack:
-        executor = None
-        if config.executor.kind == "modal" and not config.executor.options.deployed:
-            # An ephemeral copy of the app for this run; its containers read the config
-            # named by PODEMBED_CONFIG (default configs/production.toml), as a deployment does.
-            from jobs.modal_app import ephemeral_map
-            from pipeline.modal.executor import ModalExecutor
-
-            executor = ModalExecutor.open(config.executor.options, config.model)
-            executor.use_map(stack.enter_context(ephemeral_map(config.executor.options)))
-        report = run(config, opts, executor=executor, progress=_progress(config, command, recorded))
+    report = run(config, opts, progress=_progress(config, command, recorded))
     if report.status == "interrupted":
         report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
     click.echo(report.summary(), err=True)
@@ -176,7 +168,13 @@ def _selection(episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="podembed")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr.")
-def cli(verbose: int) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config for any command (a command's own --config wins).",
+)
+def cli(verbose: int, config_path: str | None) -> None:
     """podembed: embed podcast transcript chunks with an INSTRUCTOR model, incrementally.
 
     \b
@@ -256,36 +254,22 @@ def ingest(
 
     With the Modal executor this starts the deployed ingest_episode and prints its call id.
     """
+    from pipeline.registry import resolve
+
     config = _load(config_path, executor)
-    if config.executor.kind == "modal":
-        _ingest_on_modal(config, episode_id, limit, as_json)
+    # An executor that runs jobs elsewhere (Modal: the deployed ingest_episode) starts it
+    # there and returns at once; the run report lands in the ledger.
+    submitted = resolve("executor", config.executor.kind).submit_ingest(config, episode_id, limit)
+    if submitted is not None:
+        doc, message = submitted
+        if as_json:
+            click.echo(json.dumps(doc))
+        else:
+            click.echo(message, err=True)
+            click.echo(doc.get("call_id", ""))
         return
     selection = _selection((episode_id,), (), None)
     _execute(ctx, "ingest", {"selection": selection, "limit": limit}, as_json)
-
-
-# Modal: `podembed ingest EPISODE --executor modal` starts the deployed ingest_episode
-# (jobs/modal_app.py) and returns at once; the run report lands in the ledger and Volume.
-def _ingest_on_modal(config: Any, episode_id: str, limit: int | None, as_json: bool) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.modal.trigger import trigger_ingest
-
-    if limit is not None:
-        raise ConfigError("--limit: not supported when the ingest runs on Modal")
-    call_id = trigger_ingest(config, episode_id)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {"episode_id": episode_id, "call_id": call_id, "app": config.executor.options.app_name}
-            )
-        )
-        return
-    click.echo(
-        f"ingest of {episode_id} started on Modal (app {config.executor.options.app_name}); "
-        f"its report: `podembed status` once it is done",
-        err=True,
-    )
-    click.echo(call_id)
 
 
 @cli.command()

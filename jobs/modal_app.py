@@ -31,11 +31,14 @@ functions with ``.local()``).
 
 # No `from __future__ import annotations`: Modal reads the class parameter's type (str)
 # and FastAPI the endpoint's annotations at definition time.
+import asyncio
 import contextlib
 import dataclasses
 import hmac
+import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -48,28 +51,26 @@ import modal
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor
-from pipeline.modal.gpu import GpuFault, require_cuda
+from pipeline.modal.gpu import GpuFault, GpuUnavailable, gpu_matches, require_cuda
+from pipeline.modal.image import read_pins
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.trigger import PendingEpisodes, RateLimit, check_episode_id
 from pipeline.modal.wire import embed_payload
 from pipeline.selection import Selection
 
 try:  # in the image; the machine that deploys does not need FastAPI
-    from fastapi import Header, HTTPException
+    from fastapi import HTTPException, Request
 except ImportError:  # pragma: no cover - depends on the local environment
+    Request = Any  # type: ignore[misc,assignment]
 
     class HTTPException(Exception):  # type: ignore[no-redef]
-        """Stand-in with FastAPI's shape, so the endpoint can be called locally."""
+        """Stand-in with FastAPI's shape (the endpoint only runs where FastAPI is)."""
 
         def __init__(
             self, status_code: int, detail: Any = None, headers: dict[str, str] | None = None
         ) -> None:
             super().__init__(status_code, detail)
             self.status_code, self.detail, self.headers = status_code, detail, headers
-
-    def Header(default: Any = None, **_: Any) -> Any:  # type: ignore[no-redef]
-        """Stand-in: without FastAPI the header value is passed as a plain argument."""
-        return default
 
 
 log = logging.getLogger("podembed.modal")
@@ -126,25 +127,16 @@ app = modal.App(OPTIONS.app_name)
 # ----------------------------------------------------------------------------------------
 HF_HOME = "/hf-cache"
 REPORTS_MOUNT = "/reports"
-PINNED = [
-    "torch==2.13.0",
-    "sentence-transformers==6.2.0",
-    "transformers==5.24.0",
-    "huggingface_hub==2.4.0",
-    "tokenizers==0.23.3",
-    "safetensors==0.8.0",
-    "sentencepiece==0.2.3",
-    "numpy==2.4.6",
-    "pyarrow==26.0.1",
-    "pymongo==4.20.1",
-    "click==8.5.1",
-    "tqdm==4.70.1",
-    "tenacity==9.2.1",
-    "fastapi[standard]==0.163.2",
-]
+# One source of truth for versions: the pins the tests ran with (pipeline/modal/image.py),
+# on the Python version they ran on.
+# Inside a container the image is built already (and the file is not shipped: only Python
+# sources are).
+PYTHON_VERSION, PINNED = (
+    read_pins() if modal.is_local() else (f"{sys.version_info[0]}.{sys.version_info[1]}", [])
+)
 
 image = (
-    modal.Image.debian_slim(python_version="3.11")
+    modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .pip_install(*PINNED)
     .env(
         {
@@ -242,6 +234,23 @@ def retire_container(reason: str) -> None:
         os._exit(70)
 
 
+# Every GPU container records itself here when it starts (or fails to): the client bills
+# containers that never answered a batch too (a failed start, a late scale-up).
+ROSTER = modal.Dict.from_name(f"{OPTIONS.app_name}-containers", create_if_missing=True)
+
+
+def record_container(started_at: float, *, boot_s: float, load_s: float = 0.0, failed: str = "") -> None:
+    """This container in the roster, by task id (best effort: the bill is an estimate)."""
+    task_id = os.environ.get("MODAL_TASK_ID", "")
+    if not task_id:
+        return  # not in a Modal container (`.local()`)
+    entry = {"at": started_at, "boot_s": boot_s, "load_s": load_s, "failed": failed[:500]}
+    try:
+        ROSTER.put(task_id, entry)
+    except Exception as exc:
+        log.warning("could not record this container in the roster: %s", exc)
+
+
 @app.cls(image=image, volumes={HF_HOME: weights.read_only()}, env=OFFLINE, **EMBEDDER_SETTINGS)
 class Embedder:
     """``Embedder().embed.map(payloads)``: float32 vectors as bytes, timings, fingerprint,
@@ -277,9 +286,20 @@ class Embedder:
 
     @modal.enter(snap=False)
     def to_device(self) -> None:
-        """After a restore (or a cold start): check CUDA, onto the GPU, warm its kernels up."""
+        """After a restore (or a cold start): check CUDA and the GPU type, onto the GPU, warm
+        its kernels up. Records the container in the roster either way (the bill counts it)."""
         start = time.perf_counter()
-        device, self.device_name = require_cuda()  # raises: the container fails to start
+        started_at = time.time()
+        try:
+            device, self.device_name = require_cuda()  # raises: the container fails to start
+            if not gpu_matches(OPTIONS.gpu, self.device_name):
+                raise GpuUnavailable(
+                    f"this container got a {self.device_name}, not a {OPTIONS.gpu} (executor.gpu): "
+                    "refusing to start, so that Modal places the work on another container"
+                )
+        except GpuUnavailable as exc:
+            record_container(started_at, boot_s=time.perf_counter() - start, failed=str(exc))
+            raise
         self.embedder.move_to(device)  # the GPU, in the precision "auto" picks for it
         self.embedder.embed(["warm-up"])
         move_s = time.perf_counter() - start
@@ -295,6 +315,8 @@ class Embedder:
         if age is None or (restored and age > time.time() - self.snapshot_at):
             age = move_s
         self.unreported_boot_s = max(0.0, age - self.unreported_load_s)
+        self.ready_at = time.monotonic()
+        record_container(started_at, boot_s=self.unreported_boot_s, load_s=self.unreported_load_s)
         log.info("Embedder ready on %s in %.1fs (load %.1fs)", self.device_name, age, self.unreported_load_s)
 
     @modal.method()
@@ -308,7 +330,9 @@ class Embedder:
         load_s, self.unreported_load_s = self.unreported_load_s, 0.0
         boot_s, self.unreported_boot_s = self.unreported_boot_s, 0.0
         try:
-            return embed_payload(self.embedder, payload, load_s, boot_s=boot_s, device_name=self.device_name)
+            out = embed_payload(self.embedder, payload, load_s, boot_s=boot_s, device_name=self.device_name)
+            out["alive_s"] = time.monotonic() - self.ready_at  # the client bills the span
+            return out
         except GpuFault as exc:
             self.retired = str(exc)
             retire_container(self.retired)
@@ -345,17 +369,22 @@ def run_job(
     on_volume = dataclasses.replace(config.report, dir=report_dir(config.report.dir))  # other keys kept
     config = dataclasses.replace(config, report=on_volume)
     executor = ModalExecutor(
-        config.executor.options, config.model, map_fn=map_fn or gpu_map(), job_container=True
+        config.executor.options,
+        config.model,
+        map_fn=map_fn or gpu_map(),
+        job_container=True,
+        roster=None if map_fn else ROSTER,
     )
     selection = selection or Selection()
     log.info("podembed %s (%s) starting", command, selection.describe())
     try:
-        report = run(
-            config,
-            RunOptions(command=command, selection=selection, force=force),
-            executor=executor,
-            progress=LogProgress.from_config(config, command),  # INFO lines in `modal app logs`
-        )
+        with sigterm_interrupts():
+            report = run(
+                config,
+                RunOptions(command=command, selection=selection, force=force),
+                executor=executor,
+                progress=LogProgress.from_config(config, command),  # INFO lines in `modal app logs`
+            )
     finally:
         executor.close()
         if not modal.is_local():
@@ -369,7 +398,40 @@ def run_job(
         OPTIONS.reports_volume,
         relative,
     )
+    if report.status != "completed":
+        # Returning would make an interrupted or failed run look finished to Modal (and to
+        # whoever waits on the call). Raised: Modal retries per the function's retry policy,
+        # and the next run resumes from the ledger anyway.
+        raise JobNotFinished(
+            f"podembed {command} {report.status} (run {report.run_id})"
+            + (f": {report.error}" if report.error else "")
+            + "; what was written is kept, the next run resumes"
+        )
     return report.to_dict()
+
+
+class JobNotFinished(RuntimeError):
+    """A job's run ended interrupted or failed (its report is in the ledger and the Volume)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a container being stopped or preempted) stops the run like Ctrl-C: the runner
+    hands what is embedded to the writer, releases the run's claims and records the run as
+    interrupted, instead of the process dying with its claims live until their lease ends."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -390,12 +452,15 @@ JOB_SETTINGS: dict[str, Any] = {
     "cpu": OPTIONS.job_cpu,
     "memory": OPTIONS.job_memory_mib,
     "region": OPTIONS.region or None,  # near MongoDB
+    # Without it Modal allows a job's whole timeout (6 h for the backfill) for its start-up:
+    # a container that cannot start would hold the night's slot that long.
+    "startup_timeout": OPTIONS.startup_timeout_s,
     "proxy": modal.Proxy.from_name(OPTIONS.proxy) if OPTIONS.proxy else None,  # a static IP
 }
 SCHEDULE = modal.Cron(OPTIONS.schedule, timezone="UTC") if OPTIONS.schedule else None
 
 
-# Episodes with an ingest pending or running (shared by the trigger and the jobs).
+# Episodes with an ingest pending or running (shared by the trigger's containers and the jobs).
 PENDING = PendingEpisodes(
     modal.Dict.from_name(f"{OPTIONS.app_name}-pending-episodes", create_if_missing=True),
     ttl_s=OPTIONS.ingest_timeout_s + 300,
@@ -458,17 +523,20 @@ def spawn_ingest(episode_id: str) -> str:
 RATE = RateLimit(OPTIONS.trigger_per_minute)
 
 
-@app.function(image=image, secrets=[trigger_secret], max_containers=1)
-@modal.concurrent(max_inputs=32)
-@modal.fastapi_endpoint(method="POST", docs=False)
-def trigger(body: dict[str, Any], authorization: str | None = Header(default=None)) -> dict[str, Any]:
+async def handle_trigger(request: Request) -> dict[str, Any]:
     """Authenticated per-episode trigger; answers ``{"call_id", "episode_id", "deduplicated"}``:
-    401 bad token, 422 bad episode id, 429 too many requests, 503 no token configured."""
+    401 bad token, 422 bad body or episode id, 429 too many requests, 503 no token configured.
+
+    The token is checked before the body is read: an unauthenticated caller learns nothing
+    from the answer (FastAPI validating a declared body parameter first answered 422 with
+    the caller's input echoed). Modal calls are made off the event loop, and no lock is
+    held around them: requests for different episodes never wait on each other."""
+    configure_logging()
     expected = os.environ.get(OPTIONS.token_env, "")
     if not expected:
         log.error("trigger: %s is not set in Secret %r", OPTIONS.token_env, OPTIONS.trigger_secret)
         raise HTTPException(status_code=503, detail="trigger token not configured")
-    if not bearer_token_ok(authorization, expected):
+    if not bearer_token_ok(request.headers.get("authorization"), expected):
         raise HTTPException(
             status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -479,16 +547,27 @@ def trigger(body: dict[str, Any], authorization: str | None = Header(default=Non
             detail=f"more than {OPTIONS.trigger_per_minute} requests a minute; retry later",
             headers={"Retry-After": str(max(1, round(wait_s)))},
         )
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        body = None
     if not isinstance(body, dict) or "episode_id" not in body:
-        raise HTTPException(status_code=422, detail='body must be {"episode_id": "<id>"}')
+        raise HTTPException(status_code=422, detail='body must be JSON: {"episode_id": "<id>"}')
     try:
         episode_id = check_episode_id(body["episode_id"])
     except ConfigError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    call_id, started = PENDING.start(episode_id, spawn_ingest)
-    if not started:
-        log.info("trigger: episode %s already pending or running as %s", episode_id, call_id)
+    call_id, started = await asyncio.to_thread(PENDING.start, episode_id, spawn_ingest)
+    if started:
+        log.info("trigger: episode %s: ingest started as %s", episode_id, call_id)
+    else:
+        log.info("trigger: episode %s already pending or running as %s", episode_id, call_id or "(spawning)")
     return {"call_id": call_id, "episode_id": episode_id, "deduplicated": not started}
+
+
+trigger = app.function(image=image, secrets=[trigger_secret], max_containers=1, name="trigger")(
+    modal.concurrent(max_inputs=32)(modal.fastapi_endpoint(method="POST", docs=False)(handle_trigger))
+)
 
 
 __all__ = [

@@ -290,15 +290,18 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
     sink_cls.check_fields(sink.options, fields_map, source.kind)
     # The checkpoint store lives with the sink unless told otherwise.
     default_checkpoint = sink_cls.default_checkpoint
+    executor = _section("executor", raw.get("executor"), "local")
+    cost = from_table(CostConfig, raw.get("cost", {}), "cost")
+    registry.resolve("executor", executor.kind).check_cost(executor.options, cost)
     return Config(
         source=source,
         fields=fields_map,
         sink=sink,
         checkpoint=_section("checkpoint", raw.get("checkpoint"), default_checkpoint),
-        executor=_section("executor", raw.get("executor"), "local"),
+        executor=executor,
         model=from_table(ModelConfig, raw["model"], "model"),
         batching=from_table(BatchingConfig, raw.get("batching", {}), "batching"),
-        cost=from_table(CostConfig, raw.get("cost", {}), "cost"),
+        cost=cost,
         report=from_table(ReportConfig, raw.get("report", {}), "report"),
         incremental=from_table(IncrementalConfig, raw.get("incremental", {}), "incremental"),
         path=path,

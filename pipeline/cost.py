@@ -21,9 +21,17 @@ Two figures:
   boot         container start-up beyond the load (from process start)     measured
   failed       attempts that crashed or timed out, dispatch to failure,    estimated
                bounded by the timeout (no timings come back from them)
-  idle         containers that served x the scale-down window              assumed
+  overhead     container time between and around batches: input dispatch,  measured
+               (de)serialisation, waiting for the next input (each
+               container's ready-to-last-answer span minus its compute)
+  idle         containers started x the scale-down window (not those       assumed
+               whose start-up failed: they exit)
   job          the job container, for the run's wall time                  measured
   ===========  ==========================================================  =========
+
+  Containers counted are every one started for the run, not only those that answered: a
+  failed start (no GPU, the wrong GPU) or a late scale-up that never got a batch is billed
+  for its start-up (Modal's containers record themselves when they start).
 
   GPU-container seconds are priced at GPU + reserved cores + reserved memory; job seconds
   at the job's cores + memory.
@@ -35,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 #: Parts of a bill, in the order reports print them.
-PARTS = ("compute", "load", "boot", "failed", "idle", "job")
+PARTS = ("compute", "load", "boot", "failed", "overhead", "idle", "job")
 
 
 def padding_ratio(padded_tokens: int, real_tokens: int) -> float:
@@ -97,6 +105,8 @@ class Usage:
     boot_s: float = 0.0  # container start-up beyond the model load, as measured in them
     failed_s: float = 0.0  # attempts that returned no timings: dispatch to failure, bounded
     failed_attempts: int = 0
+    overhead_s: float = 0.0  # container time around and between batches (measured spans)
+    failed_starts: int = 0  # containers (among ``containers``) whose start-up failed
     footprint: Footprint = field(default_factory=Footprint)
 
 
@@ -108,10 +118,12 @@ class Bill:
     load_s: float = 0.0
     boot_s: float = 0.0
     failed_s: float = 0.0
+    overhead_s: float = 0.0
     idle_s: float = 0.0
     job_s: float = 0.0
     containers: int = 0
     failed_attempts: int = 0
+    failed_starts: int = 0
     gpu_container_s: float = 0.0
     gpu_usd: float = 0.0
     gpu_cpu_usd: float = 0.0
@@ -138,19 +150,28 @@ def make_bill(
     failed_s: float = 0.0,
     failed_attempts: int = 0,
     containers: int = 0,
+    failed_starts: int = 0,
+    overhead_s: float = 0.0,
     job_s: float = 0.0,
     footprint: Footprint | None = None,
     prices: Prices,
 ) -> Bill:
     """Price a run (measured or planned) part by part; see the module docstring."""
     fp = footprint or Footprint()
-    idle_s = containers * fp.idle_s
+    idle_s = max(0, containers - failed_starts) * fp.idle_s
     job_s = job_s if fp.job_cpu or fp.job_memory_gib else 0.0
     gpu_rate = (
         prices.gpu_per_s + fp.gpu_cpu * prices.cpu_core_per_s + fp.gpu_memory_gib * prices.memory_gib_per_s
     )
     job_rate = fp.job_cpu * prices.cpu_core_per_s + fp.job_memory_gib * prices.memory_gib_per_s
-    seconds = {"compute": compute_s, "load": load_s, "boot": boot_s, "failed": failed_s, "idle": idle_s}
+    seconds = {
+        "compute": compute_s,
+        "load": load_s,
+        "boot": boot_s,
+        "failed": failed_s,
+        "overhead": overhead_s,
+        "idle": idle_s,
+    }
     gpu_container_s = sum(seconds.values())
     parts_usd = {p: round(s * gpu_rate, 6) for p, s in seconds.items()}
     parts_usd["job"] = round(job_s * job_rate, 6)
@@ -159,10 +180,12 @@ def make_bill(
         load_s=round(load_s, 3),
         boot_s=round(boot_s, 3),
         failed_s=round(failed_s, 3),
+        overhead_s=round(overhead_s, 3),
         idle_s=round(idle_s, 3),
         job_s=round(job_s, 3),
         containers=containers,
         failed_attempts=failed_attempts,
+        failed_starts=failed_starts,
         gpu_container_s=round(gpu_container_s, 3),
         gpu_usd=round(gpu_container_s * prices.gpu_per_s, 6),
         gpu_cpu_usd=round(gpu_container_s * fp.gpu_cpu * prices.cpu_core_per_s, 6),
@@ -183,6 +206,8 @@ def bill_usage(*, compute_s: float, load_s: float, job_s: float, usage: Usage, p
         failed_s=usage.failed_s,
         failed_attempts=usage.failed_attempts,
         containers=usage.containers,
+        failed_starts=usage.failed_starts,
+        overhead_s=usage.overhead_s,
         job_s=job_s,
         footprint=usage.footprint,
         prices=prices,

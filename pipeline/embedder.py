@@ -200,11 +200,12 @@ class InstructorEmbedder:
             return
         new_key = self._cache_key(device, resolved.weights)
         if resolved.weights == "fp32" and self.precision.weights != "fp32":
-            # The weights were cast down already: fp32 ones come from disk, not from bf16.
+            # The weights were cast down already: fp32 ones come from disk, not from bf16, at the
+            # same revision and with the same shape settings as the first load.
             def load() -> Any:
-                return self._place(
-                    _load(self.location, self.cfg.max_seq_length, self.cfg.attention), device, "fp32"
-                )
+                cfg = self.cfg
+                model = _load(self.location, cfg.max_seq_length, cfg.attention, cfg.revision)
+                return self._place(_with_shapes(model, cfg), device, "fp32")
 
             self.model = model_cache.cached(new_key, load)
         else:

@@ -41,6 +41,21 @@ class Executor(ABC):
         return Footprint()
 
     @classmethod
+    def check_cost(cls, options: Any, cost: Any) -> None:
+        """Refuse (``ConfigError``) a ``[cost]`` section that prices another device than this
+        executor runs on; called when a config is loaded. Nothing to check by default."""
+        return None
+
+    @classmethod
+    def submit_ingest(
+        cls, config: Any, episode_id: str, limit: int | None
+    ) -> tuple[dict[str, str], str] | None:
+        """Start an ingest of ``episode_id`` where this executor runs jobs and return at once:
+        ``(what to print as JSON, a line for the user)``; ``None`` (the default): the ingest
+        runs here, in this process."""
+        return None
+
+    @classmethod
     @abstractmethod
     def open(cls, options: Any, model: ModelConfig) -> Executor:
         """Prepare (but do not necessarily load the model yet)."""

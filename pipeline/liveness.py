@@ -6,6 +6,12 @@ kernel lock (MongoDB, reached from many hosts) record the owner's
 a holder killed with ``kill -9`` from a live one at once, instead of waiting for its
 lease to expire. The answer is "dead" only when it is certain: same host, same kernel
 boot, same PID namespace, and that PID is gone or belongs to a process started later.
+
+Inside Modal, containers may share a hostname, a boot id and a PID namespace while being
+different machines for all that matters: a process "gone" from this container's view may
+be alive in another. There a run is identified by its container too (``MODAL_TASK_ID``):
+a run in another container than this one is never judged dead from here; only its
+lease decides.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class ProcessIdentity:
     boot_id: str = ""  # the kernel's boot id: PIDs restart at every boot
     pid_ns: str = ""  # the PID namespace: containers on one kernel reuse PIDs
     start_ticks: int = 0  # when the process started, in clock ticks since boot
+    task_id: str = ""  # the Modal container (MODAL_TASK_ID); "" outside Modal
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for a ledger."""
@@ -45,6 +52,7 @@ class ProcessIdentity:
                 boot_id=str(doc.get("boot_id", "")),
                 pid_ns=str(doc.get("pid_ns", "")),
                 start_ticks=int(doc.get("start_ticks", 0)),
+                task_id=str(doc.get("task_id", "")),
             )
         except (TypeError, ValueError):
             return None
@@ -92,6 +100,7 @@ def current() -> ProcessIdentity:
         boot_id=_read("/proc/sys/kernel/random/boot_id"),
         pid_ns=_pid_ns(),
         start_ticks=start_ticks(pid) or 0,
+        task_id=os.environ.get("MODAL_TASK_ID", ""),
     )
 
 
@@ -106,6 +115,8 @@ def is_dead(other: ProcessIdentity | None) -> bool:
     if other is None:
         return False
     me = current()
+    if (me.task_id or other.task_id) and me.task_id != other.task_id:
+        return False  # another container (or one side in none): the lease decides
     if not (me.boot_id and me.pid_ns and other.boot_id and other.pid_ns):
         return False
     if (other.host, other.boot_id, other.pid_ns) != (me.host, me.boot_id, me.pid_ns):

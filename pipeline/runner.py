@@ -15,6 +15,7 @@ next run redoes; sink writes are keyed upserts, so redoing never duplicates.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import queue
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import incremental
+from pipeline.checkpoint import Holder
 from pipeline.claims import Claims
 from pipeline.config import Config
 from pipeline.cost import Prices
@@ -90,19 +92,56 @@ class Runner:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._claims: Claims | None = None
+        self._taken_back: set[str] = set()  # episodes left to another run, then taken back
 
     # ------------------------------------------------------------------ stages
     def _reader(self, preparer: Preparer, shards: list[Any], out: queue.Queue[Any]) -> None:
         try:
+            deferred: list[tuple[Any, dict[str, Holder]]] = []
             for shard in shards:
                 if self._stop.is_set():
                     break
                 prepared = preparer.prepare(shard)
+                if prepared.left_to_others:
+                    deferred.append((shard, prepared.left_to_others))
+                self._put(out, prepared)
+            for prepared in self._take_back(preparer, deferred):
                 self._put(out, prepared)
         except BaseException as exc:  # surfaced by the main thread
             self._fail(exc)
         finally:
             self._put(out, None, force=True)
+
+    def _take_back(
+        self, preparer: Preparer, deferred: list[tuple[Any, dict[str, Holder]]]
+    ) -> Iterator[Prepared]:
+        """At a backfill's end, the episodes it left to runs that are gone since, prepared again.
+
+        A run killed hard (SIGKILL, out of memory, a timeout) holds its claims until its
+        lease expires; a backfill started meanwhile leaves its episodes to it. Once the
+        reader is done, those whose holder is no longer live are claimed and embedded now
+        rather than a night later. Their shards stay not-done (a resume reads them again).
+        """
+        if not deferred or self.opts.command != "backfill" or self.opts.limit is not None:
+            return
+        if not self.opts.selection.is_everything:
+            return
+        live = {r.owner for r in self.parts.checkpoint.live_runs()}
+        for shard, left in deferred:
+            gone = sorted(e for e, holder in left.items() if holder.owner not in live)
+            if not gone or self._stop.is_set():
+                continue
+            log.info("taking back %d episode(s) whose run is gone: %s", len(gone), ", ".join(gone))
+            narrowed = copy.copy(preparer)
+            narrowed.selection = Selection(episode_ids=tuple(gone))
+            again = narrowed.prepare(shard)
+            again.complete = False
+            # Its chunks were counted as seen and left to another run the first time.
+            again.counts.claimed_elsewhere -= again.counts.seen
+            again.counts.seen = 0
+            with self._lock:
+                self._taken_back.update(again.claimed)
+            yield again
 
     def _put(self, q: queue.Queue[Any], item: Any, force: bool = False) -> None:
         while True:
@@ -377,6 +416,8 @@ class Runner:
             write_q.put(None)
             writer.join()
             reader.join(timeout=5)
+            for episode in self._taken_back:
+                report.left_to_other_runs.pop(episode, None)
         if self._error is not None:
             raise self._error
         return status

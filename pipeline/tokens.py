@@ -13,7 +13,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
 from pipeline.fingerprint import resolve_model_location
+
+
+def missing_model_files(cfg: ModelConfig, location: str, what: str, exc: BaseException) -> str:
+    """What to do when the model's files are not where they are looked for (one line)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    at = f" at revision {cfg.revision}" if cfg.revision else ""
+    if cfg.package or cfg.path:
+        return f"model: cannot load the {what} of {location!r}: {first}"
+    cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    return (
+        f"model: the {what} of {cfg.id}{at} is not in the Hugging Face cache ({cache}) and the hub "
+        f"cannot be reached ({first}). On Modal, fill the weights Volume once: `modal run "
+        "jobs/modal_app.py::download_weights`; elsewhere, download the model or set model.path."
+    )
 
 
 @dataclass(slots=True)
@@ -34,7 +49,11 @@ class TokenCounter:
             from transformers import AutoTokenizer
 
             revision = {"revision": cfg.revision} if cfg.revision else {}
-            tokenizer = AutoTokenizer.from_pretrained(resolve_model_location(cfg), **revision)
+            location = resolve_model_location(cfg)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(location, **revision)
+            except (OSError, ValueError) as exc:
+                raise ModelError(missing_model_files(cfg, location, "tokenizer", exc)) from None
         else:
             # A private copy: a fast tokenizer keeps its truncation setting in shared state that
             # every call rewrites, and the run's reader thread counts (no truncation) while the

@@ -55,6 +55,9 @@ def make_config(
     """A local Parquet -> Parquet config in ``out``."""
     raw = config_dict(source, out, model, batching)
     raw["source"]["fields"] = dict(fields or {})
+    executor = sections.get("executor") or {}
+    if executor.get("kind") == "modal" and "cost" not in sections:
+        raw["cost"] = {**raw["cost"], "device": executor.get("gpu", "A10G")}  # must match executor.gpu
     raw.update(sections)
     return parse_config(raw)
 

@@ -73,6 +73,7 @@ class FakeMap:
         boot_s: float = 1.5,
         record: bool = True,
         delay_s: float = 0.004,
+        gap_s: float = 0.0,
     ) -> None:
         self.dim = dim
         self.rule = rule or (lambda payload, attempt: None)
@@ -87,6 +88,8 @@ class FakeMap:
         self.boot_s = boot_s  # start-up beyond the load, reported once per container
         self.record = record  # False: keep no per-payload history (memory tests)
         self.delay_s = delay_s  # each answer takes up to this long (random)
+        self.gap_s = gap_s  # container seconds per batch beyond its compute (dispatch, serialising)
+        self._spans: dict[int, float] = {}
         self.reported_boot_s = 0.0
         self._unit: dict[int, np.ndarray] = {}
         self.attempts: dict[str, int] = {}
@@ -99,6 +102,12 @@ class FakeMap:
         self._consumed = 0
         self._containers_started: set[int] = set()
         self._lock = threading.Lock()
+
+    def _alive(self, worker: int, compute_s: float) -> float:
+        """The container's ready-to-this-answer span: its compute plus ``gap_s`` per batch."""
+        with self._lock:
+            self._spans[worker] = self._spans.get(worker, 0.0) + compute_s + self.gap_s
+            return self._spans[worker]
 
     # -- one container call
     def answer(self, payload: dict[str, Any], worker: int) -> Any:
@@ -128,6 +137,7 @@ class FakeMap:
             "compute_s": compute_s,
             "load_s": load_s,
             "boot_s": boot_s,
+            "alive_s": self._alive(worker, compute_s),
             "fp32_retries": 0,
             "dim": self.dim,
             "failed": {},
@@ -232,6 +242,10 @@ class MemoryDict:
         with self._lock:
             return self.data.pop(key, default)
 
+    def items(self) -> list[tuple[Any, Any]]:
+        with self._lock:
+            return list(self.data.items())
+
 
 def cpu_as_a10g() -> tuple[str, str]:
     """Stands in for ``require_cuda`` where there is no GPU: the class's ``.local()`` path
@@ -304,3 +318,87 @@ dir = "{(tmp / "out" / "runs").as_posix()}"
         encoding="utf-8",
     )
     return path
+
+
+def asgi_post(app: Any, body: bytes, headers: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
+    """POST ``body`` to the ASGI ``app`` at ``/`` (no server, no HTTP client): the status,
+    the JSON answer and the response headers."""
+    import json
+
+    async def call() -> list[dict[str, Any]]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 12345),
+            "server": ("testserver", 80),
+        }
+        inbox = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(call())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    raw = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    answer = json.loads(raw) if raw else None
+    return start["status"], answer, {k.decode(): v.decode() for k, v in start.get("headers", [])}
+
+
+def modal_client_map(fake: FakeMap) -> Callable[..., Iterator[Any]]:
+    """``.map`` through Modal's own client code (``modal.parallel_map._map_sync``): its input
+    pump, iterator bridging and back-pressure run for real; only the server is a stand-in
+    (``fn._map.aio``), answering each input with ``fake.answer`` on a thread."""
+    import functools
+    import types
+
+    import modal.parallel_map as pm
+
+    async def server(raw_input_queue: Any, order_outputs: bool, return_exceptions: bool) -> Any:
+        out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def work(item: Any, n: int) -> None:
+            args, _kwargs = item
+            await out.put(("result", await asyncio.to_thread(fake.answer, args[0], n % fake.workers)))
+
+        async def pump() -> None:
+            n = 0
+            while (item := await raw_input_queue.get.aio()) is not None:
+                task = asyncio.ensure_future(work(item, n))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            await out.put(("end", n))
+
+        feeder = asyncio.ensure_future(pump())
+        total, got = None, 0
+        try:
+            while total is None or got < total:
+                kind, value = await out.get()
+                if kind == "end":
+                    total = value
+                    continue
+                got += 1
+                yield value
+        finally:
+            feeder.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    fn = types.SimpleNamespace(_map=types.SimpleNamespace(aio=server))
+    return functools.partial(pm._map_sync, fn)

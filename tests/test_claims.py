@@ -142,3 +142,27 @@ def test_claim_wait_must_not_be_negative() -> None:
 
     with pytest.raises(ConfigError, match=r"checkpoint\.claim_wait_s"):
         from_table(SqliteCheckpointOptions, {"claim_wait_s": -1.0}, "checkpoint")
+
+
+def test_inside_modal_a_run_in_another_container_is_never_judged_dead_from_here(monkeypatch) -> None:
+    """Modal containers may share hostname, boot id and PID namespace: "same host, process
+    gone" proved nothing there (a live run in another container was taken for dead)."""
+    import dataclasses
+
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-here")
+    current.cache_clear()
+    try:
+        me = current()
+        assert me.task_id == "ta-here"
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        for pid, ticks in ((proc.pid, 12345), (me.pid, me.start_ticks + 1)):
+            elsewhere = dataclasses.replace(me, pid=pid, start_ticks=ticks, task_id="ta-other")
+            assert not is_dead(elsewhere)  # same host, boot, namespace: still only the lease decides
+            assert not is_dead(dataclasses.replace(elsewhere, task_id=""))  # recorded outside Modal
+            # The same container: its processes are this kernel's view, a gone PID is dead.
+            assert is_dead(dataclasses.replace(elsewhere, task_id="ta-here"))
+        # The identity travels through the ledger.
+        assert ProcessIdentity.from_dict(me.to_dict()) == me
+    finally:
+        current.cache_clear()

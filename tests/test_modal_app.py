@@ -217,9 +217,23 @@ def trigger_env(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     spawned: list[str] = []
     monkeypatch.setenv(modal_app.OPTIONS.token_env, "s3cret-token")
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: spawned.append(eid) or "fc-42")
-    monkeypatch.setattr(modal_app, "PENDING", modal_app.PendingEpisodes(MemoryDict(), ttl_s=600))
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, call_done=lambda call_id: False)
+    monkeypatch.setattr(modal_app, "PENDING", pending)
     monkeypatch.setattr(modal_app, "RATE", modal_app.RateLimit(1000))
     return spawned
+
+
+def post(body: object, authorization: str | None = None, raw: bytes | None = None):
+    """The trigger as Modal serves it (its own FastAPI wrapper), called over ASGI."""
+    from modal._runtime.asgi import magic_fastapi_app
+
+    from tests.modal_fixtures import asgi_post
+
+    app = magic_fastapi_app(modal_app.handle_trigger, "POST", False)
+    headers = {"content-type": "application/json"}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    return asgi_post(app, raw if raw is not None else json.dumps(body).encode(), headers)
 
 
 @pytest.mark.parametrize(
@@ -235,28 +249,36 @@ def trigger_env(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ],
 )
 def test_trigger_refuses_a_missing_or_wrong_token(trigger_env: list[str], header: str | None) -> None:
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode_id": "ep-1"}, authorization=header)
-    assert getattr(exc.value, "status_code", None) == 401
+    status, _, headers = post({"episode_id": "ep-1"}, header)
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert trigger_env == []
+
+
+def test_trigger_checks_the_token_before_it_reads_the_body(trigger_env: list[str]) -> None:
+    """Before: FastAPI validated the declared body first, answering an unauthenticated
+    caller 422 with its own input echoed back."""
+    for raw in (b"not json <script>", b'["ep-1"]', b"{}", b'{"episode_id": "../etc/passwd"}'):
+        status, answer, _ = post(None, None, raw=raw)
+        assert status == 401, (raw, answer)
+        assert "passwd" not in json.dumps(answer) and "script" not in json.dumps(answer)
+    status, answer, _ = post(None, BEARER, raw=b"not json")
+    assert status == 422 and "episode_id" in answer["detail"]
     assert trigger_env == []
 
 
 def test_trigger_accepts_the_right_token_and_returns_the_call_id(trigger_env: list[str]) -> None:
-    out = modal_app.trigger.local({"episode_id": " ep-1 "}, authorization="Bearer s3cret-token")
-    assert out == {"call_id": "fc-42", "episode_id": "ep-1", "deduplicated": False}
+    status, out, _ = post({"episode_id": " ep-1 "}, "Bearer s3cret-token")
+    assert status == 200 and out == {"call_id": "fc-42", "episode_id": "ep-1", "deduplicated": False}
     assert trigger_env == ["ep-1"]
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode": "ep-1"}, authorization="bearer s3cret-token")
-    assert getattr(exc.value, "status_code", None) == 422
+    status, _, _ = post({"episode": "ep-1"}, "bearer s3cret-token")
+    assert status == 422
 
 
 def test_trigger_without_a_configured_token_accepts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(modal_app.OPTIONS.token_env, raising=False)
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: pytest.fail("must not spawn"))
     for header in (None, "Bearer ", "Bearer anything"):
-        with pytest.raises(Exception) as exc:
-            modal_app.trigger.local({"episode_id": "ep-1"}, authorization=header)
-        assert getattr(exc.value, "status_code", None) == 503
+        assert post({"episode_id": "ep-1"}, header)[0] == 503
 
 
 def test_bearer_token_check_is_constant_time() -> None:
@@ -277,6 +299,34 @@ def test_the_gpu_class_fails_its_start_up_without_cuda(minilm_config: Path, monk
     obj = modal_app.Embedder(config_path=str(minilm_config))
     with pytest.raises(GpuUnavailable, match=r"no usable CUDA device.*refusing to embed on the CPU"):
         obj.embed.local({"batch_id": "b0", "chunk_ids": ["c0"], "texts": ["hello"]})
+
+
+def test_a_container_on_another_gpu_type_refuses_to_start_and_is_still_billed(
+    minilm_config: Path, monkeypatch
+) -> None:
+    """Before: it started and served, and the client stopped the whole night on its first
+    result. Now it leaves at start-up (Modal places the work elsewhere) and records itself
+    in the roster, so the bill counts its start-up."""
+    from pipeline.modal.gpu import GpuUnavailable
+    from tests.modal_fixtures import MemoryDict
+
+    roster = MemoryDict()
+    monkeypatch.setattr(modal_app, "ROSTER", roster)
+    monkeypatch.setattr(modal_app, "require_cuda", lambda: ("cpu", "Tesla T4"))
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-t4")
+    obj = modal_app.Embedder(config_path=str(minilm_config))
+    with pytest.raises(GpuUnavailable, match=r"got a Tesla T4, not a A10G"):
+        obj.embed.local({"batch_id": "b0", "chunk_ids": ["c0"], "texts": ["hello"]})
+    entry = roster.get("ta-t4")
+    assert entry["failed"].startswith("this container got a Tesla T4") and entry["boot_s"] >= 0
+    # A container on the right type (Modal's "A10" name included) records itself as started.
+    monkeypatch.setattr(modal_app, "require_cuda", lambda: ("cpu", "NVIDIA A10"))
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-a10")
+    out = modal_app.Embedder(config_path=str(minilm_config)).embed.local(
+        {"batch_id": "b1", "chunk_ids": ["c1"], "texts": ["hello"]}
+    )
+    assert out["error"] is None and out["alive_s"] >= out["compute_s"] > 0
+    assert roster.get("ta-a10")["failed"] == "" and roster.get("ta-a10")["load_s"] > 0
 
 
 def test_nothing_calls_into_cuda_before_the_snapshot(minilm_config: Path, monkeypatch) -> None:
@@ -373,8 +423,9 @@ def job_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj):
     monkeypatch.setattr(modal_app, "CONFIG_PATH", str(modal_minilm_config(tmp_path / "cfg", source=src)))
     monkeypatch.setattr(modal_app, "REPORTS_MOUNT", str(tmp_path / "volume"))
     monkeypatch.setattr(modal_app, "gpu_map", lambda: local_map(embedder_obj.embed.local))
-    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600)
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, call_done=lambda call_id: False)
     monkeypatch.setattr(modal_app, "PENDING", pending)
+    monkeypatch.setattr(modal_app, "ROSTER", MemoryDict())
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     yield tmp_path, pending
@@ -424,17 +475,16 @@ BEARER = "Bearer s3cret-token"
     ["x" * 129, "ep\x001", "ep-1\nDROP", "ep 1", "../etc", "-ep", 42, None, ["ep-1"], "  "],
 )
 def test_trigger_refuses_a_bad_episode_id_with_422(trigger_env: list[str], episode_id) -> None:
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode_id": episode_id}, authorization=BEARER)
-    assert getattr(exc.value, "status_code", None) == 422, exc.value
-    assert "episode id" in str(exc.value.detail)
+    status, answer, _ = post({"episode_id": episode_id}, BEARER)
+    assert status == 422, answer
+    assert "episode id" in str(answer["detail"])
     assert trigger_env == []
 
 
 def test_trigger_accepts_real_ids(trigger_env: list[str]) -> None:
     ids = ["pc-astro-ep02", "65f1c2a9e4b0a1b2c3d4e5f6", "3f2b8c1e-7d4a-4e9b-9c1d-2a3b4c5d6e7f", "x" * 128]
     for eid in ids:
-        modal_app.trigger.local({"episode_id": eid}, authorization=BEARER)
+        assert post({"episode_id": eid}, BEARER)[0] == 200
     assert trigger_env == ids
 
 
@@ -442,25 +492,30 @@ def test_trigger_deduplicates_an_episode_pending_or_running(trigger_env: list[st
     from tests.modal_fixtures import MemoryDict
 
     clock = FakeClock()
-    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock)
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock, call_done=lambda c: False)
     monkeypatch.setattr(modal_app, "PENDING", pending)
     calls = iter(f"fc-{i}" for i in range(10))
     monkeypatch.setattr(modal_app, "spawn_ingest", lambda eid: trigger_env.append(eid) or next(calls))
 
-    first = modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)
-    again = modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)
-    other = modal_app.trigger.local({"episode_id": "ep-2"}, authorization=BEARER)
+    def trigger(eid: str) -> dict:
+        status, answer, _ = post({"episode_id": eid}, BEARER)
+        assert status == 200, answer
+        return answer
+
+    first = trigger("ep-1")
+    again = trigger("ep-1")
+    other = trigger("ep-2")
     assert first == {"call_id": "fc-0", "episode_id": "ep-1", "deduplicated": False}
     assert again == {"call_id": "fc-0", "episode_id": "ep-1", "deduplicated": True}
     assert other["call_id"] == "fc-1" and trigger_env == ["ep-1", "ep-2"]
     # The job ends and frees its episode (only its own entry): the next trigger spawns.
     pending.finish("ep-1", "fc-other")
-    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["deduplicated"]
+    assert trigger("ep-1")["deduplicated"]
     pending.finish("ep-1", "fc-0")
-    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["call_id"] == "fc-2"
+    assert trigger("ep-1")["call_id"] == "fc-2"
     # A job that died without freeing its episode holds it for ttl_s at most.
     clock.t += 601
-    assert modal_app.trigger.local({"episode_id": "ep-1"}, authorization=BEARER)["call_id"] == "fc-3"
+    assert trigger("ep-1")["call_id"] == "fc-3"
     assert trigger_env == ["ep-1", "ep-2", "ep-1", "ep-1"]
 
 
@@ -476,14 +531,14 @@ def test_trigger_caps_requests_per_minute_with_429(trigger_env: list[str], monke
     clock = FakeClock()
     monkeypatch.setattr(modal_app, "RATE", modal_app.RateLimit(3, clock=clock))
     for i in range(3):
-        modal_app.trigger.local({"episode_id": f"ep-{i}"}, authorization=BEARER)
+        assert post({"episode_id": f"ep-{i}"}, BEARER)[0] == 200
     clock.t += 20
-    with pytest.raises(Exception) as exc:
-        modal_app.trigger.local({"episode_id": "ep-9"}, authorization=BEARER)
-    assert exc.value.status_code == 429 and exc.value.headers["Retry-After"] == "40"
+    status, _, headers = post({"episode_id": "ep-9"}, BEARER)
+    assert status == 429 and headers["retry-after"] == "40"
     # Requests without the token do not use up the budget; a minute later there is room again.
+    assert post({"episode_id": "ep-9"}, "Bearer nope")[0] == 401
     clock.t += 40
-    modal_app.trigger.local({"episode_id": "ep-9"}, authorization=BEARER)
+    assert post({"episode_id": "ep-9"}, BEARER)[0] == 200
     assert trigger_env == ["ep-0", "ep-1", "ep-2", "ep-9"]
 
 
@@ -492,7 +547,210 @@ def test_job_functions_reserve_measured_cpu_and_memory() -> None:
         info = fn.info()
         assert info.cpu == modal_app.OPTIONS.job_cpu >= 0.5, fn
         assert info.memory_mib == modal_app.OPTIONS.job_memory_mib >= 1024, fn
+        # Start-up has its own limit, not the job's whole timeout (6 h for the backfill).
+        assert info.startup_timeout == modal_app.OPTIONS.startup_timeout_s < info.timeout, fn
     gpu = modal_app.Embedder().embed.info()
     assert (gpu.cpu, gpu.memory_mib) == (modal_app.OPTIONS.gpu_cpu, modal_app.OPTIONS.gpu_memory_mib)
     # The trigger takes concurrent requests in one container, so its rate cap is global.
     assert modal_app.trigger.info().concurrency_info.max_inputs == 32
+
+
+# ------------------------------------------------- jobs that did not finish (issue 21)
+def test_a_job_stopped_by_sigterm_releases_its_claims_and_raises(job_env, monkeypatch) -> None:
+    """Before: the runner turned the interrupt into status "interrupted" and run_job
+    returned normally, so Modal took a half-done job for a finished one."""
+    import signal
+
+    from pipeline.registry import open_parts
+
+    tmp_path, _ = job_env
+    inner = local_map(modal_app.Embedder(config_path=str(modal_app.CONFIG_PATH)).embed.local)
+    held_during_run: list[list[str]] = []
+
+    def map_then_sigterm(inputs, **kw):
+        for i, out in enumerate(inner(inputs, **kw)):
+            yield out
+            if i == 1:
+                parts = open_parts(modal_app.read_config(modal_app.CONFIG_PATH))
+                try:
+                    held_during_run.extend(r.claims for r in parts.checkpoint.live_runs())
+                finally:
+                    parts.close()
+                signal.raise_signal(signal.SIGTERM)  # what a preempted container gets
+
+    unhandled: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: unhandled.append(signum))
+    monkeypatch.setattr(modal_app, "require_cuda", cpu_as_a10g)
+    try:
+        with pytest.raises(modal_app.JobNotFinished, match=r"backfill interrupted"):
+            modal_app.run_job("backfill", map_fn=map_then_sigterm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert unhandled == []  # the job handled it
+    assert held_during_run and held_during_run[0]  # it held claims while it ran ...
+    parts = open_parts(modal_app.read_config(modal_app.CONFIG_PATH))
+    try:
+        assert parts.checkpoint.live_runs() == []  # ... and none after it stopped
+    finally:
+        parts.close()
+    (saved,) = (tmp_path / "volume").rglob("*.json")
+    assert json.loads(saved.read_text())["status"] == "interrupted"
+
+
+def test_a_failed_job_raises_instead_of_returning_its_report(job_env) -> None:
+    def broken_map(inputs, **kw):
+        raise ConnectionError("lost the connection to Modal")
+        yield  # pragma: no cover
+
+    with pytest.raises(modal_app.JobNotFinished, match=r"ingest failed .*lost the connection"):
+        modal_app.run_job("ingest", Selection(episode_ids=("pc-astro-ep02",)), map_fn=broken_map)
+
+
+# ------------------------------------------------ the trigger across containers (issue 21)
+def test_two_trigger_containers_spawn_one_ingest_for_one_episode() -> None:
+    """Before: get -> spawn -> put under a per-process lock; two containers (a redeploy)
+    both saw no entry and both spawned."""
+    import threading
+
+    from tests.modal_fixtures import MemoryDict
+
+    store = MemoryDict()
+    old, new = (modal_app.PendingEpisodes(store, ttl_s=600, call_done=lambda c: False) for _ in range(2))
+    spawned: list[str] = []
+    in_spawn, other_done = threading.Event(), threading.Event()
+
+    def slow_spawn(eid: str) -> str:
+        spawned.append(eid)
+        in_spawn.set()
+        other_done.wait(timeout=30)  # the other container answers while this spawn is under way
+        return "fc-old"
+
+    first: list[tuple[str, bool]] = []
+    t = threading.Thread(target=lambda: first.append(old.start("ep-1", slow_spawn)))
+    t.start()
+    assert in_spawn.wait(timeout=30)
+    second = new.start("ep-1", lambda eid: spawned.append(eid) or "fc-new")
+    other_done.set()
+    t.join(timeout=30)
+    assert spawned == ["ep-1"]
+    assert second == ("", False)  # on its way; its call id is being recorded
+    assert first == [("fc-old", True)]
+    assert new.start("ep-1", lambda eid: pytest.fail("must not spawn")) == ("fc-old", False)
+
+
+def test_trigger_requests_for_different_episodes_do_not_wait_on_each_other() -> None:
+    """Before: one lock around get/spawn/put serialised every request (20 requests with a
+    0.3 s spawn took 6 s). Here every spawn waits until all 20 are inside spawn at once:
+    with a lock around it, the barrier breaks."""
+    import threading
+
+    from tests.modal_fixtures import MemoryDict
+
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, call_done=lambda c: False)
+    barrier = threading.Barrier(20, timeout=30)
+    results: dict[str, tuple[str, bool]] = {}
+    errors: list[BaseException] = []
+
+    def spawn(eid: str) -> str:
+        barrier.wait()
+        return f"fc-{eid}"
+
+    def request(eid: str) -> None:
+        try:
+            results[eid] = pending.start(eid, spawn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(f"ep-{i}",)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert results == {f"ep-{i}": (f"fc-ep-{i}", True) for i in range(20)}
+
+
+def test_an_episode_whose_ingest_ended_or_never_spawned_is_spawned_again() -> None:
+    """Before: a call that died before freeing its entry kept its episode "deduplicated"
+    for ingest_timeout_s + 300 s."""
+    from tests.modal_fixtures import MemoryDict
+
+    clock = FakeClock()
+    done: set[str] = set()
+    pending = modal_app.PendingEpisodes(MemoryDict(), ttl_s=600, clock=clock, call_done=done.__contains__)
+    calls = iter(f"fc-{i}" for i in range(10))
+
+    def spawn(eid: str) -> str:
+        return next(calls)
+
+    assert pending.start("ep-1", spawn) == ("fc-0", True)
+    assert pending.start("ep-1", spawn) == ("fc-0", False)  # running
+    done.add("fc-0")  # it failed (or returned) without freeing its entry
+    assert pending.start("ep-1", spawn) == ("fc-1", True)
+    assert pending.start("ep-1", spawn) == ("fc-1", False)
+
+    # A spawn that fails frees the reservation at once.
+    def broken(eid: str) -> str:
+        raise ConnectionError("Modal unreachable")
+
+    with pytest.raises(ConnectionError):
+        pending.start("ep-2", broken)
+    assert pending.start("ep-2", spawn) == ("fc-2", True)
+    # A request that died between reserving and spawning holds it reserve_s at most.
+    pending.store.put("ep-3", {"call_id": "", "at": clock.t, "by": "dead-request"})
+    assert pending.start("ep-3", spawn) == ("", False)
+    clock.t += pending.reserve_s
+    assert pending.start("ep-3", spawn) == ("fc-3", True)
+
+
+def test_trigger_logs_at_info(trigger_env: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Before: the trigger never configured logging, so its INFO lines vanished."""
+    root = logging.getLogger()
+    for h in root.handlers[:]:
+        if isinstance(h, modal_app._ToStderr):
+            root.removeHandler(h)
+    root.setLevel(logging.WARNING)
+    post({"episode_id": "ep-1"}, BEARER)
+    post({"episode_id": "ep-1"}, BEARER)
+    err = capsys.readouterr().err
+    assert "INFO podembed.modal: trigger: episode ep-1: ingest started as fc-42" in err
+    assert "INFO podembed.modal: trigger: episode ep-1 already pending or running as fc-42" in err
+
+
+# ---------------------------------------------- the executor opens its own map (issue 17)
+def test_the_library_runs_an_ephemeral_app_without_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder_obj
+) -> None:
+    """Before: only jobs/cli.py could wire an ephemeral app (it imported the deployment file
+    and called ModalExecutor.use_map); ``run()`` from the library failed."""
+    import contextlib
+
+    from tests.modal_fixtures import MemoryDict
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    monkeypatch.delenv("MODAL_PROFILE", raising=False)
+    login = tmp_path / "modal.toml"
+    login.write_text('[default]\ntoken_id = "ak-test"\ntoken_secret = "as-test"\nactive = true\n')
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(login))  # a token is found; no call reaches Modal
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_app_run(options):
+        events.append("started")
+        try:
+            yield local_map(embedder_obj.embed.local)
+        finally:
+            events.append("stopped")
+
+    monkeypatch.setattr(modal_app, "ephemeral_map", fake_app_run)
+    monkeypatch.setattr(modal_app, "ROSTER", MemoryDict())
+    src = write_rows(tmp_path / "chunks.parquet", sample_rows(episodes=1))
+    cfg = modal_minilm_config(tmp_path / "cfg", source=src)
+    cfg.write_text(cfg.read_text().replace('kind = "modal"\n', 'kind = "modal"\ndeployed = false\n'))
+    config = load_config(cfg)
+    assert config.executor.options.deployed is False
+    report = run(config, RunOptions(command="backfill"))
+    assert report.status == "completed", report.error
+    assert report.counts.embedded == len(sample_rows(episodes=1))
+    assert events == ["started", "stopped"]  # the executor closed its app when the run ended

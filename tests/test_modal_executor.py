@@ -361,9 +361,39 @@ def test_cli_ingest_on_modal_starts_the_deployed_function(no_modal_login, monkey
 def test_a_result_from_another_device_than_the_configured_gpu_is_refused(device_name: str) -> None:
     fake = FakeMap(dim=DIM, device_name=device_name)
     got: list[BatchResult] = []
-    with pytest.raises(TargetError, match=r"not from a A10G \(executor\.gpu\); its vectors are refused"):
+    with pytest.raises(TargetError, match=r"not on a A10G \(executor\.gpu\); its vectors were refused"):
         got.extend(_executor(fake).embed(make_batches(3, 2)))
     assert got == []  # nothing from that device reaches the sink
+
+
+def test_one_container_on_a_wrong_gpu_has_its_batches_retried_elsewhere() -> None:
+    """Before: one container reporting another GPU stopped the whole run."""
+
+    class OneWrongContainer(FakeMap):
+        def answer(self, payload, worker):  # type: ignore[override]
+            out = super().answer(payload, worker)
+            if payload["batch_id"] in ("b2", "b5") and isinstance(out, dict):
+                out["device_name"], out["container"] = "Tesla T4", "ta-wrong"
+                out["vectors"] = np.zeros(len(payload["chunk_ids"]) * DIM, dtype="<f4").tobytes()
+            return out
+
+    batches = make_batches(8, 4)
+    fake = OneWrongContainer(dim=DIM, workers=3, seed=5)
+    ex = _executor(fake)
+    good, failed = _check_accounting(batches, list(ex.embed(batches)))  # the T4's zeros never pass
+    assert not failed and len(good) == 32
+    assert fake.attempts["b2"] == 1 and fake.attempts["b2/0"] == 1 and fake.attempts["b2/1"] == 1
+    assert ex.usage().devices["Tesla T4 (refused)"] == 2
+    assert "ta-wrong" in ex.containers  # it started, so it is billed
+
+
+def test_configured_a10g_accepts_a_device_named_a10() -> None:
+    """Before: the alias went one way ("A10" accepted A10G, "A10G" refused "NVIDIA A10")."""
+    fake = FakeMap(dim=DIM, device_name="NVIDIA A10")
+    good, failed = _check_accounting(
+        make_batches(3, 2), list(_executor(fake, gpu="A10G").embed(make_batches(3, 2)))
+    )
+    assert len(good) == 6 and not failed
 
 
 @pytest.mark.parametrize(
@@ -371,6 +401,10 @@ def test_a_result_from_another_device_than_the_configured_gpu_is_refused(device_
     [
         ("A10G", "NVIDIA A10G", True),
         ("A10", "NVIDIA A10G", True),  # Modal's docs call the A10G "A10"
+        ("A10G", "NVIDIA A10", True),  # ... and the other way round
+        ("A10", "NVIDIA A10", True),
+        ("a10g!", "NVIDIA A10", True),
+        ("A10G", "NVIDIA A100-SXM4-40GB", False),
         ("A10G", "NVIDIA A100-SXM4-80GB", False),
         ("A100-80GB", "NVIDIA A100-SXM4-80GB", True),
         ("A100-80GB", "NVIDIA A100-SXM4-40GB", False),
@@ -473,3 +507,103 @@ def test_fanout_memory_does_not_grow_with_the_number_of_batches() -> None:
     payload_total = 2000 * 4 * 1024
     assert large < payload_total / 8, (small, large)
     assert large <= small + 512 * 1024, (small, large)
+
+
+# ------------------------------------------------------ the whole bill (issue 21)
+def test_the_bill_counts_every_container_started_and_the_time_around_batches() -> None:
+    """Before: only containers that answered were billed, and only their compute, loads
+    and boots: a failed start, a late scale-up and per-input overhead were missing."""
+    from pipeline.cost import Prices, bill_usage
+    from tests.modal_fixtures import MemoryDict
+
+    roster = MemoryDict()
+    fake = FakeMap(dim=DIM, workers=2, seed=4, gap_s=0.5)
+    options = ModalOptions(max_containers=2, inflight_per_container=2)
+    ex = ModalExecutor(options, _model(), map_fn=fake, roster=roster)
+    fake.fingerprint = ex.fingerprint()
+    now = time.time()
+    # Containers record themselves when they start: the two that answer, one whose start-up
+    # failed (it got the wrong GPU), one started late that never got a batch, and one that
+    # started before this run (another run's: not billed here).
+    for worker in range(2):
+        roster.put(f"ta-fake-{worker}", {"at": now + 1, "boot_s": 1.5, "load_s": 3.0, "failed": ""})
+    roster.put("ta-failed", {"at": now + 1, "boot_s": 40.0, "load_s": 0.0, "failed": "got a Tesla T4"})
+    roster.put("ta-late", {"at": now + 2, "boot_s": 2.0, "load_s": 18.0, "failed": ""})
+    roster.put("ta-earlier", {"at": now - 3600, "boot_s": 9.0, "load_s": 9.0, "failed": ""})
+    batches = make_batches(10, 4)
+    _check_accounting(batches, list(ex.embed(batches)))
+
+    usage = ex.usage()
+    assert usage.containers == 4 and usage.failed_starts == 1
+    assert usage.boot_s == pytest.approx(2 * 1.5 + 40.0 + 2.0 + 18.0)
+    assert usage.overhead_s == pytest.approx(10 * 0.5)  # measured: spans minus compute
+    prices = Prices(gpu_per_s=1.0)
+    bill = bill_usage(compute_s=10.0, load_s=6.0, job_s=0.0, usage=usage, prices=prices)
+    assert bill.overhead_s == pytest.approx(5.0) and bill.parts_usd["overhead"] == pytest.approx(5.0)
+    assert bill.idle_s == 3 * options.scaledown_window_s  # the failed start does not idle
+    assert bill.containers == 4 and bill.failed_starts == 1
+
+
+def test_cost_device_must_be_the_executor_gpu(tmp_path) -> None:
+    from pipeline.config import parse_config
+    from tests.helpers import config_dict
+
+    raw = config_dict(tmp_path / "in.parquet", tmp_path / "out", executor={"kind": "modal", "gpu": "H100"})
+    raw["cost"] = {"device": "A10G", "hourly_usd": 1.10}
+    with pytest.raises(ConfigError, match=r"cost\.device: 'A10G' is not executor\.gpu 'H100'"):
+        parse_config(raw)
+    raw["executor"]["gpu"], raw["cost"]["device"] = "A10", "A10G"  # one type, two names
+    parse_config(raw)
+    raw["executor"]["kind"], raw["cost"]["device"] = "local", "cpu"  # a local run prices its machine
+    raw["executor"].pop("gpu")
+    parse_config(raw)
+
+
+def test_cli_refuses_a_cost_device_that_is_not_the_gpu_with_exit_2(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from jobs.cli import cli
+    from tests.helpers import config_dict, write_toml
+
+    raw = config_dict(
+        tmp_path / "in.parquet", tmp_path / "out", executor={"kind": "modal", "gpu": "A100-80GB"}
+    )
+    raw["cost"] = {"device": "A10G", "hourly_usd": 1.10}
+    result = CliRunner().invoke(cli, ["plan", "--config", str(write_toml(tmp_path / "c.toml", raw))])
+    assert result.exit_code == 2, result.output
+    assert "cost.device" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------- an early stop through Modal's client (issue 21)
+def test_an_early_stop_through_modals_client_prints_no_aclose_tracebacks(
+    capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: stopping on the first refused result closed Modal's map generator while it
+    ran, and Modal printed "aclose(): asynchronous generator is already running" tracebacks."""
+    import gc
+
+    from tests.modal_fixtures import modal_client_map
+
+    fake = FakeMap(dim=DIM, workers=2)
+    ex = _executor(fake)
+    ex._map_fn = modal_client_map(fake)
+    fake.fingerprint = "instructor-xl/0000"  # another model: the run stops at the first result
+    with pytest.raises(TargetError, match="Redeploy"):
+        for _ in ex.embed(make_batches(40, 4)):
+            pass
+    gc.collect()
+    noise = capfd.readouterr().err + caplog.text
+    assert "asynchronous generator is already running" not in noise, noise[-3000:]
+    assert "Traceback" not in noise, noise[-3000:]
+    assert len(fake.calls) <= 2 * 2 + 4  # it stopped feeding: only what was in flight ran
+
+
+def test_modals_client_map_carries_a_whole_run() -> None:
+    from tests.modal_fixtures import modal_client_map
+
+    fake = FakeMap(dim=DIM, workers=3)
+    ex = _executor(fake)
+    ex._map_fn = modal_client_map(fake)
+    batches = make_batches(30, 3)
+    good, failed = _check_accounting(batches, list(ex.embed(batches)))
+    assert len(good) == 90 and not failed

@@ -19,7 +19,8 @@ wire format both sides share:
   in flight: memory stays flat and the containers never wait on the reader;
 - every result carries the container's timings (model load and start-up once per
   container, compute per batch) and the name of its GPU: a result from another device
-  than ``executor.gpu`` stops the run, and reports hold real device-seconds, the devices
+  than ``executor.gpu`` is refused and its batch sent again (another container serves
+  it; refused twice, the run stops), and reports hold real device-seconds, the devices
   that served and the billed estimate (:meth:`ModalExecutor.usage`).
 
 ``modal`` is imported lazily: loading a config must not pay for it.
@@ -27,7 +28,11 @@ wire format both sides share:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -38,7 +43,8 @@ from pipeline.executor import Executor
 from pipeline.fingerprint import model_fingerprint
 from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
-from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
+from pipeline.modal.gpu import same_gpu_type
+from pipeline.modal.options import APP_MODULE, EMBEDDER_CLASS, ModalOptions, roster_name
 from pipeline.modal.stream import MapFn
 from pipeline.precision import Resolved, for_gpu_name
 from pipeline.records import Batch, BatchResult
@@ -62,6 +68,17 @@ class ModalExecutor(Executor):
         return for_gpu_name(model.precision, options.gpu)
 
     @classmethod
+    def check_cost(cls, options: ModalOptions, cost: Any) -> None:
+        """``[cost].device`` must name the GPU the containers run on: reports and plans price
+        ``executor.gpu``'s seconds at ``[cost].hourly_usd``."""
+        if not same_gpu_type(options.gpu, cost.device):
+            raise ConfigError(
+                f"cost.device: {cost.device!r} is not executor.gpu {options.gpu!r}; reports price "
+                f"the GPU's seconds at cost.hourly_usd: set [cost] device = {options.gpu!r} and its "
+                "hourly price"
+            )
+
+    @classmethod
     def footprint(cls, options: ModalOptions) -> Footprint:
         """GPU containers' reservations and idle tails, plus the job container that runs the client."""
         return options.footprint()
@@ -73,6 +90,7 @@ class ModalExecutor(Executor):
         *,
         map_fn: MapFn | None = None,
         job_container: bool = False,
+        roster: Any = None,
     ) -> None:
         self.options = options
         self.model_cfg = model
@@ -80,14 +98,38 @@ class ModalExecutor(Executor):
         self._map_fn = map_fn
         self._fingerprint: str | None = None
         self.containers: set[str] = set()  # Modal task ids that answered (for logs and tests)
+        self._spans: dict[str, list[float]] = {}  # container -> [ready-to-last-answer s, compute s]
         # job_container: this process is itself a Modal job container (billed as well).
         self._usage = Usage(footprint=options.footprint(job_container=job_container))
+        # Where the GPU containers record themselves when they start (jobs/modal_app.py):
+        # containers that never answered are billed from it. None: not read (tests, ephemeral).
+        self._roster = roster
+        self._since = time.time()
+        self._app_run: contextlib.ExitStack | None = None  # a temporary app started by open()
 
     @classmethod
     def open(cls, options: ModalOptions, model: ModelConfig) -> ModalExecutor:
-        """Check what can be checked offline (a Modal token) and fail at once."""
+        """Check what can be checked offline (a Modal token) and fail at once; then obtain the
+        map: the deployed app's (looked up on the first batch), or a temporary copy of the app
+        (``executor.deployed = false``), started here and stopped by :meth:`close`."""
         require_modal_credentials()
-        return cls(options, model)
+        executor = cls(options, model)
+        if not options.deployed:
+            executor._start_ephemeral()
+        return executor
+
+    def _start_ephemeral(self) -> None:
+        # The deployment file defines the app; its containers read the config named by
+        # PODEMBED_CONFIG (default configs/production.toml), as a deployment does.
+        app_module = importlib.import_module(APP_MODULE)
+        stack = contextlib.ExitStack()
+        try:
+            self._map_fn = stack.enter_context(app_module.ephemeral_map(self.options))
+        except BaseException:
+            stack.close()
+            raise
+        self._app_run = stack
+        self._roster = app_module.ROSTER
 
     def fingerprint(self) -> str:
         """From the config; every result's fingerprint is checked against it."""
@@ -100,11 +142,25 @@ class ModalExecutor(Executor):
         return None
 
     def close(self) -> None:
-        """Nothing to release: Modal's client outlives the run, the app run belongs to the CLI."""
+        """Stop the temporary app started by :meth:`open` (a deployed app stays)."""
+        app_run, self._app_run = self._app_run, None
+        if app_run is not None:
+            app_run.close()
 
-    def use_map(self, map_fn: MapFn) -> None:
-        """Send batches through ``map_fn`` (an ephemeral app's ``Embedder().embed.map``)."""
-        self._map_fn = map_fn
+    @classmethod
+    def submit_ingest(cls, config: Any, episode_id: str, limit: int | None) -> tuple[dict[str, str], str]:
+        """Start the deployed ``ingest_episode`` and return at once (see :class:`Executor`)."""
+        from pipeline.modal import trigger
+
+        if limit is not None:
+            raise ConfigError("--limit: not supported when the ingest runs on Modal")
+        app = config.executor.options.app_name
+        call_id = trigger.trigger_ingest(config, episode_id)
+        message = (
+            f"ingest of {episode_id} started on Modal (app {app}); its report: `podembed status` "
+            "once it is done"
+        )
+        return {"episode_id": episode_id, "call_id": call_id, "app": app}, message
 
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
         """Fan batches out; yield one result per batch as soon as it is complete."""
@@ -115,22 +171,50 @@ class ModalExecutor(Executor):
             self.model_cfg.dimension,
             self.containers,
             self._usage,
+            spans=self._spans,
         )
         return fanout.run(batches)
 
     def usage(self) -> Usage:
-        """GPUs and containers that answered, their start-up, failed attempts, footprint."""
-        return self._usage
+        """Every GPU container started for the run (those that never answered too, from the
+        roster), start-up, time around batches, failed attempts, devices, footprint."""
+        usage = dataclasses.replace(self._usage, devices=dict(self._usage.devices))
+        usage.overhead_s = sum(max(0.0, alive - compute) for alive, compute in self._spans.values())
+        for _task_id, entry in self._silent_containers():
+            usage.containers += 1
+            usage.boot_s += float(entry.get("boot_s") or 0.0) + float(entry.get("load_s") or 0.0)
+            if entry.get("failed"):
+                usage.failed_starts += 1
+        return usage
+
+    def _silent_containers(self) -> list[tuple[str, dict[str, Any]]]:
+        """Containers that started (or failed to) during this run and answered no batch."""
+        if self._roster is None:
+            return []
+        try:
+            entries = list(self._roster.items())
+        except Exception as exc:  # the bill is an estimate; never fail a run over it
+            log.warning(
+                "Modal: could not read the container roster (%s); the bill counts only "
+                "containers that answered",
+                exc,
+            )
+            return []
+        return [
+            (str(task_id), entry)
+            for task_id, entry in entries
+            if isinstance(entry, dict)
+            and str(task_id) not in self.containers
+            and float(entry.get("at") or 0.0) >= self._since
+        ]
 
     def _remote_map(self) -> MapFn:
         if self._map_fn is not None:
             return self._map_fn
         if not self.options.deployed:
-            # An ephemeral app run is wired by jobs/cli.py (it owns jobs/modal_app.py), which
-            # passes its map function in; the library never imports the deployment file.
             raise ConfigError(
-                "executor.deployed = false needs the app file: run it through the CLI "
-                "(`podembed backfill --executor modal`), or pass map_fn= to ModalExecutor"
+                "executor.deployed = false: open the executor with ModalExecutor.open (it starts "
+                "a temporary copy of the app), or pass map_fn= to ModalExecutor"
             )
         require_modal_credentials()
         import modal
@@ -138,4 +222,6 @@ class ModalExecutor(Executor):
         env = self.options.environment or None
         cls = modal.Cls.from_name(self.options.app_name, EMBEDDER_CLASS, environment_name=env)
         self._map_fn = cls().embed.map
+        if self._roster is None:
+            self._roster = modal.Dict.from_name(roster_name(self.options.app_name), environment_name=env)
         return self._map_fn

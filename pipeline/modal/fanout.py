@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,9 @@ from pipeline.records import Batch, BatchResult
 from pipeline.split_retry import dead_letter_reason, halves
 
 log = logging.getLogger(__name__)
+
+#: How a refused result's reason starts (a container on another GPU type than configured).
+WRONG_GPU = "Modal: wrong GPU: "
 
 
 @dataclass(slots=True)
@@ -80,12 +83,15 @@ class Fanout:
         containers: set[str],
         usage: Usage | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spans: dict[str, list[float]] | None = None,
     ) -> None:
         self.map_fn = map_fn
         self.options = options
         self.expected = fingerprint
         self.dim = dim
         self.containers = containers  # Modal task ids that answered (the executor's set)
+        # container -> [seconds from ready to its latest answer, compute seconds it reported]
+        self.spans = spans if spans is not None else {}
         self.usage = usage if usage is not None else Usage()
         self.clock = clock
         self.pending: dict[str, _Pending] = {}  # batches in flight or failed
@@ -157,11 +163,13 @@ class Fanout:
         if part is None or owner is None or part.part_id not in owner.outstanding:
             log.warning("Modal: result for unknown or settled batch %s ignored", out.get("batch_id"))
             return None, None
-        self._check_origin(out, part)
+        refused = self._check_origin(out, part)
         # Device time was spent whether or not the batch worked: it is billed.
         owner.compute_s += float(out.get("compute_s") or 0.0)
         owner.load_s += float(out.get("load_s") or 0.0)
         owner.outstanding.discard(part.part_id)
+        if refused:
+            return part, refused
         if out.get("error"):
             return part, str(out["error"])
         try:
@@ -180,8 +188,9 @@ class Fanout:
             owner.failed[str(cid)] = str(reason)
         return part, None
 
-    def _check_origin(self, out: dict[str, Any], part: _Part) -> None:
-        """Refuse a result from another model or another device than configured; record
+    def _check_origin(self, out: dict[str, Any], part: _Part) -> str | None:
+        """Refuse a result from another model (the run stops) or another device than
+        configured (the part fails and is sent again: another container serves it); record
         which device and container served it, and the container's start-up."""
         fingerprint = out.get("fingerprint")
         if fingerprint and fingerprint != self.expected:
@@ -193,20 +202,33 @@ class Fanout:
             )
         container = str(out.get("container") or "")
         name = str(out.get("device_name") or "")
-        if not gpu_matches(self.options.gpu, name):
-            raise TargetError(
-                f"Modal: container {container or '?'} answered batch {part.part_id} from "
-                f"{name or 'an unnamed device (no GPU check in the deployed app)'}, not from a "
-                f"{self.options.gpu} (executor.gpu); its vectors are refused and the run stops. "
-                "Redeploy with this config (`modal deploy jobs/modal_app.py`): its GPU class "
-                "checks CUDA at start-up and names its device in every result."
-            )
         usage = self.usage
-        usage.devices[name] = usage.devices.get(name, 0) + 1
         if container and container not in self.containers:
             self.containers.add(container)
             usage.containers += 1
         usage.boot_s += float(out.get("boot_s") or 0.0)
+        if container:
+            span = self.spans.setdefault(container, [0.0, 0.0])
+            span[0] = max(span[0], float(out.get("alive_s") or 0.0))
+            span[1] += float(out.get("compute_s") or 0.0)
+        if not gpu_matches(self.options.gpu, name):
+            shown = name or "an unnamed device"
+            usage.devices[f"{shown} (refused)"] = usage.devices.get(f"{shown} (refused)", 0) + 1
+            log.warning(
+                "Modal: container %s answered batch %s from %s, not from a %s (executor.gpu): "
+                "its vectors are refused and the batch is sent again",
+                container or "?",
+                part.part_id,
+                shown,
+                self.options.gpu,
+            )
+            return (
+                f"{WRONG_GPU}container {container or '?'} ran on {shown}, not on a {self.options.gpu} "
+                "(executor.gpu); its vectors were refused. Redeploy with this config (`modal deploy "
+                "jobs/modal_app.py`): its GPU class refuses to start on another GPU type."
+            )
+        usage.devices[name] = usage.devices.get(name, 0) + 1
+        return None
 
     def bill_lost(self, lost: list[_Part], exception_times: list[float], ended_at: float) -> None:
         """Attempts that came back as exceptions (a crash, a timeout) carry no timings:
@@ -244,39 +266,11 @@ class Fanout:
 
     # -- the two passes
     def run(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
-        stream = InputStream(batches, self.register, self.options.max_in_flight)
-        failed: list[_Part] = []
-        exceptions: list[str] = []
-        exception_times: list[float] = []
-        try:
-            for out in self._map(stream, "map"):
-                stream.release()
-                part, error = self.settle(out)
-                if error is None:
-                    if part is not None:
-                        self.successes += 1
-                        yield from self.complete(part.batch_id)
-                    continue
-                if part is None:
-                    exceptions.append(error)  # which batch it was is known when the stream ends
-                    exception_times.append(self.clock())
-                else:
-                    part.error = error
-                    failed.append(part)
-                self.check_breaker(len(failed) + len(exceptions), error)
-            if stream.error is not None:
-                raise stream.error
-        finally:
-            stream.close()
-        lost = self.take_unanswered()
-        self.blame(lost, exceptions)
-        self.bill_lost(lost, exception_times, self.clock())
-        for part in lost:
-            self.pending[part.batch_id].outstanding.discard(part.part_id)
-        failed.extend(lost)
+        """First pass over the runner's batches, then one retry pass over the failed ones."""
+        failed = yield from self._pass(InputStream(batches, self.register, self.options.max_in_flight), "map")
         if failed:
             self.check_breaker(len(failed), failed[0].error)
-            yield from self.retry_in_halves(failed)
+            yield from self._pass(self._halves(failed), "retry map", final=True)
         for batch_id in list(self.pending):  # never reached unless a part went astray
             owner = self.pending[batch_id]
             for cid in owner.batch.chunk_ids:
@@ -284,7 +278,7 @@ class Fanout:
             owner.outstanding.clear()
             yield from self.complete(batch_id)
 
-    def retry_in_halves(self, failed: list[_Part]) -> Iterator[BatchResult]:
+    def _halves(self, failed: list[_Part]) -> InputStream:
         # Every half is outstanding before the first one is sent, so no batch completes
         # half-retried. A half carries its batch's first failure in ``error``; halves are
         # turned into payloads only when Modal pulls them (through the same window).
@@ -301,35 +295,58 @@ class Fanout:
             for pid, rows in pieces:
                 owner.outstanding.add(pid)
                 retry_parts.append(_Part(pid, part.batch_id, rows, error=part.error))
-        stream = InputStream(retry_parts, self.register_half, self.options.max_in_flight)
+        return InputStream(retry_parts, self.register_half, self.options.max_in_flight)
+
+    def _pass(
+        self, stream: InputStream, what: str, *, final: bool = False
+    ) -> Generator[BatchResult, None, list[_Part]]:
+        """One ``.map()`` over ``stream``: results yielded as batches complete; returns the
+        parts that failed (first pass), or dead-letters them (``final``: the retry pass).
+
+        An exception in the stream names no part: the parts never answered when the
+        stream ends are the ones that failed that way."""
+        failed: list[_Part] = []
         exceptions: list[str] = []
         exception_times: list[float] = []
+        outputs = self._map(stream, what)
         try:
-            for out in self._map(stream, "retry map"):
+            for out in outputs:
                 stream.release()
                 part, error = self.settle(out)
                 if error is None:
                     if part is not None:
+                        self.successes += 1
                         yield from self.complete(part.batch_id)
                     continue
                 if part is None:
-                    exceptions.append(error)
+                    exceptions.append(error)  # which part it was is known when the stream ends
                     exception_times.append(self.clock())
-                    continue
-                self.dead_letter(part, part.error, error)  # part.error: why the whole batch failed
-                yield from self.complete(part.batch_id)
+                elif final and error.startswith(WRONG_GPU):
+                    # The deployment's fault, not the chunks': stop rather than dead-letter them.
+                    raise TargetError(f"{error} The batch was sent again and refused again; stopping.")
+                elif final:
+                    self.dead_letter(part, part.error, error)  # part.error: why the whole batch failed
+                    yield from self.complete(part.batch_id)
+                else:
+                    part.error = error
+                    failed.append(part)
+                if not final:
+                    self.check_breaker(len(failed) + len(exceptions), error)
             if stream.error is not None:
                 raise stream.error
         finally:
             stream.close()
+            outputs.close()  # an early stop: drains what is in flight (see _map)
         lost = self.take_unanswered()
         firsts = {p.part_id: p.error for p in lost}
         self.blame(lost, exceptions)
         self.bill_lost(lost, exception_times, self.clock())
         for part in lost:
             self.pending[part.batch_id].outstanding.discard(part.part_id)
-            self.dead_letter(part, firsts[part.part_id], part.error)
-            yield from self.complete(part.batch_id)
+            if final:
+                self.dead_letter(part, firsts[part.part_id], part.error)
+                yield from self.complete(part.batch_id)
+        return failed if final else failed + lost
 
     def dead_letter(self, part: _Part, first: str, second: str) -> None:
         owner = self.pending[part.batch_id]
@@ -337,11 +354,27 @@ class Fanout:
         for row in part.rows:
             owner.failed[owner.batch.chunk_ids[row]] = reason
 
-    def _map(self, inputs: Any, what: str) -> Iterator[Any]:
+    def _map(self, inputs: InputStream, what: str) -> Generator[Any, None, None]:
         """``map_fn`` over ``inputs``, unordered, exceptions in the stream; Modal's own
-        failures (auth, app not deployed, connection lost) become our errors."""
+        failures (auth, app not deployed, connection lost) become our errors.
+
+        Closed early (the run stops on a refused result, the runner stops consuming), it
+        stops feeding and drains what is in flight, so Modal's map ends as it would at the
+        end of its input: closing Modal's generator while it runs printed "aclose():
+        asynchronous generator is already running" tracebacks. At most the in-flight window
+        (``max_containers * inflight_per_container``) is waited for."""
+        outputs = iter(self.map_fn(inputs, order_outputs=False, return_exceptions=True))
         try:
-            yield from self.map_fn(inputs, order_outputs=False, return_exceptions=True)
+            for out in outputs:  # noqa: UP028 - `yield from` would close Modal's generator first
+                yield out
+        except GeneratorExit:
+            inputs.close()
+            try:
+                for _ in outputs:
+                    pass
+            except Exception as exc:  # the run is stopping anyway: say why the drain ended
+                log.debug("Modal: draining the map after an early stop: %s", exc)
+            raise
         except PodembedError:
             raise
         except Exception as exc:

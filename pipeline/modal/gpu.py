@@ -4,7 +4,8 @@
   restored: nothing may call into CUDA before, or torch caches "no GPU" for the life of
   the process). No usable CUDA device is a start-up failure, never a silent CPU fallback.
 - :func:`gpu_matches` tells whether a device name (``torch.cuda.get_device_name()``) is
-  the GPU type the config names in Modal's terms (``"A10G"``, ``"A100-80GB"``, ``"H100!"``).
+  the GPU type the config names in Modal's terms (``"A10G"``, ``"A100-80GB"``, ``"H100!"``),
+  through one table of equivalent names (:data:`EQUIVALENT_GPUS`).
 - :func:`classify_failure` sorts an exception from the model: an out-of-memory error is
   the batch's fault (split it and retry), any other CUDA or driver error is the
   container's (it must leave so Modal starts a fresh one), the rest is the batch's.
@@ -15,8 +16,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-#: Modal GPU strings whose devices report another name.
-_ALIASES = {"A10": ("A10G", "A10")}
+#: Names that mean one GPU type, in Modal's terms and in CUDA's. Modal's docs call the
+#: A10G "A10" and its containers may report either, so every name of a group matches every
+#: other, both ways: configured "A10G" accepts a device named "NVIDIA A10", and "A10"
+#: accepts "NVIDIA A10G". One table, used by the client's check, the container's start-up
+#: check and the ``[cost].device`` check.
+EQUIVALENT_GPUS: tuple[tuple[str, ...], ...] = (("A10G", "A10"),)
 
 #: Messages of CUDA/driver errors after which the process's CUDA context is unusable.
 _FATAL = re.compile(
@@ -75,13 +80,31 @@ def gpu_matches(configured: str, device_name: str | None) -> bool:
     """
     if not device_name:
         return False
-    base = configured.strip().upper().split(":", 1)[0].rstrip("!")
     names = _tokens(device_name)
-    for candidate in _ALIASES.get(base, (base,)):
+    for candidate in equivalent_names(configured):
         wanted = _tokens(candidate)
         if wanted and wanted <= names:
             return True
     return False
+
+
+def gpu_type(name: str) -> str:
+    """A Modal GPU string without its count (``":2"``) and no-upgrade mark (``"!"``), upper case."""
+    return name.strip().upper().split(":", 1)[0].rstrip("!")
+
+
+def equivalent_names(name: str) -> tuple[str, ...]:
+    """Every name of the GPU type ``name`` (itself first), from :data:`EQUIVALENT_GPUS`."""
+    base = gpu_type(name)
+    for group in EQUIVALENT_GPUS:
+        if base in group:
+            return (base, *(n for n in group if n != base))
+    return (base,)
+
+
+def same_gpu_type(a: str, b: str) -> bool:
+    """Whether two Modal GPU strings name one type (``"A10G"`` and ``"A10"`` do)."""
+    return gpu_type(b) in equivalent_names(a)
 
 
 def classify_failure(exc: BaseException) -> Failure:

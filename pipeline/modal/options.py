@@ -19,6 +19,14 @@ PAYLOAD_LIMIT_BYTES = 2 * 1024 * 1024
 #: The class and functions ``jobs/modal_app.py`` deploys (looked up by name).
 EMBEDDER_CLASS = "Embedder"
 INGEST_FUNCTION = "ingest_episode"
+#: The deployment file, as a module: an ephemeral run (``deployed = false``) starts a copy of it.
+APP_MODULE = "jobs.modal_app"
+
+
+def roster_name(app_name: str) -> str:
+    """The ``modal.Dict`` where the app's GPU containers record themselves when they start."""
+    return f"{app_name}-containers"
+
 
 LOGIN_HELP = (
     "Modal: no credentials found. Log in once with `modal token new` (opens a browser and "

@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -108,31 +109,103 @@ class Store(Protocol):
     def pop(self, key: Any, default: Any = None) -> Any: ...
 
 
+def modal_call_done(call_id: str) -> bool:
+    """Whether the Modal call ``call_id`` has ended (returned, failed or timed out)."""
+    import modal
+    from modal import exception as mexc
+
+    try:
+        modal.FunctionCall.from_id(call_id).get(timeout=0)
+    except mexc.FunctionTimeoutError:
+        return True  # the call itself ran out of time
+    except mexc.TimeoutError:
+        return False  # no output yet: still pending or running
+    except Exception:  # it failed (its exception comes back here), or it is gone
+        return True
+    return True
+
+
 class PendingEpisodes:
     """Episodes with an ingest pending or running, and its call id.
 
-    Kept in a ``modal.Dict`` shared by the trigger and the ingest jobs: the trigger
-    answers a repeated episode with the call already on its way; the job frees the
-    episode when it ends; an entry older than ``ttl_s`` (a job that died without
-    freeing it) no longer counts.
+    Kept in a ``modal.Dict`` shared by the trigger's containers and the ingest jobs:
+
+    - a request first *reserves* the episode with ``put(..., skip_if_exists=True)``, the
+      store's one atomic step, then spawns the ingest and records its call id. Of two
+      requests (in one container or two, during a redeploy) exactly one spawns; the other
+      answers with the call on its way;
+    - an entry whose call has ended (``call_done``: returned, failed, timed out), whose
+      reservation was never completed within ``reserve_s`` (the request died before
+      spawning), or older than ``ttl_s`` no longer counts: the next request spawns again.
+      Exactly one request replaces a stale entry (it reserves the replacement first);
+    - the job frees its episode when it ends (:meth:`finish`).
+
+    No lock is held around the store or Modal: requests for different episodes never
+    wait on each other.
     """
 
-    def __init__(self, store: Store, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ttl_s: float,
+        clock: Callable[[], float] = time.time,
+        *,
+        call_done: Callable[[str], bool] = modal_call_done,
+        reserve_s: float = 120.0,
+    ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.clock = clock
-        self._lock = threading.Lock()  # one trigger container (max_containers=1) serves them all
+        self.call_done = call_done
+        self.reserve_s = reserve_s
 
     def start(self, episode_id: str, spawn: Callable[[str], str]) -> tuple[str, bool]:
-        """``(call id, True)`` after spawning an ingest, or ``(existing call id, False)``."""
-        with self._lock:
+        """``(call id, True)`` after spawning an ingest, or ``(call id on its way, False)``;
+        the call id is ``""`` while another request is still spawning it."""
+        for _ in range(3):
             now = self.clock()
+            mine = {"call_id": "", "at": now, "by": uuid.uuid4().hex}
+            if self.store.put(episode_id, mine, skip_if_exists=True):
+                return self._spawn(episode_id, spawn, mine), True
             current = self.store.get(episode_id)
-            if isinstance(current, dict) and current.get("call_id") and now - current["at"] < self.ttl_s:
-                return str(current["call_id"]), False
+            if current is None:
+                continue  # freed meanwhile: reserve again
+            if self._on_its_way(current, now):
+                return str(current.get("call_id") or ""), False
+            # Stale: the first request to reserve its replacement replaces it.
+            old = current if isinstance(current, dict) else {}
+            generation = f"{old.get('by', '')}/{old.get('call_id', '')}/{old.get('at', '')}"
+            if not self.store.put(f"{episode_id}\x1freplaces\x1f{generation}", now, skip_if_exists=True):
+                latest = self.store.get(episode_id)
+                return str(latest.get("call_id") or "") if isinstance(latest, dict) else "", False
+            log.info(
+                "trigger: episode %s: its earlier ingest %s has ended or expired; starting again",
+                episode_id,
+                old.get("call_id") or "(never spawned)",
+            )
+            self.store.put(episode_id, mine)
+            return self._spawn(episode_id, spawn, mine), True
+        raise TargetError(f"episode {episode_id}: its pending entry keeps changing; retry")
+
+    def _on_its_way(self, entry: Any, now: float) -> bool:
+        if not isinstance(entry, dict):
+            return False
+        age = now - float(entry.get("at") or 0.0)
+        call_id = str(entry.get("call_id") or "")
+        if not call_id:
+            return age < self.reserve_s  # another request is spawning it
+        return age < self.ttl_s and not self.call_done(call_id)
+
+    def _spawn(self, episode_id: str, spawn: Callable[[str], str], mine: dict[str, Any]) -> str:
+        try:
             call_id = spawn(episode_id)
-            self.store.put(episode_id, {"call_id": call_id, "at": now})
-            return call_id, True
+        except BaseException:
+            current = self.store.get(episode_id)
+            if isinstance(current, dict) and current.get("by") == mine["by"]:
+                self.store.pop(episode_id, None)  # free it for the next request
+            raise
+        self.store.put(episode_id, {**mine, "call_id": call_id})
+        return call_id
 
     def finish(self, episode_id: str, call_id: str | None) -> None:
         """The ingest ``call_id`` ended: the episode is free again (unless a newer call holds it)."""
