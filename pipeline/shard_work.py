@@ -100,6 +100,7 @@ class Preparer:
         limit: int | None = None,
         duplicates: dict[str, int] | None = None,
         claims: Claims | None = None,
+        on_decided: Callable[[Prepared], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -117,6 +118,8 @@ class Preparer:
         self.duplicates = duplicates or {}
         # Runs claim each shard's episodes before deciding (plan and status do not).
         self.claims = claims
+        # Told each shard's decisions before its tokens are counted (the model may load then).
+        self.on_decided = on_decided
 
     @classmethod
     def for_parts(
@@ -132,6 +135,7 @@ class Preparer:
         retry_failed: bool = False,
         limit: int | None = None,
         claims: Claims | None = None,
+        on_decided: Callable[[Prepared], None] | None = None,
     ) -> Preparer:
         """A preparer over opened parts (runs, ``plan`` and ``status`` all build it here).
 
@@ -152,6 +156,7 @@ class Preparer:
             limit=limit,
             duplicates=parts.source.duplicate_ids(selection),
             claims=claims,
+            on_decided=on_decided,
         )
 
     def counter(self) -> TokenCounter:
@@ -230,6 +235,8 @@ class Preparer:
             left_to_others=left,
             reasons=reasons,
         )
+        if self.on_decided is not None:
+            self.on_decided(prepared)
         if todo and self._counter is not None:
             stripped = [c.text.strip() for c in todo]
             token_counts = self.counter().count(stripped)

@@ -50,6 +50,12 @@ class Source(ABC):
     def existing_ids(self, chunk_ids: Iterable[str]) -> set[str]:
         """Which of ``chunk_ids`` exist in the whole source (to find removed chunks)."""
 
+    def distinct_values(self, name: str, among: Iterable[str] | None = None) -> set[str] | None:
+        """The values of our field ``name`` (``episode_id``, ``podcast_id``) in the source, as
+        text; with ``among``, only those of ``among`` that occur. ``None``: this source cannot
+        tell cheaply (callers then skip the check that asked)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""
 
