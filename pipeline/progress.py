@@ -449,25 +449,29 @@ class LogProgress(ProgressTracker):
         self.logger.info("%s: %s loaded in %s", self.command, what, duration(took_s))
 
 
-def terminal_columns(file: IO[str]) -> int | None:
-    """The width of the terminal ``file`` writes to; ``None`` when it has none or says 0
-    (a pty nobody sized, a serial console): tqdm would then draw nothing at all."""
+def terminal_size(file: IO[str]) -> tuple[int, int] | None:
+    """Columns and lines of the terminal ``file`` writes to; ``None`` when it has no size or
+    says 0 for either (a pty nobody sized, a serial console): tqdm then draws nothing at all."""
     try:
-        cols = os.get_terminal_size(file.fileno()).columns
+        size = os.get_terminal_size(file.fileno())
     except (OSError, ValueError, AttributeError):
-        cols = 0
-    return cols or None
+        return None
+    return (size.columns, size.lines) if size.columns and size.lines else None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
 
 
 class BarProgress(ProgressTracker):
     """A bar on a terminal (tqdm), redrawn at every batch back and once a second.
 
-    On a terminal with no size (``COLUMNS`` unset and the window-size query failing or
-    answering 0) it draws at :data:`FALLBACK_COLUMNS` instead of at width 0, which is
-    nothing.
+    On a terminal with no size (the window-size query failing or answering 0) it draws at
+    ``COLUMNS`` x ``LINES``, or 80 x 24 when they are unset, instead of at 0, which is nothing.
     """
 
-    FALLBACK_COLUMNS = 80
+    FALLBACK_SIZE = (80, 24)
 
     def __init__(
         self, command: str, file: IO[str] | None = None, *, clock: Clock = time.monotonic, tick_s: float = 1.0
@@ -482,14 +486,15 @@ class BarProgress(ProgressTracker):
         if self._bar is None:
             from tqdm import tqdm
 
-            sized = terminal_columns(self.file) is not None or os.environ.get("COLUMNS", "").isdigit()
+            sized = terminal_size(self.file) is not None
             self._bar = tqdm(
                 total=max(snap.total, 1),
                 desc=self.command,
                 file=self.file,
                 leave=True,
                 dynamic_ncols=sized,
-                ncols=None if sized else self.FALLBACK_COLUMNS,
+                ncols=None if sized else _env_int("COLUMNS", self.FALLBACK_SIZE[0]),
+                nrows=None if sized else _env_int("LINES", self.FALLBACK_SIZE[1]),
                 mininterval=0,
                 bar_format="{desc}",
             )

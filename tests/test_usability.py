@@ -59,7 +59,9 @@ def test_ingest_of_a_missing_episode_exits_2_and_names_near_matches(tmp_path: Pa
 
     # Far from every id: told, without suggestions.
     code, out = _invoke("ingest", "zzzz", "--config", str(toml))
-    assert code == 2 and "episode zzzz: no chunk in the source has this id" in out and "did you mean" not in out
+    assert (
+        code == 2 and "episode zzzz: no chunk in the source has this id" in out and "did you mean" not in out
+    )
 
     code, out = _invoke("ingest", "pc-astro-ep01", "--config", str(toml))
     assert code == 0 and "21 embedded" in out, out
@@ -74,7 +76,9 @@ def test_reindex_with_one_unknown_episode_or_podcast_exits_2_naming_only_that_on
     assert "--episode pc-astro-ep03: no chunk in the source has this id" in out, out
     assert "pc-astro-ep02:" not in out and _reports(tmp_path) == []
     code, out = _invoke("reindex", "--config", str(toml), "--podcast", "pc-astr")
-    assert code == 2 and "--podcast pc-astr: no chunk in the source has this id (did you mean pc-astro?)" in out
+    assert (
+        code == 2 and "--podcast pc-astr: no chunk in the source has this id (did you mean pc-astro?)" in out
+    )
 
 
 def test_search_decides_nothing_can_match_before_loading_the_model(tmp_path: Path) -> None:
@@ -112,7 +116,9 @@ def test_plan_help_speaks_of_a_plan() -> None:
 
 
 def test_plan_on_modal_from_the_local_config_prices_the_gpu_it_plans_for(tmp_path: Path) -> None:
-    raw = config_dict(_corpus(tmp_path, sample_rows(n=10)), tmp_path / "out", model={**MINILM, "precision": "auto"})
+    raw = config_dict(
+        _corpus(tmp_path, sample_rows(n=10)), tmp_path / "out", model={**MINILM, "precision": "auto"}
+    )
     raw["cost"] = {"device": "cpu", "hourly_usd": 0.0, "tokens_per_second": 4000}
     raw["report"] = {"dir": str(tmp_path / "out" / "runs")}
     toml = write_toml(tmp_path / "local.toml", raw)
