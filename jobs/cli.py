@@ -152,7 +152,7 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
             on_parts=lambda parts: check_selection(parts.source, opts.selection, what=command),
         )
     if report.status == "interrupted":
-        report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
+        report.resume_hint = "interrupted; resume with: " + shlex.join([_program(), *sys.argv[1:]])
     click.echo(report.summary(), err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -160,6 +160,21 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
         sys.exit(EXIT_INTERRUPTED)
     if report.status != "completed":
         sys.exit(EXIT_FAILED)
+
+
+def _program() -> str:
+    """How to call podembed again: ``podembed`` when that is on PATH, else the path it was
+    started by (``.venv/bin/podembed`` in a shell that did not activate the venv)."""
+    import os
+    import shutil
+
+    invoked = sys.argv[0] if sys.argv else ""
+    if os.path.basename(invoked) != "podembed":
+        return "podembed"  # python -m jobs.cli, a test harness
+    on_path = shutil.which("podembed")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(invoked):
+        return "podembed"
+    return invoked
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:

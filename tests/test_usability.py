@@ -144,3 +144,20 @@ def test_removed_chunks_line_says_how_to_prune_them(tmp_path: Path) -> None:
     assert "removed from source: 2 (their vectors stay in the sink; `backfill --prune` deletes them)" in out
     code, out = _invoke("backfill", "--config", str(toml), "--prune")
     assert code == 0 and "removed from source: 2 (pruned from sink: 2)" in out, out
+
+
+def test_the_resume_hint_is_a_command_that_exists_in_this_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs.cli import _program
+
+    exe = tmp_path / "venv" / "bin" / "podembed"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["venv/bin/podembed", "backfill"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv not activated: bare `podembed` is not found
+    assert _program() == "venv/bin/podembed"
+    monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")  # activated
+    assert _program() == "podembed"
