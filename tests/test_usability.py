@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.mongo_fixtures are redefined as arguments)
 """The first hour: typos are told, -v works where people type it, plan and summaries say true things.
 
 The runs use the gated test executor (tests/gated_executor.py) with its gate open: fake
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from jobs.cli import cli
 from tests.gated_executor import MODEL, register
 from tests.helpers import MINILM, config_dict, sample_rows, write_rows, write_toml
+from tests.mongo_fixtures import MongoEnv, load_chunks, mongo, mongo_raw, mongo_server, to_toml  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +163,16 @@ def test_the_resume_hint_is_a_command_that_exists_in_this_shell(
     assert _program() == "venv/bin/podembed"
     monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")  # activated
     assert _program() == "podembed"
+
+
+def test_a_mongodb_source_tells_an_unknown_episode_too(mongo: MongoEnv, tmp_path: Path) -> None:
+    load_chunks(mongo, sample_rows(n=40))
+    raw = mongo_raw(mongo, dict(MODEL), tmp_path / "out")
+    raw["executor"] = {"kind": "gated"}
+    toml = tmp_path / "m.toml"
+    toml.write_text(to_toml(raw), encoding="utf-8")
+    code, out = _invoke("ingest", "pc-astro-ep2", "--config", str(toml))
+    assert code == 2, out
+    assert "episode pc-astro-ep2: no chunk in the source has this id (did you mean pc-astro-ep02" in out, out
+    code, out = _invoke("reindex", "--config", str(toml), "--episode", "pc-astro-ep02")
+    assert code == 0 and "19 embedded" in out, out
