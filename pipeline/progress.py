@@ -159,6 +159,8 @@ def _waiting(snap: Snapshot) -> str:
     """What a running run with nothing back yet is doing."""
     if snap.loading:
         return f"loading {snap.loading}"
+    if snap.exact and snap.total == 0:
+        return "nothing to embed"
     if not snap.known:
         return f"reading shard {min(snap.shards_read + 1, max(snap.shards_total, 1))}/{snap.shards_total}"
     return "waiting for the first batch" if snap.embed_s is None else "waiting for the first result"

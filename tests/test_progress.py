@@ -307,6 +307,7 @@ def test_a_run_with_nothing_to_embed_says_so(tmp_path: Path, caplog: pytest.LogC
     assert lines[0] == "backfill: reading 1 shard(s) (~10 rows) to find the chunks to embed", lines
     assert not any("chunks to embed" in ln and "reading" not in ln for ln in lines), lines
     assert not any("loading" in ln for ln in lines), lines
+    assert not any("waiting for" in ln for ln in lines), lines  # it waits for nothing
     assert lines[-1] == (
         "backfill: 0/0 chunks (100%), nothing embedded; 0 dead-lettered, 10 skipped, 0 deferred; "
         "shards 1/1 done; 0s elapsed [completed]"
