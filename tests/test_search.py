@@ -157,7 +157,8 @@ def test_filters(corpus: dict[str, Any]) -> None:
     assert {h["podcast_id"] for h in both} == {"pc-history"}
     # A filter that matches nothing is told (exit 2) before the model loads, not "0 hits".
     none = run_search(toml, question, "--podcast", "no-such-podcast")
-    assert none.exit_code == 2 and "--podcast no-such-podcast: no chunk in the source has this id" in none.stderr
+    assert none.exit_code == 2
+    assert "--podcast no-such-podcast: no chunk in the source has this id" in none.stderr
 
 
 def test_index_on_parquet_sink_has_nothing_to_do(corpus: dict[str, Any]) -> None:
