@@ -77,6 +77,15 @@ def _progress(config: Any, command: str, recorded: Callable[[], None]) -> Any:
         def planned(self, shards: int, estimated_chunks: int, limit: int | None) -> None:
             inner.planned(shards, estimated_chunks, limit)
 
+        def shard_decided(self, prepared: Any) -> None:
+            inner.shard_decided(prepared)
+
+        def loading(self, what: str) -> None:
+            inner.loading(what)
+
+        def loaded(self) -> None:
+            inner.loaded()
+
         def shard_prepared(self, prepared: Any) -> None:
             inner.shard_prepared(prepared)
 
@@ -120,14 +129,21 @@ def _interrupt_signals() -> Callable[[], None]:
 
 def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
     from pipeline.runner import RunOptions, run
+    from pipeline.selection_check import check_selection
 
     config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))
     opts = RunOptions(command=command, **opts_kwargs)
     recorded = _interrupt_signals()
 
-    report = run(config, opts, progress=_progress(config, command, recorded))
+    report = run(
+        config,
+        opts,
+        progress=_progress(config, command, recorded),
+        # A typo in --episode/--podcast is told (exit 2) before anything is claimed or run.
+        on_parts=lambda parts: check_selection(parts.source, opts.selection, what=command),
+    )
     if report.status == "interrupted":
-        report.resume_hint = "interrupted; resume with: " + shlex.join(["podembed", *sys.argv[1:]])
+        report.resume_hint = "interrupted; resume with: " + shlex.join([_program(), *sys.argv[1:]])
     click.echo(report.summary(), err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -135,6 +151,21 @@ def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_j
         sys.exit(EXIT_INTERRUPTED)
     if report.status != "completed":
         sys.exit(EXIT_FAILED)
+
+
+def _program() -> str:
+    """How to call podembed again: ``podembed`` when that is on PATH, else the path it was
+    started by (``.venv/bin/podembed`` in a shell that did not activate the venv)."""
+    import os
+    import shutil
+
+    invoked = sys.argv[0] if sys.argv else ""
+    if os.path.basename(invoked) != "podembed":
+        return "podembed"  # python -m jobs.cli, a test harness
+    on_path = shutil.which("podembed")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(invoked):
+        return "podembed"
+    return invoked
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -331,6 +362,7 @@ def plan(
     from pipeline.planning import make_plan
     from pipeline.registry import open_parts
     from pipeline.runner import RunOptions
+    from pipeline.selection_check import check_selection
 
     config = _load(config_path, executor)
     opts = RunOptions(
@@ -341,10 +373,21 @@ def plan(
     )
     parts = open_parts(config, read_only=True, missing_ok=True)  # a first run's plan: nothing there yet
     try:
+        check_selection(parts.source, opts.selection, what="plan")
         result = make_plan(config, parts, opts)
     finally:
         parts.close()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+
+
+# `plan` shares the run options; two of them mean something else for a dry run.
+_PLAN_HELP = {
+    "limit": "Plan what `--limit N` would embed: at most N chunks, the rest counted as deferred.",
+    "as_json": "Print the plan as JSON on stdout.",
+}
+for _param in plan.params:
+    if isinstance(_param, click.Option) and _param.name in _PLAN_HELP:
+        _param.help = _PLAN_HELP[_param.name]
 
 
 # --- Search ---------------------------------------------------------------------------------
@@ -383,11 +426,14 @@ def search_cmd(
     import time
 
     from pipeline.search import Searcher
+    from pipeline.selection_check import check_selection
 
     config = _load(config_path, None)
     filters = _selection(episodes, podcasts, since)
     searcher = Searcher(config)
     try:
+        # Filters that match nothing are told before the model loads (seconds to minutes).
+        check_selection(searcher.source, filters, what="search", require_match=True)
         start = time.perf_counter()
         searcher.embedder  # noqa: B018 - load the model first, so the timing below is the search's
         load_s = time.perf_counter() - start
@@ -482,6 +528,26 @@ def load_sample(
     if mongo_uri:
         os.environ[mongo_uri_env] = mongo_uri
     click.echo(load(database, collection, mongo_uri_env, path, limit).summary())
+
+
+def _verbosity(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``-v`` after the command counts with any given before it (``podembed backfill -v``)."""
+    if value:
+        total = value + (ctx.find_root().params.get("verbose") or 0)
+        logging.getLogger().setLevel(logging.WARNING - 10 * min(total, 2))
+    return value
+
+
+for _command in cli.commands.values():
+    _command.params.append(
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            callback=_verbosity,
+            help="More log output on stderr (-vv: debug); also accepted before the command.",
+        )
+    )
 
 
 def main() -> None:

@@ -344,7 +344,14 @@ def with_executor(config: Config, kind: str) -> Config:
         return config
     import dataclasses
 
-    return dataclasses.replace(config, executor=_section("executor", {"kind": kind}))
+    executor = _section("executor", {"kind": kind})
+    gpu = getattr(executor.options, "gpu", None)
+    if isinstance(gpu, str) and gpu and gpu != config.cost.device:
+        # The config's [cost] prices another device (a laptop's CPU): estimates for this
+        # executor use its GPU at the default list prices, never the CPU's price with the GPU.
+        cost = CostConfig(device=gpu, devices=getattr(executor.options, "max_containers", 1))
+        return dataclasses.replace(config, executor=executor, cost=cost)
+    return dataclasses.replace(config, executor=executor)
 
 
 def secret_from_env(var: str, what: str) -> str:

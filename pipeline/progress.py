@@ -1,26 +1,29 @@
 """Progress of a run: what is embedded so far, how fast, and when it will end.
 
-The runner reports events to a :class:`Progress`: the plan, each shard the main loop
-takes up, each batch handed to the executor and each result back, each shard written.
-:class:`ProgressTracker` turns them into a :class:`Snapshot`: chunks this run embeds
-(``total``), chunks back from the executor (``done``), rates from the measured time
-since the first batch went out, an ETA, and the chunks beside the bar (skipped,
-dead-lettered, deferred), which never count in the rate.
+The runner reports events to a :class:`Progress`: the plan, each shard decided (which of
+its chunks need the model) and taken up, the model loading, each batch handed to the
+executor and each result back, each shard written. :class:`ProgressTracker` turns them
+into a :class:`Snapshot`: chunks this run embeds (``total``), chunks back from the
+executor (``done``), rates from the measured time since the first batch went out, an
+ETA, and the chunks beside the bar (skipped, dead-lettered, deferred), which never count
+in the rate.
 
 Two views, chosen by the caller: :class:`BarProgress` (a bar on a terminal) and
 :class:`LogProgress` (one INFO line every ``[report] progress_every_s`` seconds and at
 each shard written, for cron, CI and ``modal app logs``).
 
-``total`` is exact once every shard has been read. Before that it is the chunks to embed
-in the shards read so far plus a projection for the rest (their estimated rows times the
-share of rows that needed embedding so far), capped by ``--limit``; it is shown as
-``~N`` while it is a projection.
+``total`` is never a guess from row counts: until the first shard is decided it is
+unknown (shown as ``?``, with "reading shard 1/N"); once every shard is decided it is
+exact. In between (runs of several shards) it is the chunks to embed in the shards
+decided so far plus the same share of the rows still unread, shown as ``~N``. A single
+shard (an ``ingest``, the sample corpus) is exact before the model starts loading.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -44,6 +47,15 @@ class Progress:
     def planned(self, shards: int, estimated_chunks: int, limit: int | None) -> None:
         """The run will read ``shards`` shards of about ``estimated_chunks`` rows."""
 
+    def shard_decided(self, prepared: Prepared) -> None:
+        """The reader knows which of a shard's chunks need the model (tokens not counted yet)."""
+
+    def loading(self, what: str) -> None:
+        """The reader started loading ``what`` ("the model", "the tokenizer")."""
+
+    def loaded(self) -> None:
+        """What :meth:`loading` announced is loaded."""
+
     def shard_prepared(self, prepared: Prepared) -> None:
         """The main loop took up a prepared shard (its batches go out next)."""
 
@@ -65,7 +77,7 @@ class Snapshot:
     """Progress at one moment."""
 
     command: str
-    total: int  # chunks this run embeds (a projection until ``exact``)
+    total: int  # chunks this run embeds (a projection until ``exact``; 0 until ``known``)
     exact: bool
     done: int  # chunks the executor answered for: embedded or dead-lettered by the model
     embedded: int
@@ -79,6 +91,10 @@ class Snapshot:
     shards_done: int  # written and marked done
     shards_total: int
     status: str = "running"
+    known: bool = True  # False until the first shard is decided: ``total`` means nothing yet
+    shards_read: int = 0  # decided
+    loading: str = ""  # what is being loaded ("the model"), while it loads
+    loading_s: float = 0.0  # for how long
 
     @property
     def percent(self) -> float:
@@ -134,7 +150,20 @@ def _rate(value: float | None, unit: str) -> str:
 
 
 def _total(snap: Snapshot) -> str:
+    if not snap.known:
+        return "?"
     return str(snap.total) if snap.exact else f"~{snap.total}"
+
+
+def _waiting(snap: Snapshot) -> str:
+    """What a running run with nothing back yet is doing."""
+    if snap.loading:
+        return f"loading {snap.loading}"
+    if snap.exact and snap.total == 0:
+        return "nothing to embed"
+    if not snap.known:
+        return f"reading shard {min(snap.shards_read + 1, max(snap.shards_total, 1))}/{snap.shards_total}"
+    return "waiting for the first batch" if snap.embed_s is None else "waiting for the first result"
 
 
 def format_line(snap: Snapshot) -> str:
@@ -142,8 +171,7 @@ def format_line(snap: Snapshot) -> str:
     head = f"{snap.command}: {snap.done}/{_total(snap)} chunks ({snap.percent:.0f}%)"
     running = snap.status == "running"
     if not snap.done and running:
-        what = "the first batch" if snap.embed_s is None else "the first result"
-        speed = f"waiting for {what} ({duration(snap.elapsed_s)} since start)"
+        speed = f"{_waiting(snap)} ({duration(snap.elapsed_s)} since start)"
     elif not snap.done:
         speed = "nothing embedded"
     else:
@@ -160,8 +188,7 @@ def format_bar_right(snap: Snapshot) -> str:
     """What a bar shows right of itself: ``48/200 [0:07<0:23, 6.5 chunks/s, 1204 tok/s] 641 deferred``."""
     running = snap.status == "running"
     if not snap.done and running:
-        what = "the first batch" if snap.embed_s is None else "the first result"
-        timing = f"[{_clock(snap.elapsed_s)}, waiting for {what}]"
+        timing = f"[{_clock(snap.elapsed_s)}, {_waiting(snap)}]"
     elif not snap.done:
         timing = "[nothing embedded]"
     else:
@@ -205,6 +232,9 @@ class ProgressTracker(Progress):
         self._done = self._embedded = self._tokens = 0
         self._skipped = self._dead = self._deferred = self._shards_done = 0
         self._batch_tokens: dict[str, int] = {}
+        self._decided: set[str] = set()  # shard ids counted at shard_decided
+        self._loading = ""
+        self._loading_since = 0.0
         self._status = "running"
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -222,8 +252,36 @@ class ProgressTracker(Progress):
             self._ticker = threading.Thread(target=self._tick_loop, name="podembed-progress", daemon=True)
             self._ticker.start()
 
+    def shard_decided(self, prepared: Prepared) -> None:
+        """Replace the shard's row estimate by the chunks it really holds to embed."""
+        with self._lock:
+            if prepared.shard.shard_id in self._decided:
+                return
+            self._decided.add(prepared.shard.shard_id)
+            self._count(prepared)
+            self.show("decided")
+
+    def loading(self, what: str) -> None:
+        """Show that ``what`` is loading (seconds to minutes for a model)."""
+        with self._lock:
+            self._loading, self._loading_since = what, self.clock()
+            self.show("loading")
+
+    def loaded(self) -> None:
+        """The load is over."""
+        with self._lock:
+            took = self.clock() - self._loading_since
+            what, self._loading = self._loading, ""
+            self.show_loaded(what, took)
+
     def shard_prepared(self, prepared: Prepared) -> None:
-        """Replace the shard's estimate by what it really holds to embed."""
+        """Count the shard, unless :meth:`shard_decided` already did."""
+        with self._lock:
+            if prepared.shard.shard_id not in self._decided:
+                self._decided.add(prepared.shard.shard_id)
+                self._count(prepared)
+
+    def _count(self, prepared: Prepared) -> None:
         c = prepared.counts
         with self._lock:
             estimate = prepared.shard.estimated_chunks
@@ -302,12 +360,20 @@ class ProgressTracker(Progress):
                 shards_done=self._shards_done,
                 shards_total=self._shards_total,
                 status=self._status,
+                known=self._shards_read > 0 or self._shards_total == 0,
+                shards_read=self._shards_read,
+                loading=self._loading,
+                loading_s=max(now - self._loading_since, 0.0) if self._loading else 0.0,
             )
 
     # ------------------------------------------------------------------- views
     def show(self, event: str) -> None:
-        """Called under the lock after each event (``planned``, ``batch``, ``shard``,
-        ``shard-partial``, ``close``) and each tick (``tick``)."""
+        """Called under the lock after each event (``planned``, ``decided``, ``loading``,
+        ``batch``, ``shard``, ``shard-partial``, ``close``) and each tick (``tick``)."""
+
+    def show_loaded(self, what: str, took_s: float) -> None:
+        """Called under the lock when a load is over (``show("loaded")`` by default)."""
+        self.show("loaded")
 
     def _tick_loop(self) -> None:
         assert self.tick_s is not None
@@ -355,13 +421,24 @@ class LogProgress(ProgressTracker):
             self._next_due = self.clock() + self.every_s if self.every_s > 0 else math.inf
             snap = self.snapshot()
             self.logger.info(
-                "%s: %d shard(s), %s chunks to embed", self.command, snap.shards_total, _total(snap)
+                "%s: reading %d shard(s) (~%d rows) to find the chunks to embed",
+                self.command,
+                snap.shards_total,
+                self._unread_estimate,
+            )
+        elif event == "loading":
+            snap = self.snapshot()
+            so_far = "" if snap.exact else f" so far ({snap.shards_read}/{snap.shards_total} shards read)"
+            self.logger.info(
+                "%s: %s chunks to embed%s; loading %s", self.command, _total(snap), so_far, self._loading
             )
         elif event in ("shard", "shard-partial"):
             tag = "shard done" if event == "shard" else "shard partly written"
             self.logger.info("%s [%s]", format_line(self.snapshot()), tag)
         elif event == "close":
             self.logger.info("%s [%s]", format_line(self.snapshot()), self._status)
+        elif event in ("decided", "loaded"):
+            pass  # the loading line and the periodic lines carry these
         else:  # a batch back, or a tick: the periodic line when it is due
             now = self.clock()
             if now >= self._next_due:
@@ -369,9 +446,34 @@ class LogProgress(ProgressTracker):
                     self._next_due += self.every_s
                 self.logger.info("%s", format_line(self.snapshot()))
 
+    def show_loaded(self, what: str, took_s: float) -> None:
+        """One line: what loaded, in how long."""
+        self.logger.info("%s: %s loaded in %s", self.command, what, duration(took_s))
+
+
+def terminal_size(file: IO[str]) -> tuple[int, int] | None:
+    """Columns and lines of the terminal ``file`` writes to; ``None`` when it has no size or
+    says 0 for either (a pty nobody sized, a serial console): tqdm then draws nothing at all."""
+    try:
+        size = os.get_terminal_size(file.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (size.columns, size.lines) if size.columns and size.lines else None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
 
 class BarProgress(ProgressTracker):
-    """A bar on a terminal (tqdm), redrawn at every batch back and once a second."""
+    """A bar on a terminal (tqdm), redrawn at every batch back and once a second.
+
+    On a terminal with no size (the window-size query failing or answering 0) it draws at
+    ``COLUMNS`` x ``LINES``, or 80 x 24 when they are unset, instead of at 0, which is nothing.
+    """
+
+    FALLBACK_SIZE = (80, 24)
 
     def __init__(
         self, command: str, file: IO[str] | None = None, *, clock: Clock = time.monotonic, tick_s: float = 1.0
@@ -386,12 +488,15 @@ class BarProgress(ProgressTracker):
         if self._bar is None:
             from tqdm import tqdm
 
+            sized = terminal_size(self.file) is not None
             self._bar = tqdm(
                 total=max(snap.total, 1),
                 desc=self.command,
                 file=self.file,
                 leave=True,
-                dynamic_ncols=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else _env_int("COLUMNS", self.FALLBACK_SIZE[0]),
+                nrows=None if sized else _env_int("LINES", self.FALLBACK_SIZE[1]),
                 mininterval=0,
                 bar_format="{desc}",
             )
@@ -399,7 +504,8 @@ class BarProgress(ProgressTracker):
         bar.total = max(snap.total, 1)
         bar.n = min(snap.done, bar.total) if snap.total else (bar.total if snap.status != "running" else 0)
         right = format_bar_right(snap).replace("{", "{{").replace("}", "}}")
-        bar.bar_format = "{desc}: {percentage:3.0f}%|{bar}| " + right
+        # No bar before the first shard is decided: its length would be a guess.
+        bar.bar_format = ("{desc}: {percentage:3.0f}%|{bar}| " if snap.known else "{desc}: ") + right
         bar.refresh()
         if event == "close":
             bar.close()

@@ -28,6 +28,7 @@ class Counts:
     removed: int = 0  # in the sink but no longer in the source
     pruned: int = 0
     deferred: int = 0  # left for a later run by --limit
+    stopped: int = 0  # selected, but the run stopped (Ctrl-C, an error) before embedding them
     claimed_elsewhere: int = 0  # in episodes another live run was embedding: left to it
     unchanged: int = 0  # in files/documents unchanged since the last completed run: not read
 
@@ -62,7 +63,8 @@ class RunReport:
     tokens: int = 0
     padded_tokens: int = 0
     padding_ratio: float = 1.0
-    batches: int = 0
+    batches: int = 0  # prepared (their tokens are `tokens`)
+    batches_answered: int = 0  # the executor answered for (fewer when the run stopped early)
     fp32_retries: int = 0
     precision: str = ""  # what the vectors were computed in (fp32, bf16, bf16-autocast, fp16)
     precision_reason: str = ""  # e.g. "auto → fp32: cpu has no bf16 units (avx2)"
@@ -129,9 +131,17 @@ class RunReport:
         if c.stale_dropped:
             lines.append(f"  text changed while embedding (not stored, next run redoes): {c.stale_dropped}")
         if c.removed or c.pruned:
-            lines.append(f"  removed from source: {c.removed} (pruned from sink: {c.pruned})")
+            if c.pruned:
+                lines.append(f"  removed from source: {c.removed} (pruned from sink: {c.pruned})")
+            else:
+                lines.append(
+                    f"  removed from source: {c.removed} (their vectors stay in the sink; "
+                    "`backfill --prune` deletes them)"
+                )
         if c.deferred:
             lines.append(f"  deferred by --limit: {c.deferred}")
+        if c.stopped:
+            lines.append(f"  not embedded, the run stopped first (the next run does them): {c.stopped}")
         if c.claimed_elsewhere or self.left_to_other_runs:
             runs = sorted(set(self.left_to_other_runs.values()))
             lines.append(
@@ -140,8 +150,14 @@ class RunReport:
             )
         if self.claim_wait_s >= 0.05:
             lines.append(f"  waited {self.claim_wait_s:.1f}s for episodes other runs were embedding")
+        answered = (
+            f" ({self.batches_answered} answered before the run stopped)"
+            if self.batches_answered < self.batches
+            else ""
+        )
         lines.append(
-            f"  tokens: {self.tokens} in {self.batches} batches, padding ratio {self.padding_ratio:.3f}"
+            f"  tokens: {self.tokens} in {self.batches} batches{answered}, "
+            f"padding ratio {self.padding_ratio:.3f}"
         )
         lines.append(
             f"  time: {self.wall_s:.1f}s wall, {self.embed_s:.1f}s embedding, "

@@ -289,7 +289,11 @@ class Runner:
 
             def counter() -> TokenCounter:
                 # Deferred: a run with nothing to embed never loads the tokenizer or model.
-                return TokenCounter(cfg.model, self.executor.tokenizer())
+                self.progress.loading("the tokenizer" if self.executor.remote else "the model")
+                try:
+                    return TokenCounter(cfg.model, self.executor.tokenizer())
+                finally:
+                    self.progress.loaded()
 
             preparer = Preparer.for_parts(
                 cfg,
@@ -302,6 +306,7 @@ class Runner:
                 retry_failed=opts.retry_failed,
                 limit=opts.limit,
                 claims=self._claims,
+                on_decided=self.progress.shard_decided,
             )
             status = self._pipeline(preparer, todo, report, fingerprint, run_id)
             if status == "completed" and opts.selection.is_everything:
@@ -392,6 +397,7 @@ class Runner:
                     continue
                 flight.absorb(result, fingerprint, run_id, self.config.model.instruction)
                 self.progress.settled(result)
+                report.batches_answered += 1
                 report.device_s += result.compute_s + result.load_s
                 report.model_load_s += result.load_s
                 report.fp32_retries += result.fp32_retries
@@ -431,7 +437,7 @@ class Runner:
             seen.add(id(flight))
             flight.prepared.complete = False
             settled = len(flight.records) + len(flight.dead)
-            flight.prepared.counts.deferred += len(flight.prepared.chunks) - settled
+            flight.prepared.counts.stopped += len(flight.prepared.chunks) - settled
             try:
                 write_q.put(flight, timeout=60)
             except queue.Full:

@@ -100,6 +100,7 @@ class Preparer:
         limit: int | None = None,
         duplicates: dict[str, int] | Callable[[], dict[str, int]] | None = None,
         claims: Claims | None = None,
+        on_decided: Callable[[Prepared], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -119,6 +120,8 @@ class Preparer:
         self._duplicates: Any = duplicates if duplicates is not None else {}
         # Runs claim each shard's episodes before deciding (plan and status do not).
         self.claims = claims
+        # Told each shard's decisions before its tokens are counted (the model may load then).
+        self.on_decided = on_decided
 
     @classmethod
     def for_parts(
@@ -134,6 +137,7 @@ class Preparer:
         retry_failed: bool = False,
         limit: int | None = None,
         claims: Claims | None = None,
+        on_decided: Callable[[Prepared], None] | None = None,
     ) -> Preparer:
         """A preparer over opened parts (runs, ``plan`` and ``status`` all build it here).
 
@@ -154,6 +158,7 @@ class Preparer:
             limit=limit,
             duplicates=lambda: parts.source.duplicate_ids(selection),
             claims=claims,
+            on_decided=on_decided,
         )
 
     @property
@@ -239,6 +244,8 @@ class Preparer:
             left_to_others=left,
             reasons=reasons,
         )
+        if self.on_decided is not None:
+            self.on_decided(prepared)
         if todo and self._counter is not None:
             stripped = [c.text.strip() for c in todo]
             token_counts = self.counter().count(stripped)

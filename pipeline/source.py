@@ -101,6 +101,12 @@ class Source(ABC):
             existing = self.existing_ids(page)
             yield from (c for c in page if c not in existing)
 
+    def distinct_values(self, name: str, among: Iterable[str] | None = None) -> set[str] | None:
+        """The values of our field ``name`` (``episode_id``, ``podcast_id``) in the source, as
+        text; with ``among``, only those of ``among`` that occur. ``None``: this source cannot
+        tell cheaply (callers then skip the check that asked)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""
 

@@ -93,8 +93,8 @@ def test_padding_ratio_and_the_copies_are_gone() -> None:
 
 
 def test_readme_cost_example_is_what_the_cost_module_computes() -> None:
-    """The README's worked example (a 100k-chunk night) is this module's output."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The worked example (a 100k-chunk night, docs/operations.md) is this module's output."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
     bill = bill_usage(
         compute_s=2140.0,
         load_s=100.0,

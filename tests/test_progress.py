@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -156,7 +157,12 @@ def test_bar_in_a_terminal_moves_with_every_batch(tmp_path: Path) -> None:
     assert seen == sorted(seen), f"the bar went backwards: {seen}"
     # Drawn to the window's width, never wider (tqdm read the size off the terminal).
     assert all(len(f) <= COLUMNS for f in frames), [f for f in frames if len(f) > COLUMNS]
-    assert min(len(f) for f in frames) >= COLUMNS - 1
+    bars = [f for f in frames if "%|" in f]
+    assert min(len(f) for f in bars) >= COLUMNS - 1
+    # Before the shard is decided there is no bar (its length would be a guess), then the
+    # model loads: both are said, and no total is shown before it is known.
+    assert frames[0].startswith("backfill: 0/? [") and "reading shard 1/1" in frames[0], frames[0]
+    assert any("0/30 [" in f and "loading the model]" in f for f in frames), frames
     last = frames[-1]
     assert re.search(r"100%\|[^|]*\| 30/30 \[", last), last
     assert "2 dead-lettered, 8 deferred" in last and "chunks/s" in last and "tok/s" in last, last
@@ -195,8 +201,11 @@ def test_lines_without_a_terminal_every_n_seconds_and_at_each_shard(
     lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == logger.name)
 
-    assert lines[0] == "backfill: 3 shard(s), ~30 chunks to embed"
-    periodic = [ln for ln in lines[1:] if not ln.endswith("]")]
+    # No chunk count before a shard is decided; the first one is a projection, and says so.
+    assert lines[0] == "backfill: reading 3 shard(s) (~30 rows) to find the chunks to embed"
+    assert lines[1] == "backfill: ~30 chunks to embed so far (1/3 shards read); loading the model"
+    assert lines[2] == "backfill: the model loaded in 0s"
+    periodic = [ln for ln in lines[3:] if not ln.endswith("]")]
     # Batches come back at 12, 24, 36, 48, 60, 72 s: lines are due at 30 and 60 s.
     # At 36 s: 15 of ~29 (2nd shard read: 19 of its first 20 rows need work, so ~9.5 of
     # the last 10 will), 15/36 chunks/s, ETA 14 / (15/36) = 33.6 s.
@@ -233,7 +242,10 @@ def test_cli_without_a_terminal_logs_progress_lines(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     err = done.stderr
     assert "\r" not in err and "%|" not in err, "a bar was drawn without a terminal"
-    assert "INFO pipeline.progress: backfill: 2 shard(s), ~15 chunks to embed" in err, err
+    assert (
+        "INFO pipeline.progress: backfill: reading 2 shard(s) (~20 rows) to find the chunks to embed" in err
+    )
+    assert "INFO pipeline.progress: backfill: ~15 chunks to embed so far (1/2 shards read); loading" in err
     # The writer thread may lag the embedding loop: the counts in shard lines are "so far".
     assert re.search(r"backfill: \d+/~?15 chunks \(\d+%\), .* shards 1/2 done; .* \[shard done\]", err), err
     assert re.search(r"backfill: 15/15 chunks \(100%\), .* 5 deferred; .* \[shard partly written\]", err), err
@@ -291,7 +303,106 @@ def test_a_run_with_nothing_to_embed_says_so(tmp_path: Path, caplog: pytest.LogC
         report = run(config, RunOptions(full=True), executor=executor, progress=progress)
     assert report.counts.skipped == 10 and executor.answered == 0
     lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    # Nothing to do: never "~10 chunks to embed", no model loading, 0/0 at the end.
+    assert lines[0] == "backfill: reading 1 shard(s) (~10 rows) to find the chunks to embed", lines
+    assert not any("chunks to embed" in ln and "reading" not in ln for ln in lines), lines
+    assert not any("loading" in ln for ln in lines), lines
+    assert not any("waiting for" in ln for ln in lines), lines  # it waits for nothing
     assert lines[-1] == (
         "backfill: 0/0 chunks (100%), nothing embedded; 0 dead-lettered, 10 skipped, 0 deferred; "
         "shards 1/1 done; 0s elapsed [completed]"
     ), lines
+
+
+def _start_on_pty(
+    tmp_path: Path, args: list[str], size: tuple[int, int] | None
+) -> tuple[subprocess.Popen[bytes], _Screen, int]:
+    """The gated CLI on a fresh terminal (``size``: rows, columns; ``None``: never sized,
+    as a pty nobody set up); returns the child, its screen and the gate's write end."""
+    source = _corpus(tmp_path / "one_shard.parquet", rows=30, invalid=(), row_group_size=1000)
+    gate_r, gate_w = os.pipe()
+    master, slave = os.openpty()
+    if size is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["TERM"] = "xterm"
+    toml = _toml(tmp_path, source, gate_r, window=64)
+    child = subprocess.Popen(
+        [*GATED_CLI, *args, "--config", str(toml)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        pass_fds=(gate_r,),
+        cwd=ROOT,
+        env=env,
+        close_fds=True,
+    )
+    os.close(slave)
+    os.close(gate_r)
+    return child, _Screen(master), gate_w
+
+
+def _finish(child: subprocess.Popen[bytes], screen: _Screen, gate_w: int) -> str:
+    try:
+        text = screen.read_to_end()
+    finally:
+        os.close(gate_w)
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=30)
+        os.close(screen.fd)
+    return text
+
+
+def test_a_terminal_without_a_size_still_shows_the_bar_and_the_model_loading(tmp_path: Path) -> None:
+    # COLUMNS/LINES unset and a window of 0 x 0: tqdm alone would draw nothing at all.
+    child, screen, gate_w = _start_on_pty(tmp_path, ["backfill"], size=None)
+    screen.wait_for(r"backfill: .*loading the model")
+    os.write(gate_w, b"x" * 6)  # six batches of five
+    text = _finish(child, screen, gate_w)
+    assert child.returncode == 0, text[-3000:]
+    frames = _frames(text)
+    assert frames, text
+    assert all(len(f) <= 80 for f in frames), [f for f in frames if len(f) > 80]
+    assert any("0/30 [" in f and "loading the model]" in f for f in frames), frames
+    assert re.search(r"100%\|#*\| 30/30 \[", frames[-1]) or re.search(r"100%\|[^|]*\| 30/30 \[", frames[-1])
+
+
+def test_an_interrupted_run_says_why_chunks_were_left_and_counts_batches_one_way(tmp_path: Path) -> None:
+    child, screen, gate_w = _start_on_pty(tmp_path, ["backfill"], size=(30, COLUMNS))
+    os.write(gate_w, b"xx")  # two batches answered, the third waits at its gate
+    screen.wait_for(r"\| 10/30 \[")
+    child.send_signal(signal.SIGINT)
+    text = ANSI.sub("", _finish(child, screen, gate_w))
+    assert child.returncode == 130, text[-3000:]
+    # No --limit was given: nothing is "deferred by --limit".
+    assert "deferred by --limit" not in text and "deferred" not in text.split("run ")[-1], text[-2000:]
+    assert "not embedded, the run stopped first (the next run does them): 20" in text, text[-2000:]
+    assert "in 6 batches (2 answered before the run stopped)" in text, text[-2000:]
+    assert "10 embedded" in text and "resume with: podembed backfill" in text, text[-2000:]
+
+
+def test_ingest_of_a_small_episode_starts_with_its_true_total(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = sample_rows(n=40)
+    episode = rows[0]["episode_id"]
+    rows = [r for r in rows if r["episode_id"] == episode][:4] + [
+        r for r in rows if r["episode_id"] != episode
+    ]
+    source = write_rows(tmp_path / "s.parquet", rows, row_group_size=1000)
+    config = make_config(source, tmp_path / "out", model=MODEL)
+    logger = logging.getLogger("test.progress.ingest")
+    progress = LogProgress("ingest", 30, logger=logger, clock=FakeClock(), background=False)
+    from pipeline.selection import Selection
+
+    opts = RunOptions(command="ingest", selection=Selection(episode_ids=(episode,)))
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        report = run(config, opts, executor=GatedExecutor(GatedOptions(), config.model), progress=progress)
+    assert report.counts.embedded == 4
+    lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    # The shard's 23 rows are read, but the first total said is the episode's 4 chunks.
+    assert lines[0] == f"ingest: reading 1 shard(s) (~{len(rows)} rows) to find the chunks to embed", lines
+    assert lines[1] == "ingest: 4 chunks to embed; loading the model", lines
+    assert not any(f"~{len(rows)} chunks" in ln or f"/{len(rows)} chunks" in ln for ln in lines), lines
+    assert lines[-1].startswith("ingest: 4/4 chunks (100%)"), lines

@@ -155,8 +155,10 @@ def test_filters(corpus: dict[str, Any]) -> None:
     both = json_hits(toml, question, "--since", "2026-01-01", "--podcast", "pc-history", "--k", "5")["hits"]
     assert both and all(rows[h["chunk_id"]]["published_at"] >= since for h in both)
     assert {h["podcast_id"] for h in both} == {"pc-history"}
+    # A filter that matches nothing is told (exit 2) before the model loads, not "0 hits".
     none = run_search(toml, question, "--podcast", "no-such-podcast")
-    assert none.exit_code == 0 and "0 hits" in none.stderr
+    assert none.exit_code == 2
+    assert "--podcast no-such-podcast: no chunk in the source has this id" in none.stderr
 
 
 def test_index_on_a_small_local_sink_builds_only_the_exact_matrix(corpus: dict[str, Any]) -> None:

@@ -432,6 +432,24 @@ class ParquetSource(Source):
         mask = pc.is_in(wanted, value_set=self._id_column())
         return iter(pc.filter(wanted, pc.invert(mask)).to_pylist())
 
+    def distinct_values(self, name: str, among: Iterable[str] | None = None) -> set[str] | None:
+        """Distinct values of one mapped column over every file (only that column is read)."""
+        col = self.mapping.get(name)
+        if col is None:
+            return None
+        found: set[str] = set()
+        for f in self.files:
+            if f in self.wrong_type:
+                continue
+            try:
+                values = pq.read_table(f, columns=[col])[col]
+            except (OSError, pa.ArrowException):
+                return None  # a damaged file: the run itself will say which
+            if _nested(values.type):
+                continue
+            found.update(v for v in pc.unique(values.cast(pa.string(), safe=False)).to_pylist() if v)
+        return found if among is None else found & set(among)
+
     def close(self) -> None:
         """Drop the cached id column and row group."""
         self._ids = None

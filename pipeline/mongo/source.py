@@ -48,7 +48,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.config import FieldMap
-from pipeline.errors import ConfigError, SourceError
+from pipeline.errors import ConfigError, SourceError, TargetError
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
@@ -68,6 +68,7 @@ from pipeline.mongo.values import (
     get_path,
     id_filter,
     id_to_str,
+    is_id_value,
     lacks_id_type,
     literal_in,
     pages,
@@ -494,6 +495,23 @@ class MongoSource(Source):
             for doc in docs:
                 found.add(str(id_to_str(get_path(doc, path))))
         return found
+
+    def distinct_values(self, name: str, among: Iterable[str] | None = None) -> set[str] | None:
+        """Distinct values of one mapped field on the documents ``query`` selects (``among``:
+        only those asked, matched as ids are); ``None`` when the server cannot list them."""
+        path = self.mapping.get(name)
+        if path is None:
+            return None
+        flt = self.options.query if among is None else and_filter(self.options.query, id_filter(path, among))
+        try:
+            values = retrying(
+                self.conn, f"listing {name} values", lambda: self.collection.distinct(path, flt)
+            )
+        except TargetError:
+            if among is not None:
+                raise
+            return None  # e.g. more distinct values than one reply holds: no suggestions then
+        return {str(id_to_str(v)) for v in values if v is not None and is_id_value(v)}
 
     def close(self) -> None:
         """Release the shared client."""
