@@ -35,7 +35,7 @@ TRAINED_FILE = "ivf-trained.faiss"
 MIN_ROWS = 10_000
 #: Lists probed per query and candidates re-scored exactly per hit wanted
 #: (recall@10 >= 0.95 on clustered data: benchmarks/search_speed_scale.py, tests/test_ann.py).
-NPROBE = 32
+NPROBE = 64
 REFINE = 10
 #: k-means sample per list (faiss warns below 39).
 TRAIN_PER_LIST = 40
