@@ -3,7 +3,7 @@
 Why faiss's ``IndexIVFScalarQuantizer`` (inverted file, 8-bit scalar-quantized vectors,
 inner product on unit vectors = cosine):
 
-- it builds in about a minute at 1M x 768 on two cores (k-means on a sample of
+- it builds in about 30 s at 1M x 768 on two cores (k-means on a sample of
   ``TRAIN_PER_LIST`` rows per list, then one assignment pass): Lance's IVF_PQ took 236 s
   at 100k here, HNSW graphs take many minutes at 1M;
 - its codes are a quarter of the float32 matrix (768 MB at 1M x 768) and it is opened
