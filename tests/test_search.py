@@ -174,6 +174,35 @@ def test_index_on_a_small_local_sink_builds_only_the_exact_matrix(corpus: dict[s
     shutil.rmtree(corpus["out"] / "search")  # the module's other tests search the table itself
 
 
+def test_index_on_real_minilm_vectors_agrees_with_exact(
+    corpus: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The faiss index over the sample's MiniLM vectors: recall@10 of the sample questions."""
+    from pipeline.files import ann
+
+    monkeypatch.setattr(ann, "MIN_ROWS", 50)  # 132 vectors: index them anyway
+    monkeypatch.setattr(ann, "NPROBE", 3)  # 3 of 11 lists: the probe has to be right
+    result = CliRunner().invoke(cli, ["index", "--config", str(corpus["toml"])])
+    assert result.exit_code == 0 and "IVF11,SQ8" in result.output, result.output
+    table = read_vectors(corpus["out"])
+    matrix = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    ids = table["chunk_id"].to_pylist()
+    searcher = Searcher(load_config(corpus["toml"]))
+    try:
+        recalls = []
+        for question in QUESTIONS:
+            q = searcher.embed_question(question.question)
+            hits = searcher.search_vector(q, k=10)
+            assert searcher.stats.method.startswith("ann (faiss IVF11,SQ8")
+            scores = matrix @ q
+            exact = {ids[i] for i in np.argsort(-scores)[:10]}
+            recalls.append(len(exact & {h.chunk_id for h in hits}) / 10)
+    finally:
+        searcher.close()
+        shutil.rmtree(corpus["out"] / "search")  # the module's other tests search the table itself
+    assert np.mean(recalls) >= 0.95
+
+
 # --------------------------------------------------------------------------- refusals
 
 

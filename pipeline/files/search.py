@@ -13,16 +13,17 @@ Exact search, two ways:
 - streamed from the table otherwise (the matrix is for another version, or none was
   built): the same blocks, decoded from the table's files.
 
-The approximate index is Lance's IVF_PQ on ``embedding`` (cosine), searched with a
-refine step that re-scores the candidates with their full vectors. It is used only when
-it covers every row of the version being read; otherwise the search is exact and says
-why, so a result is never silently missing what the last run wrote.
+The approximate index (pipeline/files/ann.py: faiss IVF with 8-bit codes) lives beside
+the matrix of the same version (``search/v<version>/ann.faiss``, row i = matrix row i). It
+proposes candidates and the matrix re-scores them exactly. Because both belong to one
+version, a write after `podembed index` makes a new version with neither, so search falls
+back to exact (streamed) and says so: a result never misses what the last run wrote. The
+end of a later run rebuilds both when they existed (the trained lists are reused).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.files import ann
 from pipeline.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
 if TYPE_CHECKING:
@@ -41,17 +43,10 @@ if TYPE_CHECKING:
 
 #: Vectors scored per matrix product: 32k x 768 float32 is 96 MiB.
 BLOCK_ROWS = 32_768
-ANN_INDEX = "embedding_idx"
-#: Below this many vectors exact search is as fast as any index: `podembed index` builds none.
-MIN_ANN_ROWS = 10_000
-#: Partitions probed and candidates re-scored exactly per hit (recall@10 >= 0.95, benchmarks/search_speed.py).
-NPROBES = 32
-REFINE_FACTOR = 10
 SEARCH_DIR = "search"
-#: Off until its recall is verified: the first 100k measurement gave recall@10 = 0.005 against
-#: exact (a query/metric bug not yet found), and a 236 s build on 2 shared cores. Exact search
-#: from the matrix is 0.07 s at 100k, so search stays exact meanwhile.
-ANN_ENABLED = False
+#: With a filter keeping fewer rows than this share, exact search over just those rows is
+#: cheaper than the index (and a filtered IVF search could find too few candidates).
+ANN_MIN_SHARE = 0.1
 
 
 def _filter(query: VectorQuery) -> pc.Expression:
@@ -152,11 +147,21 @@ def _load_matrix(sink: ParquetSink, version: int) -> _Matrix | None:
     )
 
 
-def _search_matrix(m: _Matrix, query: VectorQuery, q: np.ndarray) -> tuple[list[VectorHit], int]:
+def _selection(m: _Matrix, query: VectorQuery) -> np.ndarray:
+    """Rows of this fingerprint (and of the episodes asked for), as a boolean per row."""
     mask = pc.equal(m.fingerprints, query.fingerprint)
     if query.episode_ids:
         mask = pc.and_(mask, pc.is_in(m.episodes, pa.array(sorted(set(query.episode_ids)), pa.string())))
-    selected = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _search_matrix(m: _Matrix, query: VectorQuery, q: np.ndarray) -> tuple[list[VectorHit], int]:
+    selected = np.flatnonzero(_selection(m, query))
+    return _score_rows(m, query, q, selected), int(selected.size)
+
+
+def _score_rows(m: _Matrix, query: VectorQuery, q: np.ndarray, selected: np.ndarray) -> list[VectorHit]:
+    """Exact top k among the given matrix rows (sorted ascending)."""
     top = _TopK(query.k)
     n = m.matrix.shape[0]
     if selected.size == n:  # every row: stream the memory map block by block
@@ -167,12 +172,24 @@ def _search_matrix(m: _Matrix, query: VectorQuery, q: np.ndarray) -> tuple[list[
                 m.ids.slice(s, block.shape[0]),
                 m.episodes.slice(s, block.shape[0]),
             )
-        return top.hits(), n
+        return top.hits()
     for s in range(0, selected.size, BLOCK_ROWS):
         rows = selected[s : s + BLOCK_ROWS]
         taken = pa.array(rows, pa.int64())
         top.add(_scores(m.matrix[rows], q, query.unit_vectors), m.ids.take(taken), m.episodes.take(taken))
-    return top.hits(), int(selected.size)
+    return top.hits()
+
+
+def _search_ann(
+    m: _Matrix, index: Any, query: VectorQuery, q: np.ndarray
+) -> tuple[list[VectorHit], int] | None:
+    """The index's candidates re-scored exactly; ``None`` when a filter makes exact cheaper."""
+    keep = _selection(m, query)
+    kept = int(np.count_nonzero(keep))
+    if kept < ANN_MIN_SHARE * keep.size or kept < ann.MIN_ROWS:
+        return None
+    rows = ann.candidates(index, q, query.k, None if kept == keep.size else keep)
+    return _score_rows(m, query, q, rows), int(rows.size)
 
 
 # ---------------------------------------------------------------------------- exact: streamed
@@ -194,66 +211,51 @@ def _search_streamed(
     return top.hits(), scanned
 
 
-# ---------------------------------------------------------------------------- the ANN index
-def ann_coverage(ds: Any) -> tuple[int, int] | None:
-    """(indexed rows, rows) of the ANN index on this version, or ``None`` when there is none."""
-    if not any(ix.name == ANN_INDEX for ix in ds.describe_indices()):
-        return None
-    stats = ds.stats.index_stats(ANN_INDEX)
-    return int(stats["num_indexed_rows"]), int(stats["num_indexed_rows"]) + int(stats["num_unindexed_rows"])
-
-
-def _search_ann(ds: Any, query: VectorQuery, q: np.ndarray) -> list[VectorHit]:
-    table = ds.to_table(
-        columns=["chunk_id", "episode_id"],
-        filter=_filter(query),
-        prefilter=True,
-        nearest={
-            "column": "embedding",
-            "q": q,
-            "k": query.k,
-            "nprobes": NPROBES,
-            "refine_factor": REFINE_FACTOR,
-            "metric": "cosine",
-        },
-    )
-    # Lance returns the cosine distance (1 - cosine) of the refined candidates.
-    scores = 1.0 - table["_distance"].to_numpy(zero_copy_only=False).astype(np.float32)
-    top = _TopK(query.k)
-    top.add(scores, table["chunk_id"].combine_chunks(), table["episode_id"].combine_chunks())
-    return top.hits()
-
-
 def search(sink: ParquetSink, query: VectorQuery) -> SearchOutcome:
-    """Cosine top k over one version of the table, the index's way when it covers it."""
+    """Cosine top k over one version of the table: the index of that version, else exact."""
     q = _unit_query(query)
     with sink.reading() as ds:
         if ds is None:
             return SearchOutcome(hits=[], method="exact")
         notices: list[str] = []
-        coverage = ann_coverage(ds)
-        if ANN_ENABLED and coverage is not None and coverage[0] == coverage[1]:
-            hits = _search_ann(ds, query, q)
-            return SearchOutcome(hits=hits, method=f"ann (IVF_PQ, refine x{REFINE_FACTOR})", scanned=0)
-        if ANN_ENABLED and coverage is not None:
-            notices.append(
-                f"the search index covers {coverage[0]} of {coverage[1]} vectors (written since it "
-                "was built): searched exactly instead; `podembed index` brings it up to date"
-            )
         matrix = _load_matrix(sink, ds.version)
         if matrix is not None:
+            index = ann.load(_matrix_dir(sink, ds.version) / ann.ANN_FILE, matrix.matrix.shape[0])
+            if index is not None:
+                found = _search_ann(matrix, index, query, q)
+                if found is not None:
+                    d = ann.definition(index)
+                    method = f"ann ({d['library']} {d['index']}, nprobe {d['nprobe']}, re-scored exactly)"
+                    return SearchOutcome(hits=found[0], method=method, scanned=found[1])
             hits, scanned = _search_matrix(matrix, query, q)
             return SearchOutcome(hits=hits, method="exact (matrix)", scanned=scanned, notices=notices)
+        if any((sink.root / SEARCH_DIR).glob("v*")):
+            notices.append(
+                "the search index is of an older version of the vectors (written since it was "
+                "built): searched exactly instead; `podembed index` brings it up to date"
+            )
         hits, scanned = _search_streamed(ds, query, q, sink.dimension)
         return SearchOutcome(hits=hits, method="exact", scanned=scanned, notices=notices)
 
 
 # ---------------------------------------------------------------------------- podembed index
-def write_matrix(sink: ParquetSink, ds: Any) -> Path:
-    """Every vector of version ``ds`` as one contiguous float32 file (written, fsynced, renamed)."""
+def write_matrix(sink: ParquetSink, ds: Any, with_ann: bool = False) -> tuple[Path, dict[str, Any] | None]:
+    """Every vector of version ``ds`` as one contiguous float32 file (written, fsynced, renamed).
+
+    With ``with_ann`` (and at least ``ann.MIN_ROWS`` vectors) the approximate index of the
+    same rows is added beside it. Returns the folder and the index's definition when this
+    call built one.
+    """
     final = _matrix_dir(sink, ds.version)
-    if (final / "meta.json").exists():
-        return final
+    if not (final / "meta.json").exists():
+        _write_matrix_files(sink, ds, final)
+    m = _load_matrix(sink, ds.version)
+    if not with_ann or m is None or m.matrix.shape[0] < ann.MIN_ROWS or (final / ann.ANN_FILE).exists():
+        return final, None
+    return final, ann.build(m.matrix, final / ann.ANN_FILE, sink.root / SEARCH_DIR)
+
+
+def _write_matrix_files(sink: ParquetSink, ds: Any, final: Path) -> None:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -281,53 +283,35 @@ def write_matrix(sink: ParquetSink, ds: Any) -> Path:
         json.dumps({"shape": [rows, dim], "version": ds.version}), encoding="utf-8"
     )
     os.replace(tmp, final)
-    return final
+
+
+def has_ann(sink: ParquetSink) -> bool:
+    """Whether `podembed index` built an approximate index here (later runs keep it current)."""
+    return (sink.root / SEARCH_DIR / ann.TRAINED_FILE).exists()
 
 
 def prune_matrices(sink: ParquetSink, keep: int) -> None:
-    """Delete the matrices of other versions (the caller holds off readers)."""
+    """Delete the matrices and indexes of other versions (the caller holds off readers)."""
     folder = sink.root / SEARCH_DIR
     if not folder.exists():
         return
     for child in folder.iterdir():
-        if child.name != f"v{keep}":
+        if child.is_dir() and child.name != f"v{keep}":
             shutil.rmtree(child, ignore_errors=True)
 
 
 def build_index(sink: ParquetSink) -> IndexOutcome:
-    """Build (or bring up to date) the ANN index, then the exact matrix of the resulting version."""
+    """Write the exact matrix of the current version and, from ``ann.MIN_ROWS`` vectors, its ANN index."""
     with sink.writing() as ds:
         if ds is None:
             return IndexOutcome("not_needed", f"{sink.describe()}: no vectors yet; nothing to index")
         rows = int(ds.count_rows())
-        definition: dict[str, Any] | None = None
-        if ANN_ENABLED and rows >= MIN_ANN_ROWS:
-            coverage = ann_coverage(ds)
-            if coverage is not None and coverage[0] == coverage[1]:
-                status, what = "exists", "the search index covers every vector"
-            elif coverage is not None:
-                ds.optimize.optimize_indices(index_names=[ANN_INDEX])
-                status, what = "updated", f"indexed {coverage[1] - coverage[0]} new vectors"
-            else:
-                definition = {
-                    "index_type": "IVF_PQ",
-                    "metric": "cosine",
-                    "num_partitions": max(1, int(math.sqrt(rows))),
-                    "num_sub_vectors": _sub_vectors(sink.dimension),
-                }
-                ds.create_index("embedding", name=ANN_INDEX, **definition)
-                status, what = "created", f"built an IVF_PQ index over {rows} vectors"
-            ds = sink.refresh()
-        else:
-            status, what = "not_needed", f"{rows} vectors: exact search is as fast as an index"
-        path = write_matrix(sink, ds)
+        path, definition = write_matrix(sink, ds, with_ann=True)
         sink.after_index(ds.version)
+    if rows < ann.MIN_ROWS:
+        status, what = "not_needed", f"{rows} vectors: exact search is as fast as an index"
+    elif definition is None:
+        status, what = "exists", "the search index covers every vector"
+    else:
+        status, what = "created", f"built a {definition['index']} index (faiss) over {rows} vectors"
     return IndexOutcome(status, f"{sink.describe()}: {what}; exact-search matrix in {path}", definition)
-
-
-def _sub_vectors(dimension: int) -> int:
-    """PQ sub-vectors: 16 dimensions each where it divides (768 -> 48), else the largest divisor <= 16."""
-    for width in range(16, 0, -1):
-        if dimension % width == 0:
-            return dimension // width
-    return dimension

@@ -10,7 +10,7 @@ Layout under ``path``::
         _deletions/, _transactions/
     vectors.lock            the writers' lock (flock); readers never take it
     vectors.readers         readers hold a shared flock on it while they read a snapshot
-    search/                 the exact-search matrix of one version (`podembed index`)
+    search/                 the exact-search matrix and ANN index of one version (`podembed index`)
     state.sqlite            the run ledger (pipeline/files/ledger.py)
 
 Why a table format and not our own files: one Parquet file per episode meant ~364,000
@@ -486,14 +486,15 @@ class ParquetSink(Sink):
         """Compact what this process wrote (few large files for readers), then let go."""
         if self._wrote and not self.read_only:
             self._wrote = False
-            from pipeline.files.search import SEARCH_DIR, write_matrix
+            from pipeline.files.search import SEARCH_DIR, has_ann, write_matrix
 
             had_matrix = any((self.root / SEARCH_DIR).glob("v*"))
             with self._exclusive():
                 self._maintain()
                 if had_matrix and self._ds is not None:
-                    # The user asked for fast exact search (`podembed index`): keep it current.
-                    write_matrix(self, self._ds)
+                    # The user asked for fast search (`podembed index`): keep the matrix, and
+                    # the ANN index if one was built, current (the trained lists are reused).
+                    write_matrix(self, self._ds, with_ann=has_ann(self))
                     self._cleanup()
         self._ds = None
         if self._reader_fd is not None:
