@@ -99,12 +99,12 @@ def test_search_decides_nothing_can_match_before_loading_the_model(tmp_path: Pat
 # ------------------------------------------------------------------------------- -v
 def test_verbose_is_accepted_after_the_subcommand_too(tmp_path: Path) -> None:
     toml = _gated_toml(tmp_path, _corpus(tmp_path))
-    code, out = _invoke("status", "--config", str(toml), "-v")
-    assert code == 0, out
-    assert logging.getLogger().level == logging.INFO
     code, out = _invoke("-v", "backfill", "--config", str(toml), "--verbose")
     assert code == 0 and "40 embedded" in out, out
     assert logging.getLogger().level == logging.DEBUG  # one before and one after: -vv
+    code, out = _invoke("status", "--config", str(toml), "-v")
+    assert code == 0, out
+    assert logging.getLogger().level == logging.INFO
 
 
 # ------------------------------------------------------------------------------ plan
