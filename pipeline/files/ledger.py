@@ -20,7 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import CheckpointStore, Holder, LiveRun, SinkHome, StoredDeadLetter
+from pipeline.checkpoint import (
+    CLAIM_WAIT_S,
+    CheckpointStore,
+    Holder,
+    LiveRun,
+    SinkHome,
+    StoredDeadLetter,
+    check_claim_wait,
+)
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
@@ -83,12 +91,11 @@ class SqliteCheckpointOptions:
 
     path: str = ""  # default: <sink.path>/state.sqlite
     # How long an ingest or reindex waits for an episode another live run is embedding.
-    claim_wait_s: float = 600.0
+    claim_wait_s: float = CLAIM_WAIT_S
 
     def validate(self, prefix: str) -> None:
         """The wait must not be negative."""
-        if self.claim_wait_s < 0:
-            raise ConfigError(f"{prefix}.claim_wait_s: must not be negative")
+        check_claim_wait(self.claim_wait_s, f"{prefix}.claim_wait_s")
 
 
 class SqliteCheckpointStore(CheckpointStore):
@@ -96,7 +103,7 @@ class SqliteCheckpointStore(CheckpointStore):
 
     Options = SqliteCheckpointOptions
 
-    def __init__(self, path: Path, claim_wait_s: float = 600.0) -> None:
+    def __init__(self, path: Path, claim_wait_s: float = CLAIM_WAIT_S) -> None:
         self.path = path
         self.db = Database(path, SCHEMA)
         columns = {r[1] for r in self.db.query("PRAGMA table_info(runs)")}
