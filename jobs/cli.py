@@ -13,7 +13,6 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -43,16 +42,6 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
-
-
-def _parse_since(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD or an ISO timestamp)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _load(config_path: str | None, executor: str | None) -> Any:
@@ -168,9 +157,9 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _selection(episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None) -> Any:
-    from pipeline.selection import Selection
+    from pipeline.selection import parse_selection
 
-    return Selection(episode_ids=tuple(episodes), podcast_ids=tuple(podcasts), since=_parse_since(since))
+    return parse_selection(episodes, podcasts, since)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -250,6 +239,9 @@ def ingest(
 
     With the Modal executor this starts the deployed ingest_episode and prints its call id.
     """
+    from pipeline.selection import parse_episode_id
+
+    episode_id = parse_episode_id(episode_id)
     config = _load(config_path, executor)
     if config.executor.kind == "modal":
         _ingest_on_modal(config, episode_id, limit, as_json)
