@@ -39,6 +39,7 @@ from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.report import RunReport, check_report_dir, write_report
 from pipeline.selection import Selection
 from pipeline.shard_work import Prepared, Preparer
+from pipeline.sink import WriteOutcome
 from pipeline.source import removed_ids
 from pipeline.tokens import TokenCounter
 
@@ -132,16 +133,22 @@ class Runner:
             flight: InFlight = item
             p = flight.prepared
             try:
-                written = sink.write(flight.records) if flight.records else 0
-                dead = p.dead_letters + flight.dead
+                outcome = sink.write_all(flight.records) if flight.records else WriteOutcome(0)
+                written = outcome.written
+                dead = p.dead_letters + flight.dead + outcome.refused
                 if dead:
                     checkpoint.add_dead_letters(report.run_id, dead)
-                fixed = [r.chunk_id for r in flight.records if r.chunk_id in p.previously_failed]
+                refused = {d.chunk_id for d in outcome.refused}
+                fixed = [
+                    r.chunk_id
+                    for r in flight.records
+                    if r.chunk_id in p.previously_failed and r.chunk_id not in refused
+                ]
                 if fixed:
                     checkpoint.clear_dead_letters(fixed)
                 counts = p.counts
                 counts.embedded = written
-                counts.stale_dropped = len(flight.records) - written
+                counts.stale_dropped = len(flight.records) - written - len(refused)
                 counts.dead_lettered = len(dead)
                 finished = p.complete and flight.remaining == 0
                 if finished:
