@@ -196,8 +196,10 @@ class Runner:
         try:
             parts.sink.recover()  # what a killed run left half-done (under the sink's own write lock)
             self._run_locked(report, fingerprint, started)
-        finally:
-            checkpoint.unregister()
+        except BaseException:
+            self._unregister(report)
+            raise
+        self._unregister(report)
         if isinstance(self._error, PodembedError) and self._error.exit_code == 2:
             # A config, source or model problem: the report is written, but the caller
             # should see the actionable error (and the CLI exit with 2).
@@ -276,8 +278,25 @@ class Runner:
                 report.error = f"{report.error}; {exc}" if report.error else str(exc)
             try:
                 checkpoint.finish_run(run_id, report.status, report.to_dict())
+            except PodembedError as exc:
+                # A full disk under the ledger: the run's own error stays the first one told.
+                # The run is left unfinished in the ledger, so the next one resumes it.
+                self._also_failed(report, exc)
             finally:
                 self.progress.close(report.status)
+
+    def _unregister(self, report: RunReport) -> None:
+        """Leave the live runs; a failure here (a full disk) never hides the run's own error."""
+        try:
+            self.parts.checkpoint.unregister()
+        except PodembedError as exc:
+            self._also_failed(report, exc)
+
+    def _also_failed(self, report: RunReport, exc: PodembedError) -> None:
+        log.error("%s", exc)
+        report.status = "failed"
+        if str(exc) not in (report.error or ""):
+            report.error = f"{report.error}; then: {exc}" if report.error else str(exc)
 
     def _pipeline(
         self, preparer: Preparer, shards: list[Any], report: RunReport, fingerprint: str, run_id: str

@@ -121,3 +121,84 @@ def test_every_numeric_setting_is_finite_and_in_range(
             from_table(cls, {**required, name: value}, prefix)
         message = str(caught.value)
         assert message.startswith(f"{prefix}.") and name in message.split(":")[0], (value, message)
+
+
+class _FullDisk:
+    """A SQLite connection whose writes fail with "database or disk is full" once ``full`` is set
+    (injected at the db layer: the ledger's own sqlite3 connection, no mount needed)."""
+
+    def __init__(self, conn: Any, full: Any) -> None:
+        self._conn, self._full = conn, full
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        import sqlite3
+
+        if self._full.is_set() and sql.lstrip().split()[0].upper() in {"BEGIN", "INSERT", "UPDATE", "DELETE"}:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_full_disk_under_the_ledger_hides_neither_the_runs_error_nor_shows_a_traceback(
+    tmp_path: Path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19.5: `database or disk is full` from unregister() in the run's finally replaced the
+    run's own error with a traceback, and no report was printed."""
+    import errno
+    import sqlite3
+    import threading
+
+    import pipeline.files.sqlite_db as sqlite_db
+    from pipeline.files.sink import ParquetSink
+
+    full = threading.Event()
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite_db.sqlite3, "connect", lambda *a, **kw: _FullDisk(real_connect(*a, **kw), full)
+    )
+
+    def disk_fills(self: Any, records: Any) -> int:
+        full.set()  # the disk fills up while the first vectors are written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ParquetSink, "write", disk_fills)
+    toml = _toml(tmp_path, tiny_model_dir)
+
+    result = CliRunner().invoke(cli, ["backfill", "--config", str(toml)])
+
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "No space left on device" in result.output  # the run's own error is still shown
+    assert "disk is full" in result.output and "free space" in result.output  # and what to do
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", ["tlsCAFile", "tlsCertificateKeyFile", "tlscafile"])
+@pytest.mark.parametrize("problem", ["missing", "not PEM", "a folder"])
+def test_a_tls_file_the_mongodb_uri_names_must_exist_and_be_pem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, problem: str
+) -> None:
+    """Issue 19.5: a URI naming a missing or non-PEM TLS file ended in a traceback
+    (FileNotFoundError, ssl.SSLError) that named neither the option nor the path."""
+    path = tmp_path / "ca.pem"
+    if problem == "not PEM":
+        path.write_text("this is not a certificate\n")
+    elif problem == "a folder":
+        path.mkdir()
+    monkeypatch.setenv("PODEMBED_TLS_URI", f"mongodb://127.0.0.1:1/?tls=true&{option}={path}")
+    conn = {"uri_env": "PODEMBED_TLS_URI", "database": "d", "server_selection_timeout_ms": 200}
+    raw = {
+        "source": {"kind": "mongo", **conn, "collection": "chunks", "fields": {"chunk_id": "_id"}},
+        "sink": {"kind": "mongo", **conn, "collection": "chunks"},
+        "model": {"id": "m", "dimension": 8},
+        "report": {"dir": str(tmp_path / "runs")},
+    }
+    toml = write_toml(tmp_path / "c.toml", raw)
+    for command in (["backfill"], ["status"]):
+        result = CliRunner().invoke(cli, [*command, "--config", str(toml)])
+        assert result.exit_code == 2, (command, result.output, result.exception)
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        canonical = "tlsCAFile" if option.lower() == "tlscafile" else option
+        assert f"{canonical}={path}" in result.output and "source.uri_env" in result.output
