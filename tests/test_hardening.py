@@ -202,3 +202,91 @@ def test_a_tls_file_the_mongodb_uri_names_must_exist_and_be_pem(
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
         canonical = "tlsCAFile" if option.lower() == "tlscafile" else option
         assert f"{canonical}={path}" in result.output and "source.uri_env" in result.output
+
+
+def _in_thread(fn: Any) -> Any:
+    """Run ``fn`` in a thread; a hang fails the test instead of stopping the suite."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout=120)  # a guard against the hang, not a race: the work takes well under a second
+    assert not t.is_alive(), "hung (a FIFO opened?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_the_parquet_source_folder_skips_what_is_not_a_regular_file_and_reads_dataset_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19.7: a FIFO named *.parquet hung every command; a socket, a broken symlink or a
+    Spark/pyarrow.dataset folder (x.parquet/part-*.parquet, _SUCCESS, .crc) stopped them."""
+    import os
+    import socket
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import FieldMap
+    from pipeline.files.source import ParquetSource, ParquetSourceOptions
+    from pipeline.selection import Selection
+
+    rows = sample_rows(n=30)
+    src = tmp_path / "src"
+    write_rows(src / "plain.parquet", rows[:10])
+    # A dataset folder as Spark writes it.
+    spark = src / "spark.parquet"
+    write_rows(spark / "part-00000-abc.snappy.parquet", rows[10:15])
+    write_rows(spark / "part-00001-abc.snappy.parquet", rows[15:20])
+    (spark / "_SUCCESS").write_bytes(b"")
+    (spark / ".part-00000-abc.snappy.parquet.crc").write_bytes(b"\x00crc")
+    write_rows(spark / "_temporary" / "0" / "part-00009.parquet", rows[:3])  # an unfinished job's output
+    # ... and as pyarrow.dataset writes it.
+    import pyarrow.dataset as ds
+
+    ds.write_dataset(pa.Table.from_pylist(rows[20:30], schema=pq.read_schema(src / "plain.parquet")),
+                     src / "arrow.parquet", format="parquet")  # fmt: skip
+    os.mkfifo(src / "fifo.parquet")
+    os.symlink(src / "gone.parquet", src / "broken.parquet")
+    (src / "junk.parquet").mkdir()
+    (src / "junk.parquet" / "notes.txt").write_text("not data")
+    sock = socket.socket(socket.AF_UNIX)
+    short = Path(f"/tmp/podembed-{os.getpid()}-sock.parquet")  # AF_UNIX paths are short
+    try:
+        sock.bind(str(short))
+        os.symlink(short, src / "socket.parquet")
+
+        source = _in_thread(lambda: ParquetSource.open(ParquetSourceOptions(str(src)), FieldMap(), 64))
+        ids = _in_thread(
+            lambda: [r.fields["chunk_id"] for s in source.plan(Selection()) for r in source.read(s, Selection())]
+        )
+    finally:
+        sock.close()
+        short.unlink(missing_ok=True)
+    assert sorted(ids) == sorted(r["chunk_id"] for r in rows)  # every row once, _temporary left out
+    skipped = caplog.text
+    assert "fifo.parquet" in skipped and "broken.parquet" in skipped and "socket.parquet" in skipped
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 this is not parquet, just a name"])
+def test_a_file_named_parquet_that_is_not_is_a_clear_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    """A zero-byte or non-Parquet *.parquet file: exit 2 naming the file and what to do (not
+    skipped: its chunks would then look removed, and --prune would delete their vectors)."""
+    from pipeline.config import FieldMap
+    from pipeline.errors import SourceError
+    from pipeline.files.source import ParquetSource, ParquetSourceOptions
+
+    src = tmp_path / "src"
+    write_rows(src / "good.parquet", sample_rows(n=5))
+    (src / "bad.parquet").write_bytes(content)
+    with pytest.raises(SourceError, match=r"bad\.parquet is not a readable Parquet file .*move it out"):
+        _in_thread(lambda: ParquetSource.open(ParquetSourceOptions(str(src)), FieldMap(), 64))
