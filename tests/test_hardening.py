@@ -266,9 +266,9 @@ def test_the_parquet_source_folder_skips_what_is_not_a_regular_file_and_reads_da
         os.symlink(short, src / "socket.parquet")
 
         source = _in_thread(lambda: ParquetSource.open(ParquetSourceOptions(str(src)), FieldMap(), 64))
-        everything = Selection()
+        alls = Selection()
         ids = _in_thread(
-            lambda: [r.fields["chunk_id"] for s in source.plan(everything) for r in source.read(s, everything)]
+            lambda: [r.fields["chunk_id"] for s in source.plan(alls) for r in source.read(s, alls)]
         )
     finally:
         sock.close()
