@@ -291,3 +291,36 @@ def test_a_file_named_parquet_that_is_not_is_a_clear_error_naming_it(tmp_path: P
     (src / "bad.parquet").write_bytes(content)
     with pytest.raises(SourceError, match=r"bad\.parquet is not a readable Parquet file .*move it out"):
         _in_thread(lambda: ParquetSource.open(ParquetSourceOptions(str(src)), FieldMap(), 64))
+
+
+NOTHING_TO_EMBED = {
+    "punctuation": "... !!! ?? -- ",
+    "dashes and quotes": "\u2014\u2013 \u201c\u201d \u00ab\u00bb",
+    "combining marks alone": "\u0301\u0308\u0327 \u20dd",
+    "zero-width and BOM": "\u200b\ufeff\u200d\u2060",
+    "controls and punctuation": "\x01\x7f.\x1b,",
+    "every Unicode space": "\u00a0\u1680\u2000\u2003\u2007\u202f\u205f\u3000\u2028\u2029\x85",
+    "hangul fillers and blank braille": "\u3164\u115f\u1160\uffa0\u2800",
+    "mixed": "\u200b. \u0301\u3000\ufeff\u2800 \u2014",
+}
+
+
+@pytest.mark.parametrize("text", list(NOTHING_TO_EMBED.values()), ids=list(NOTHING_TO_EMBED))
+@pytest.mark.parametrize("form", ["str", "utf-8 bytes"])
+def test_text_with_no_letter_or_digit_is_a_dead_letter_in_every_form(text: str, form: str) -> None:
+    """Issue 19.8a: text of only punctuation, marks, format characters or unusual spaces was embedded."""
+    from pipeline.records import DeadLetter, RawRecord
+    from pipeline.validation import validate
+
+    value: Any = text if form == "str" else text.encode("utf-8")
+    result = validate(RawRecord({"chunk_id": "c1", "episode_id": "e1", "text": value}, "row 1"), {})
+    assert isinstance(result, DeadLetter) and result.field == "text", result
+
+
+@pytest.mark.parametrize("text", ["ok", "42", "\u00e9", "\u4e2d", "\U0001f44d", "$", "\u0661", "a\u200b"])
+def test_text_with_one_letter_digit_or_symbol_is_embedded(text: str) -> None:
+    from pipeline.records import Chunk, RawRecord
+    from pipeline.validation import validate
+
+    result = validate(RawRecord({"chunk_id": "c1", "episode_id": "e1", "text": f" {text}. "}, "row 1"), {})
+    assert isinstance(result, Chunk), result
