@@ -40,7 +40,7 @@ from pipeline.report import RunReport, check_report_dir, write_report
 from pipeline.selection import Selection
 from pipeline.shard_work import Prepared, Preparer
 from pipeline.sink import WriteOutcome
-from pipeline.source import removed_ids
+from pipeline.source import unowned_ids
 from pipeline.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -403,7 +403,7 @@ class Runner:
     def _removed(self, report: RunReport) -> None:
         """Chunks stored in the sink but gone from the source: reported, deleted with --prune."""
         sink = self.parts.sink
-        removed = list(removed_ids(self.parts.source, sink.iter_states()))
+        removed = list(unowned_ids(self.parts.source, sink.iter_states()))
         report.counts.removed = len(removed)
         if self.opts.prune and removed:
             report.counts.pruned = sink.delete(removed)

@@ -69,3 +69,21 @@ def removed_ids(source: Source, states: Iterable[StoredState]) -> Iterator[str]:
     if page:
         existing = source.existing_ids(page)
         yield from (cid for cid in page if cid not in existing)
+
+
+def unowned_ids(source: Source, states: Iterable[StoredState]) -> Iterator[str]:
+    """Stored vectors no single chunk of the source owns any more: the chunk left the source,
+    or its id is now shared by several records (those are dead-lettered, and the vector
+    embedded before the id was duplicated answers for none of them). ``--prune`` deletes them."""
+    duplicated = source.duplicate_ids(Selection())
+    shared: list[str] = []
+
+    def owned(states: Iterable[StoredState]) -> Iterator[StoredState]:
+        for state in states:
+            if state.chunk_id in duplicated:
+                shared.append(state.chunk_id)
+            else:
+                yield state
+
+    yield from removed_ids(source, owned(states))
+    yield from shared

@@ -324,3 +324,29 @@ def test_text_with_one_letter_digit_or_symbol_is_embedded(text: str) -> None:
 
     result = validate(RawRecord({"chunk_id": "c1", "episode_id": "e1", "text": f" {text}. "}, "row 1"), {})
     assert isinstance(result, Chunk), result
+
+
+def test_an_id_duplicated_after_it_was_embedded_loses_its_old_vector_to_prune(
+    tmp_path: Path, tiny_model_dir: str
+) -> None:
+    """Issue 19.8c: the id was dead-lettered but its old vector stayed (and was served), even
+    after --prune."""
+    from pipeline.runner import RunOptions, run
+    from tests.helpers import make_config, vectors_by_id
+
+    rows = sample_rows(n=20)
+    src = tmp_path / "src"
+    write_rows(src / "a.parquet", rows)
+    cfg = make_config(src, tmp_path / "out", tiny_model(tiny_model_dir))
+    assert run(cfg, RunOptions()).counts.embedded == 20
+    twin = rows[3]["chunk_id"]
+    # Another file now holds a second record with that id (another episode, another text).
+    write_rows(src / "b.parquet", [{**rows[12], "chunk_id": twin, "text": "A different text."}])
+
+    report = run(cfg, RunOptions(prune=True))
+
+    assert report.status == "completed", report.error
+    assert report.counts.dead_lettered == 2  # both records with the id
+    assert report.counts.removed == 1 and report.counts.pruned == 1
+    vectors = vectors_by_id(tmp_path / "out")
+    assert twin not in vectors and len(vectors) == 19
