@@ -364,6 +364,10 @@ class Runner:
                 flight.remaining -= 1
                 if flight.remaining == 0:
                     self._put(write_q, flight)
+                elif not self._stop.is_set() and flight.due(self.config.batching.write_every_s):
+                    # Bounds what a kill loses, in time. A blocking put: the writer drains
+                    # until it sees the end, so the part is never dropped.
+                    write_q.put(flight.split())
                 if self._stop.is_set():
                     break
         except KeyboardInterrupt:
@@ -392,7 +396,7 @@ class Runner:
                 continue
             seen.add(id(flight))
             flight.prepared.complete = False
-            settled = len(flight.records) + len(flight.dead)
+            settled = len(flight.records) + len(flight.dead) + flight.split_off
             flight.prepared.counts.deferred += len(flight.prepared.chunks) - settled
             try:
                 write_q.put(flight, timeout=60)

@@ -79,7 +79,7 @@ NUMERIC_KEYS = _numeric_keys()
 ZERO_INVALID = {
     "model.dimension", "model.max_seq_length",
     "batching.window_chunks", "batching.token_budget", "batching.max_batch_size", "batching.queue_depth",
-    "batching.shard_max_s",
+    "batching.write_every_s",
     "cost.tokens_per_second", "cost.devices",
     "source[mongo].batch_size", "source[mongo].server_selection_timeout_ms",
     "sink[mongo].write_batch", "sink[mongo].server_selection_timeout_ms",
@@ -350,3 +350,53 @@ def test_an_id_duplicated_after_it_was_embedded_loses_its_old_vector_to_prune(
     assert report.counts.removed == 1 and report.counts.pruned == 1
     vectors = vectors_by_id(tmp_path / "out")
     assert twin not in vectors and len(vectors) == 19
+
+
+def test_a_large_shard_writes_what_it_embedded_every_write_every_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19.8b: a kill lost a whole shard (2,048 chunks by default: all of a 900-chunk
+    single-row-group file, minutes of CPU). Now a shard's vectors are written at least every
+    batching.write_every_s seconds of embedding: a kill loses about that much, not more."""
+    import threading
+
+    import pipeline.in_flight as in_flight
+    from pipeline.files.sink import ParquetSink
+    from pipeline.runner import RunOptions, run
+    from tests.gated_executor import MODEL, GatedExecutor, GatedOptions
+    from tests.helpers import make_config, vectors_by_id
+
+    out = tmp_path / "out"
+    src = write_rows(tmp_path / "one_group.parquet", sample_rows(n=40), row_group_size=1000)
+    config = make_config(
+        src, out, model=MODEL, batching={"window_chunks": 2048, "max_batch_size": 8, "write_every_s": 25.0}
+    )
+    clock = [0.0]
+    monkeypatch.setattr(in_flight, "monotonic", lambda: clock[0])
+    wrote = threading.Event()
+    real_write = ParquetSink.write
+
+    def write(self: Any, records: Any) -> int:
+        n = real_write(self, records)
+        wrote.set()
+        return n
+
+    monkeypatch.setattr(ParquetSink, "write", write)
+    durable_before_last_batch: list[int] = []
+
+    def ten_seconds(batch: Any) -> None:
+        clock[0] += 10.0  # each batch of 8 "takes" 10 s: answered at 10, 20, 30, 40, 50 s
+        if executor.answered == 4:  # the last batch: what would a kill -9 leave now?
+            assert wrote.wait(timeout=60)  # the writer thread has written the part
+            durable_before_last_batch.append(len(vectors_by_id(out)))
+
+    executor = GatedExecutor(GatedOptions(), config.model, before_answer=ten_seconds)
+    report = run(config, RunOptions(), executor=executor)
+
+    assert report.status == "completed" and report.shards_total == 1 and executor.answered == 5
+    # At 30 s the records waiting since 10 s would be 30 s old by the next batch (> 25 s):
+    # the three batches' 24 chunks are written then; the next ones are not due before the end.
+    assert durable_before_last_batch == [24]
+    assert len(vectors_by_id(out)) == 40
+    assert report.counts.seen == 40 and report.counts.embedded == 40 and report.counts.deferred == 0
+    assert report.shards_done == 1
