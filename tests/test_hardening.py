@@ -276,6 +276,7 @@ def test_the_parquet_source_folder_skips_what_is_not_a_regular_file_and_reads_da
     assert sorted(ids) == sorted(r["chunk_id"] for r in rows)  # every row once, _temporary left out
     skipped = caplog.text
     assert "fifo.parquet" in skipped and "broken.parquet" in skipped and "socket.parquet" in skipped
+    assert "junk.parquet: a folder with no Parquet files" in skipped
 
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 this is not parquet, just a name"])

@@ -89,8 +89,10 @@ def _usable(q: Path) -> bool:
     except OSError as exc:  # a broken symlink, a file removed meanwhile, no permission
         log.warning("source.path: skipping %s: %s", q, exc.strerror or exc)
         return False
-    if stat.S_ISDIR(mode):
-        return False  # a dataset folder: its part files are listed by the walk
+    if stat.S_ISDIR(mode):  # a dataset folder: its part files are listed by the walk
+        if not any(q.rglob("*.parquet")):
+            log.warning("source.path: skipping %s: a folder with no Parquet files in it", q)
+        return False
     if not stat.S_ISREG(mode):
         log.warning("source.path: skipping %s: not a regular file (a FIFO, socket or device)", q)
         return False
