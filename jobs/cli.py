@@ -12,7 +12,6 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -42,16 +41,6 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
-
-
-def _parse_since(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD or an ISO timestamp)") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _load(config_path: str | None, executor: str | None) -> Any:
@@ -191,9 +180,9 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _selection(episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None) -> Any:
-    from pipeline.selection import Selection
+    from pipeline.selection import parse_selection
 
-    return Selection(episode_ids=tuple(episodes), podcast_ids=tuple(podcasts), since=_parse_since(since))
+    return parse_selection(episodes, podcasts, since)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -286,7 +275,9 @@ def ingest(
     With the Modal executor this starts the deployed ingest_episode and prints its call id.
     """
     from pipeline.registry import resolve
+    from pipeline.selection import parse_episode_id
 
+    episode_id = parse_episode_id(episode_id)
     config = _load(config_path, executor)
     # An executor that runs jobs elsewhere (Modal: the deployed ingest_episode) starts it
     # there and returns at once; the run report lands in the ledger.

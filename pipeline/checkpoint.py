@@ -7,6 +7,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pipeline.errors import ConfigError
 from pipeline.records import DeadLetter
 
 
@@ -78,6 +79,17 @@ class LiveRun:
     claims: list[str]
 
 
+# How long an ingest or reindex waits, in all, for episodes other live runs are embedding
+# (one budget per run). Every store's ``claim_wait_s`` option defaults to this.
+CLAIM_WAIT_S = 600.0
+
+
+def check_claim_wait(value: float, key: str) -> None:
+    """The ``claim_wait_s`` rule every store's options share: finite, not negative."""
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{key}: must be a number of seconds, 0 or more (got {value!r})")
+
+
 class CheckpointStore(ABC):
     """Remembers runs and shards so an interrupted run resumes, and who works on what.
 
@@ -97,7 +109,7 @@ class CheckpointStore(ABC):
 
     # How long an ingest or reindex waits for an episode another run holds (stores set it
     # from their options), and how often it looks again.
-    claim_wait_s: float = 600.0
+    claim_wait_s: float = CLAIM_WAIT_S
     claim_poll_s: float = 0.25
 
     # -- live runs and claims --------------------------------------------------------

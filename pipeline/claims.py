@@ -7,8 +7,9 @@ only run embedding it, and the next one to claim it sees its vectors as current.
 
 - A backfill leaves an episode another live run holds to that run (it writes it) and
   counts it in its report.
-- An ingest or reindex waits for the episode (``claim_wait_s``), then does what is
-  still needed; after the wait it leaves the episode to its holder, like a backfill.
+- An ingest or reindex waits for the episode, then does what is still needed; after the
+  wait it leaves the episode to its holder, like a backfill. ``claim_wait_s`` is one
+  budget for the whole run, not per shard: a run of N shards never waits N times over.
 
 An episode can span several shards of one run (row groups of a Parquet file): claims
 are counted, and an episode is given back when its last shard in flight is written.
@@ -35,6 +36,8 @@ class Claims:
         self.wait = wait
         self.stop = stop or threading.Event()
         self.waited_s = 0.0
+        # Set at the first wait: every later wait of this run shares what is left of it.
+        self._deadline: float | None = None
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -55,11 +58,17 @@ class Claims:
         return others
 
     def _wait_for(self, others: dict[str, Holder]) -> dict[str, Holder]:
-        wait_s = self.store.claim_wait_s
-        names = ", ".join(f"{u} ({h.describe()})" for u, h in sorted(others.items()))
-        log.warning("waiting up to %g s for episodes another run is embedding: %s", wait_s, names)
         started = time.monotonic()
-        deadline = started + wait_s
+        if self._deadline is None:
+            self._deadline = started + self.store.claim_wait_s
+        deadline = self._deadline
+        names = ", ".join(f"{u} ({h.describe()})" for u, h in sorted(others.items()))
+        log.warning(
+            "waiting up to %.0f s (what is left of this run's claim_wait_s) for episodes another "
+            "run is embedding: %s",
+            max(0.0, deadline - started),
+            names,
+        )
         while others and time.monotonic() < deadline and not self.stop.is_set():
             self.stop.wait(min(self.store.claim_poll_s, max(0.0, deadline - time.monotonic())))
             self.store.heartbeat()

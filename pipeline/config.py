@@ -148,12 +148,19 @@ class BatchingConfig:
     token_budget: int = 32768
     max_batch_size: int = 256
     queue_depth: int = 4
+    # A shard's vectors embedded so far are written at least this often (seconds), so a
+    # kill loses at most about this much embedding, however large the shard.
+    write_every_s: float = 15.0
 
     def validate(self, prefix: str) -> None:
         """All sizes must be positive."""
         for name in ("window_chunks", "token_budget", "max_batch_size", "queue_depth"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}.{name}: must be at least 1")
+        if not 1 <= self.write_every_s <= 86400:
+            raise ConfigError(
+                f"{prefix}.write_every_s: must be between 1 and 86400 seconds (got {self.write_every_s!r})"
+            )
 
 
 @dataclass(slots=True)

@@ -42,7 +42,8 @@ from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.report import RunReport, check_report_dir, write_report
 from pipeline.selection import Selection
 from pipeline.shard_work import Prepared, Preparer
-from pipeline.source import removed_ids
+from pipeline.sink import WriteOutcome
+from pipeline.source import unowned_ids
 from pipeline.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -173,16 +174,22 @@ class Runner:
             flight: InFlight = item
             p = flight.prepared
             try:
-                written = sink.write(flight.records) if flight.records else 0
-                dead = p.dead_letters + flight.dead
+                outcome = sink.write_all(flight.records) if flight.records else WriteOutcome(0)
+                written = outcome.written
+                dead = p.dead_letters + flight.dead + outcome.refused
                 if dead:
                     checkpoint.add_dead_letters(report.run_id, dead)
-                fixed = [r.chunk_id for r in flight.records if r.chunk_id in p.previously_failed]
+                refused = {d.chunk_id for d in outcome.refused}
+                fixed = [
+                    r.chunk_id
+                    for r in flight.records
+                    if r.chunk_id in p.previously_failed and r.chunk_id not in refused
+                ]
                 if fixed:
                     checkpoint.clear_dead_letters(fixed)
                 counts = p.counts
                 counts.embedded = written
-                counts.stale_dropped = len(flight.records) - written
+                counts.stale_dropped = len(flight.records) - written - len(refused)
                 counts.dead_lettered = len(dead)
                 finished = p.complete and flight.remaining == 0
                 if finished:
@@ -230,8 +237,10 @@ class Runner:
         try:
             parts.sink.recover()  # what a killed run left half-done (under the sink's own write lock)
             self._run_locked(report, fingerprint, started)
-        finally:
-            checkpoint.unregister()
+        except BaseException:
+            self._unregister(report)
+            raise
+        self._unregister(report)
         if isinstance(self._error, PodembedError) and self._error.exit_code == 2:
             # A config, source or model problem: the report is written, but the caller
             # should see the actionable error (and the CLI exit with 2).
@@ -336,8 +345,25 @@ class Runner:
                     # Only now: a crashed or partial run must never mark the source as seen.
                     pending = report.counts.removed - report.counts.pruned
                     incremental.record(checkpoint, sweep, run_id, pending)
+            except PodembedError as exc:
+                # A full disk under the ledger: the run's own error stays the first one told.
+                # The run is left unfinished in the ledger, so the next one resumes it.
+                self._also_failed(report, exc)
             finally:
                 self.progress.close(report.status)
+
+    def _unregister(self, report: RunReport) -> None:
+        """Leave the live runs; a failure here (a full disk) never hides the run's own error."""
+        try:
+            self.parts.checkpoint.unregister()
+        except PodembedError as exc:
+            self._also_failed(report, exc)
+
+    def _also_failed(self, report: RunReport, exc: PodembedError) -> None:
+        log.error("%s", exc)
+        report.status = "failed"
+        if str(exc) not in (report.error or ""):
+            report.error = f"{report.error}; then: {exc}" if report.error else str(exc)
 
     def _pipeline(
         self, preparer: Preparer, shards: list[Any], report: RunReport, fingerprint: str, run_id: str
@@ -406,6 +432,10 @@ class Runner:
                 flight.remaining -= 1
                 if flight.remaining == 0:
                     self._put(write_q, flight)
+                elif not self._stop.is_set() and flight.due(self.config.batching.write_every_s):
+                    # Bounds what a kill loses, in time. A blocking put: the writer drains
+                    # until it sees the end, so the part is never dropped.
+                    write_q.put(flight.split())
                 if self._stop.is_set():
                     break
         except KeyboardInterrupt:
@@ -436,7 +466,7 @@ class Runner:
                 continue
             seen.add(id(flight))
             flight.prepared.complete = False
-            settled = len(flight.records) + len(flight.dead)
+            settled = len(flight.records) + len(flight.dead) + flight.split_off
             flight.prepared.counts.stopped += len(flight.prepared.chunks) - settled
             try:
                 write_q.put(flight, timeout=60)
@@ -467,7 +497,7 @@ class Runner:
             report.counts.removed = sweep.since.removed
             return
         sink = self.parts.sink
-        removed = list(removed_ids(self.parts.source, sink.iter_states()))
+        removed = list(unowned_ids(self.parts.source, sink.iter_states()))
         report.counts.removed = len(removed)
         if self.opts.prune and removed:
             report.counts.pruned = sink.delete(removed)

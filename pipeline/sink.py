@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError
-from pipeline.records import Chunk, StoredState, VectorRecord
+from pipeline.records import Chunk, DeadLetter, StoredState, VectorRecord
 
 #: Filters a sink's search may apply itself; the caller resolves the others into episode ids.
 EPISODE, PODCAST, SINCE = "episode", "podcast", "since"
@@ -70,6 +70,17 @@ class IndexOutcome:
     definition: dict[str, Any] | None = None
 
 
+@dataclass(slots=True)
+class WriteOutcome:
+    """What one write did: vectors stored, and chunks the store refused (with its reason).
+
+    The rest of ``records`` were not stored because their text changed or their chunk
+    went away meanwhile (``stale_dropped``)."""
+
+    written: int
+    refused: list[DeadLetter] = field(default_factory=list)
+
+
 class Sink(ABC):
     """Stores one vector per chunk id.
 
@@ -107,6 +118,14 @@ class Sink(ABC):
     @abstractmethod
     def write(self, records: list[VectorRecord]) -> int:
         """Upsert vectors keyed by chunk id; returns how many were written."""
+
+    def write_all(self, records: list[VectorRecord]) -> WriteOutcome:
+        """:meth:`write`, telling apart the chunks the store refused one by one (a document
+        over a size limit, a validation rule): those become dead letters and the run goes on.
+
+        A sink whose store can refuse single documents overrides this; a failure of the
+        store itself still raises."""
+        return WriteOutcome(self.write(records))
 
     @abstractmethod
     def iter_states(self) -> Iterator[StoredState]:

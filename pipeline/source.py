@@ -117,3 +117,21 @@ REMOVED_PAGE = 10_000  # ids asked of the source at once: bounded memory, few ro
 def removed_ids(source: Source, states: Iterable[StoredState]) -> Iterator[str]:
     """Yield the ids of ``states`` that do not exist in ``source`` (linear in both)."""
     return source.missing_ids(state.chunk_id for state in states)
+
+
+def unowned_ids(source: Source, states: Iterable[StoredState]) -> Iterator[str]:
+    """Stored vectors no single chunk of the source owns any more: the chunk left the source,
+    or its id is now shared by several records (those are dead-lettered, and the vector
+    embedded before the id was duplicated answers for none of them). ``--prune`` deletes them."""
+    duplicated = source.duplicate_ids(Selection())
+    shared: list[str] = []
+
+    def owned(states: Iterable[StoredState]) -> Iterator[StoredState]:
+        for state in states:
+            if state.chunk_id in duplicated:
+                shared.append(state.chunk_id)
+            else:
+                yield state
+
+    yield from removed_ids(source, owned(states))
+    yield from shared

@@ -15,7 +15,7 @@ from pipeline.registry import Parts
 from pipeline.report import read_reports
 from pipeline.selection import Selection
 from pipeline.shard_work import Preparer
-from pipeline.source import removed_ids
+from pipeline.source import unowned_ids
 
 
 @dataclass(slots=True)
@@ -149,6 +149,6 @@ def coverage(config: Config, parts: Parts, runs: int = 5, *, full: bool = True) 
             fps[state.model_fingerprint] += 1
             yield state
 
-    cov.removed = sum(1 for _ in removed_ids(parts.source, counted(parts.sink.iter_states())))
+    cov.removed = sum(1 for _ in unowned_ids(parts.source, counted(parts.sink.iter_states())))
     cov.fingerprints = dict(fps)
     return cov

@@ -2,11 +2,17 @@
 
 Unknown keys and wrong types are errors that name the full key (``model.max_seq_length``),
 because a silently ignored typo in a nightly job's config is a week of wrong vectors.
+
+Every number a setting holds is finite and not negative (TOML allows ``nan`` and ``inf``,
+which pass ``<`` checks and make loops spin or plans print nonsense); a field that may
+be negative says so with ``field(metadata={"signed": True})``. Each section's
+``validate`` then checks its own ranges (where zero is invalid, upper bounds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -79,6 +85,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
+def _check_number(value: Any, key: str, *, signed: bool) -> None:
+    """A number setting must be finite and, unless the field is signed, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if value < 0 and not signed:
+        raise ConfigError(f"{key}: must not be negative, got {value!r}")
+
+
 def from_table(cls: type[T], table: dict[str, Any], prefix: str) -> T:
     """Build dataclass ``cls`` from ``table``; every error names ``prefix.key``."""
     hints = typing.get_type_hints(cls)
@@ -92,6 +108,7 @@ def from_table(cls: type[T], table: dict[str, Any], prefix: str) -> T:
         key = f"{prefix}.{name}"
         if name in table:
             kwargs[name] = _convert(table[name], hints[name], key)
+            _check_number(kwargs[name], key, signed=bool(f.metadata.get("signed")))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required key is missing")
     obj = cls(**kwargs)

@@ -43,6 +43,17 @@ def _invisible(text: str) -> bool:
     return all(unicodedata.category(ch) in _INVISIBLE for ch in text)
 
 
+# Letters that draw nothing: Hangul fillers and the blank Braille pattern (used as padding).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _no_content(text: str) -> bool:
+    """True when no character is a letter, a digit or a symbol (emoji, currency, math):
+    punctuation, combining marks, controls, format characters and spaces alone say nothing
+    the model could embed (stops at the first content character)."""
+    return not any(unicodedata.category(ch)[0] in "LNS" and ch not in _BLANK_LETTERS for ch in text)
+
+
 def _kind(value: Any) -> str:
     """What a value read from the data is, in words a user knows (for dead-letter reasons)."""
     if isinstance(value, bool):
@@ -141,6 +152,12 @@ def validate(record: RawRecord, duplicates: dict[str, int]) -> Chunk | DeadLette
         return dead(
             "text",
             "text is empty or whitespace only: it holds nothing but NUL, control or zero-width characters",
+        )
+    if _no_content(text):
+        return dead(
+            "text",
+            "text has no letter, digit or symbol: only punctuation, combining marks, control, "
+            "format or space characters, nothing to embed",
         )
     return Chunk(
         chunk_id=cid,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,8 @@ MODEL = {"id": "gated-test-model", "dimension": 8, "max_seq_length": 64, "device
 class GatedOptions:
     """``[executor]`` options for ``kind = "gated"``."""
 
-    gate_fd: int = -1  # read one byte per batch before answering; -1: answer at once
+    # Read one byte per batch before answering; -1: answer at once (a signed setting).
+    gate_fd: int = field(default=-1, metadata={"signed": True})
 
 
 class WordTokenizer:

@@ -166,3 +166,52 @@ def test_inside_modal_a_run_in_another_container_is_never_judged_dead_from_here(
         assert ProcessIdentity.from_dict(me.to_dict()) == me
     finally:
         current.cache_clear()
+
+
+class _Clock:
+    """A monotonic clock that moves only when the waiter waits (no real sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _ClockedStop(threading.Event):
+    """A stop event whose wait advances the fake clock by the time asked for."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.clock.now += timeout or 0.0
+        return False
+
+
+def test_the_claim_wait_is_one_budget_per_run_not_per_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19.3: with claim_wait_s = 3 an ingest of 4 shards waited 12 s (3 s per shard)."""
+    import types
+
+    import pipeline.claims as claims_module
+
+    clock = _Clock()
+    monkeypatch.setattr(claims_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    holder, waiter_store = _store(tmp_path), _store(tmp_path, wait=3.0)
+    waiter_store.claim_poll_s = 0.5
+    try:
+        holder.register("owner-a", "backfill", "all")
+        waiter_store.register("owner-b", "ingest", "podcast=p")
+        assert Claims(holder, wait=False).take(["e1", "e2", "e3", "e4"]) == {}
+        waiter = Claims(waiter_store, wait=True, stop=_ClockedStop(clock))
+        started = clock.now
+        for shard_episodes in (["e1"], ["e2"], ["e3"], ["e4"]):  # one take per shard, as shard_work does
+            assert set(waiter.take(shard_episodes)) == set(shard_episodes)  # left to the live holder
+        assert clock.now - started == pytest.approx(3.0)
+        assert waiter.waited_s == pytest.approx(3.0)
+    finally:
+        holder.close()
+        waiter_store.close()

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pipeline.checkpoint import (
+    CLAIM_WAIT_S,
     CheckpointStore,
     Holder,
     LiveRun,
     SinkHome,
     SourceSnapshot,
     StoredDeadLetter,
+    check_claim_wait,
 )
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sqlite_db import Database
@@ -100,12 +102,11 @@ class SqliteCheckpointOptions:
 
     path: str = ""  # default: <sink.path>/state.sqlite
     # How long an ingest or reindex waits for an episode another live run is embedding.
-    claim_wait_s: float = 600.0
+    claim_wait_s: float = CLAIM_WAIT_S
 
     def validate(self, prefix: str) -> None:
         """The wait must not be negative."""
-        if self.claim_wait_s < 0:
-            raise ConfigError(f"{prefix}.claim_wait_s: must not be negative")
+        check_claim_wait(self.claim_wait_s, f"{prefix}.claim_wait_s")
 
 
 class SqliteCheckpointStore(CheckpointStore):
@@ -114,7 +115,15 @@ class SqliteCheckpointStore(CheckpointStore):
     Options = SqliteCheckpointOptions
 
     def __init__(
-        self, path: Path, claim_wait_s: float = 600.0, read_only: bool = False, missing_ok: bool = False
+        self,
+        path: Path,
+        claim_wait_s: float = CLAIM_WAIT_S,
+        read_only: bool = False,
+        missing_ok: bool = False,
+        path: Path,
+        claim_wait_s: float = CLAIM_WAIT_S,
+        read_only: bool = False,
+        missing_ok: bool = False,
     ) -> None:
         self.path = path
         self.read_only = read_only

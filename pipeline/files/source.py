@@ -14,6 +14,7 @@ import glob
 import hashlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -78,11 +79,46 @@ def file_fingerprint(f: Path) -> list[Any]:
 def _files(path: str) -> list[Path]:
     p = Path(path)
     if p.is_dir():
-        return sorted(q for q in p.rglob("*.parquet") if not q.name.startswith("."))
+        return _folder_files(p)
     if p.is_file():
         return [p]
     matches = sorted(Path(m) for m in glob.glob(path, recursive=True))
-    return [m for m in matches if m.is_file()]
+    return [f for m in matches for f in (_folder_files(m) if m.is_dir() else [m] if _usable(m) else [])]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The Parquet files under ``folder``, as ``pyarrow.dataset`` reads a folder.
+
+    A folder named ``*.parquet`` (a dataset written by Spark or ``pyarrow.dataset``:
+    ``part-*.parquet`` beside ``_SUCCESS`` and ``.crc`` files) is read through its parts.
+    Names starting with ``.`` or ``_`` are skipped at any depth (hidden files, ``.crc``,
+    ``_SUCCESS``, ``_metadata``, and Spark's unfinished ``_temporary/`` output).
+    """
+    found: list[Path] = []
+    for q in sorted(folder.rglob("*.parquet")):
+        if any(part.startswith((".", "_")) for part in q.relative_to(folder).parts):
+            continue
+        if _usable(q):
+            found.append(q)
+    return found
+
+
+def _usable(q: Path) -> bool:
+    """A regular file (or a link to one), judged by ``stat`` alone: a FIFO named ``.parquet``
+    would block the first read forever, so nothing but a regular file is ever opened."""
+    try:
+        mode = q.stat().st_mode
+    except OSError as exc:  # a broken symlink, a file removed meanwhile, no permission
+        log.warning("source.path: skipping %s: %s", q, exc.strerror or exc)
+        return False
+    if stat.S_ISDIR(mode):  # a dataset folder: its part files are listed by the walk
+        if not any(q.rglob("*.parquet")):
+            log.warning("source.path: skipping %s: a folder with no Parquet files in it", q)
+        return False
+    if not stat.S_ISREG(mode):
+        log.warning("source.path: skipping %s: not a regular file (a FIFO, socket or device)", q)
+        return False
+    return True
 
 
 class ParquetSource(Source):
@@ -117,7 +153,10 @@ class ParquetSource(Source):
                 meta = pq.read_metadata(f)
                 arrow_schema = meta.schema.to_arrow_schema()
             except (OSError, pa.ArrowException) as exc:
-                raise SourceError(f"source.path: {f} is not a readable Parquet file: {exc}") from None
+                raise SourceError(
+                    f"source.path: {f} is not a readable Parquet file ({exc}); fix it, or move it "
+                    "out of the source folder (its chunks would otherwise count as removed)"
+                ) from None
             self._meta[f] = meta
             fingerprint[3] = meta.num_rows
             self._fingerprints[os.fspath(f)] = fingerprint

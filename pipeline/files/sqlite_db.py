@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -62,22 +63,41 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run statements atomically."""
+        """Run statements atomically; a SQLite failure leaves as a :class:`TargetError`."""
         if self.read_only:
             raise TargetError(f"{self.path}: opened read-only")
-        with self._lock:
+        with self._lock, self._errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # On a full disk the rollback can fail too; the first error is the one to tell.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         """Fetch all rows of one statement."""
-        with self._lock:
+        with self._lock, self._errors():
             return self._conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors as a message a user can act on, never a traceback."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            text = str(exc)
+            hint = ""
+            if "full" in text or "disk I/O" in text:
+                hint = (
+                    ": free space on that disk (or point checkpoint.path at one with room), "
+                    "then rerun the same command; it resumes where it stopped"
+                )
+            elif "readonly" in text or "read-only" in text:
+                hint = ": the file or its folder is read-only for this user"
+            raise TargetError(f"{self.path}: {text}{hint}") from None
 
     def close(self) -> None:
         """Close the connection."""

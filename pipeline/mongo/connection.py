@@ -14,8 +14,9 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pipeline.config import secret_from_env
 from pipeline.errors import ConfigError, TargetError
@@ -217,6 +218,44 @@ class Connection:
                 shared.client.close()
 
 
+# URI options that name a file the driver reads at start-up (pymongo spells them in any case).
+TLS_FILE_OPTIONS = ("tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile")
+
+
+def check_tls_files(uri: str, key: str, env: str) -> None:
+    """Each TLS file the URI names must be a readable PEM file; else a :class:`ConfigError` that
+    names the option and the path (pymongo says neither, or raises a bare ``ssl.SSLError``)."""
+    try:
+        query = parse_qsl(urlsplit(uri).query, keep_blank_values=True)
+    except ValueError:
+        return  # a malformed URI is reported by the driver, with its own message
+    names = {o.lower(): o for o in TLS_FILE_OPTIONS}
+    for name, value in query:
+        option = names.get(name.lower())
+        if option is None:
+            continue
+        path = Path(value).expanduser()
+        problem = ""
+        if not path.exists():
+            problem = "does not exist"
+        elif not path.is_file():
+            problem = "is not a regular file"
+        else:
+            try:
+                with path.open("rb") as fh:
+                    head = fh.read(1 << 20)
+            except OSError as exc:
+                problem = f"cannot be read ({exc.strerror})"
+            else:
+                if b"-----BEGIN " not in head:
+                    problem = "is not a PEM file (no -----BEGIN line)"
+        if problem:
+            raise ConfigError(
+                f"{key}: the MongoDB URI in ${env} sets {option}={value}, which {problem}; "
+                f"fix the path in ${env} (a PEM file this user can read)"
+            )
+
+
 def connect(options: ConnectionOptions, what: str) -> Connection:
     """A checked connection for ``what`` (e.g. ``"source"``); fails fast when the server is down.
 
@@ -231,6 +270,7 @@ def connect(options: ConnectionOptions, what: str) -> Connection:
     protect_logs(uri)
     timeout = options.server_selection_timeout_ms
     key = (uri, timeout)
+    check_tls_files(uri, f"{what}.uri_env", options.uri_env)
     with _clients_lock:
         shared = _clients.get(key)
         if shared is None:
@@ -244,7 +284,7 @@ def connect(options: ConnectionOptions, what: str) -> Connection:
                     retryWrites=True,
                     retryReads=True,
                 )
-            except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
+            except (InvalidURI, ConfigurationError, ValueError, TypeError, OSError) as exc:
                 # pymongo raises a plain ValueError for some malformed URIs (a port that
                 # is not a number); all are the user's to fix in the variable.
                 raise ConfigError(

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pipeline.checkpoint import CheckpointStore, SinkHome, SourceSnapshot, StoredDeadLetter
+from pipeline.checkpoint import (
+    CLAIM_WAIT_S,
+    CheckpointStore,
+    SinkHome,
+    SourceSnapshot,
+    StoredDeadLetter,
+    check_claim_wait,
+)
 from pipeline.errors import ConfigError
 from pipeline.mongo.claims import MongoRunClaims
 from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
@@ -58,7 +65,7 @@ class MongoCheckpointOptions(ConnectionOptions):
     # How often the background thread renews the run's claims (0: lease_ttl_s / 3).
     heartbeat_s: float = 0.0
     # How long an ingest or reindex waits for an episode another live run is embedding.
-    claim_wait_s: float = 600.0
+    claim_wait_s: float = CLAIM_WAIT_S
 
     def validate(self, prefix: str) -> None:
         """Times must be positive and consistent."""
@@ -70,8 +77,7 @@ class MongoCheckpointOptions(ConnectionOptions):
             raise ConfigError(f"{prefix}.lease_ttl_s: must be positive")
         if self.heartbeat_s < 0 or (self.heartbeat_s and self.heartbeat_s >= self.lease_ttl_s):
             raise ConfigError(f"{prefix}.heartbeat_s: must be between 0 and lease_ttl_s")
-        if self.claim_wait_s < 0:
-            raise ConfigError(f"{prefix}.claim_wait_s: must not be negative")
+        check_claim_wait(self.claim_wait_s, f"{prefix}.claim_wait_s")
         if self.server_selection_timeout_ms < 100:
             raise ConfigError(f"{prefix}.server_selection_timeout_ms: must be at least 100")
         if self.retry_s < 0:

@@ -52,8 +52,9 @@ from pipeline.mongo.connection import (
     Connection,
     connect,
     hosts_of,
+    short_message,
 )
-from pipeline.mongo.retry import ensure_index, retrying
+from pipeline.mongo.retry import ensure_index, is_transient, retrying
 from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import (
     decode_vector,
@@ -64,8 +65,8 @@ from pipeline.mongo.values import (
     one_id_filter,
     pages,
 )
-from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
+from pipeline.records import Chunk, DeadLetter, StoredState, VectorRecord
+from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery, WriteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +234,46 @@ class MongoSink(Sink):
             doc["episode_id"] = r.episode_id
         return doc
 
-    def _bulk(self, ops: list[Any], what: str) -> Any:
-        return retrying(self.conn, what, lambda: self.target.bulk_write(ops, ordered=False))
+    def _bulk(self, ops: list[Any], what: str) -> tuple[int, dict[int, str]]:
+        """An unordered bulk write: (documents matched or upserted, {op index: why the server
+        refused that one}). The other operations of an unordered write are applied, so a
+        document the server refuses for good (over 16 MiB: code 10334; a validation rule)
+        costs that chunk only; faults worth retrying are retried as a whole (idempotent)."""
+        from pymongo.errors import BulkWriteError
+
+        def attempt() -> tuple[int, dict[int, str]]:
+            try:
+                result = self.target.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                details = exc.details or {}
+                errors = details.get("writeErrors") or []
+                if not errors or details.get("writeConcernErrors") or is_transient(exc):
+                    raise
+                refused = {
+                    int(e["index"]): "MongoDB refused the write "
+                    + self.conn.scrub(f"(code {e.get('code')}): {short_message(str(e.get('errmsg')))}")
+                    for e in errors
+                }
+                return int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0)), refused
+            return int(result.matched_count) + int(result.upserted_count), {}
+
+        return retrying(self.conn, what, attempt)
+
+    def _refused(self, page: list[VectorRecord], refused: dict[int, str]) -> list[DeadLetter]:
+        """Dead letters for the records the server refused, with its reason."""
+        letters = [
+            DeadLetter(
+                chunk_id=page[i].chunk_id,
+                field="sink",
+                reason=reason,
+                episode_id=page[i].episode_id,
+                text_sha256=page[i].text_sha256,
+            )
+            for i, reason in sorted(refused.items())
+        ]
+        for letter in letters:
+            log.warning("vector for %s not written: %s", letter.chunk_id, letter.reason)
+        return letters
 
     def _count_dropped(self, stale: list[str], gone: list[str]) -> None:
         """Count vectors not written because their chunk's text changed or the chunk vanished."""
@@ -251,11 +290,15 @@ class MongoSink(Sink):
 
     def write(self, records: list[VectorRecord]) -> int:
         """Write the vectors whose text is unchanged; returns how many were written."""
+        return self.write_all(records).written
+
+    def write_all(self, records: list[VectorRecord]) -> WriteOutcome:
+        """Write the vectors whose text is unchanged; documents the server refuses are dead letters."""
         from pymongo import UpdateOne
 
         # One record per chunk id (the last wins), so a repeated batch cannot double-count.
         unique = list({r.chunk_id: r for r in records}.values())
-        written = 0
+        outcome = WriteOutcome(0)
         for page in pages(unique, self.options.write_batch):
             if self.in_place:
                 ops = [
@@ -265,16 +308,19 @@ class MongoSink(Sink):
                     )
                     for r in page
                 ]
-                result = self._bulk(ops, "writing vectors")
-                n = int(result.matched_count)
-                if n < len(page):
-                    self._count_skips(page, n)
-                written += n
+                n, refused = self._bulk(ops, "writing vectors")
+                outcome.refused += self._refused(page, refused)
+                applied = [r for i, r in enumerate(page) if i not in refused]
+                if n < len(applied):
+                    self._count_skips(applied, n)
+                outcome.written += n
             else:
-                written += self._write_collection(page, UpdateOne)
+                n, letters = self._write_collection(page, UpdateOne)
+                outcome.written += n
+                outcome.refused += letters
         with self._lock:
-            self.written += written
-        return written
+            self.written += outcome.written
+        return outcome
 
     def _count_skips(self, page: list[VectorRecord], matched: int) -> None:
         """Find out why some in-place updates matched nothing: text changed, or chunk gone."""
@@ -299,14 +345,17 @@ class MongoSink(Sink):
             out.update({str(id_to_str(get_path(d, o.id_field))): get_path(d, o.text_field) for d in docs})
         return out
 
-    def _write_collection(self, page: list[VectorRecord], update_one: Any) -> int:
+    def _write_collection(self, page: list[VectorRecord], update_one: Any) -> tuple[int, list[DeadLetter]]:
         before = self._current_texts([r.chunk_id for r in page])
         fresh = [r for r in page if before.get(r.chunk_id) == r.text]
         stale = [r.chunk_id for r in page if r.chunk_id in before and before[r.chunk_id] != r.text]
         gone = [r.chunk_id for r in page if r.chunk_id not in before]
+        letters: list[DeadLetter] = []
         if fresh:
             ops = [update_one({"_id": r.chunk_id}, {"$set": self._document(r)}, upsert=True) for r in fresh]
-            self._bulk(ops, "writing vectors")
+            _, refused = self._bulk(ops, "writing vectors")
+            letters = self._refused(fresh, refused)
+            fresh = [r for i, r in enumerate(fresh) if i not in refused]
             after = self._current_texts([r.chunk_id for r in fresh])
             changed = [r for r in fresh if after.get(r.chunk_id) != r.text]
             if changed:
@@ -322,7 +371,7 @@ class MongoSink(Sink):
                 gone += [r.chunk_id for r in changed if r.chunk_id not in after]
                 fresh = [r for r in fresh if after.get(r.chunk_id) == r.text]
         self._count_dropped(stale, gone)
-        return len(fresh)
+        return len(fresh), letters
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove these chunks' vectors (in place: unset the fields; the chunk stays)."""
