@@ -120,10 +120,6 @@ class SqliteCheckpointStore(CheckpointStore):
         claim_wait_s: float = CLAIM_WAIT_S,
         read_only: bool = False,
         missing_ok: bool = False,
-        path: Path,
-        claim_wait_s: float = CLAIM_WAIT_S,
-        read_only: bool = False,
-        missing_ok: bool = False,
     ) -> None:
         self.path = path
         self.read_only = read_only
