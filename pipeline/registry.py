@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # config.py imports this module to resolve each kind's options
-    from pipeline.checkpoint import CheckpointStore
     from pipeline.config import Config
-    from pipeline.executor import Executor
-    from pipeline.sink import Sink
-    from pipeline.source import Source
+    from pipeline.interfaces.checkpoint import CheckpointStore
+    from pipeline.interfaces.executor import Executor
+    from pipeline.interfaces.sink import Sink
+    from pipeline.interfaces.source import Source
 
 SOURCES: dict[str, str] = {
     "parquet": "pipeline.files.source:ParquetSource",
@@ -32,7 +32,7 @@ CHECKPOINTS: dict[str, str] = {
     "mongo": "pipeline.mongo.ledger:MongoCheckpointStore",
 }
 EXECUTORS: dict[str, str] = {
-    "local": "pipeline.local:LocalExecutor",
+    "local": "pipeline.engine.local:LocalExecutor",
     "modal": "pipeline.modal.executor:ModalExecutor",
 }
 

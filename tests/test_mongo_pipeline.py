@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from bson import ObjectId
 
-from pipeline.executor import Executor
+from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.selection import Selection
+from pipeline.interfaces.executor import Executor
 from pipeline.records import Batch, BatchResult, text_sha256
 from pipeline.registry import open_executor
-from pipeline.runner import RunOptions, run
-from pipeline.selection import Selection
 from tests.helpers import make_config, vectors_by_id, write_rows
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     TINY_DIM,
@@ -395,7 +395,7 @@ def test_two_runs_at_once_share_the_work_and_never_embed_a_chunk_twice(
 
 def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
     from pipeline.registry import open_parts
-    from pipeline.status import coverage
+    from pipeline.reporting.status import coverage
 
     rows = subset(2)
     load_chunks(mongo, rows)

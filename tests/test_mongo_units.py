@@ -15,9 +15,9 @@ import pytest
 from bson import ObjectId
 from bson.binary import Binary
 
-from pipeline.checkpoint import Holder
+from pipeline.engine.liveness import current
 from pipeline.errors import ConfigError, TargetError
-from pipeline.liveness import current
+from pipeline.interfaces.checkpoint import Holder
 from pipeline.mongo.connection import redact_uri, scrub
 from pipeline.mongo.ledger import MongoCheckpointOptions, MongoCheckpointStore
 from pipeline.mongo.sink import MongoSink

@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import (
+from pipeline.errors import ConfigError, TargetError
+from pipeline.files.sqlite_db import Database
+from pipeline.interfaces.checkpoint import (
     CLAIM_WAIT_S,
     CheckpointStore,
     Holder,
@@ -30,8 +32,6 @@ from pipeline.checkpoint import (
     StoredDeadLetter,
     check_claim_wait,
 )
-from pipeline.errors import ConfigError, TargetError
-from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
 
 SCHEMA = """

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.files import ann
-from pipeline.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
+from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
 if TYPE_CHECKING:
     from pipeline.files.sink import ParquetSink

@@ -49,10 +49,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
+from pipeline.interfaces.checkpoint import SinkHome
+from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ owned by a process known to be dead. Times come from the *server's* clock
 every ``heartbeat_s`` (default a third of ``lease_ttl_s``). A run that dies stops
 renewing: its claims expire ``lease_ttl_s`` later. A run on the *same machine* does not
 wait for that: each claim records its owner's process identity (host, boot id, PID
-namespace, PID and start time, see :mod:`pipeline.liveness`), and a claimer that finds
+namespace, PID and start time, see :mod:`pipeline.engine.liveness`), and a claimer that finds
 that process gone takes the claim over at once (after ``kill -9`` too). A resumed run
 is taken over the same way (``find_resumable``), so two runs never resume one run.
 """
@@ -25,9 +25,9 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline.checkpoint import Holder, LiveRun
+from pipeline.engine.liveness import ProcessIdentity, current, is_dead
 from pipeline.errors import TargetError
-from pipeline.liveness import ProcessIdentity, current, is_dead
+from pipeline.interfaces.checkpoint import Holder, LiveRun
 from pipeline.mongo.connection import Connection
 from pipeline.mongo.retry import retrying, server_now
 from pipeline.mongo.values import iso_text

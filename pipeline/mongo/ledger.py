@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pipeline.checkpoint import (
+from pipeline.errors import ConfigError
+from pipeline.interfaces.checkpoint import (
     CLAIM_WAIT_S,
     CheckpointStore,
     SinkHome,
@@ -39,7 +40,6 @@ from pipeline.checkpoint import (
     StoredDeadLetter,
     check_claim_wait,
 )
-from pipeline.errors import ConfigError
 from pipeline.mongo.claims import MongoRunClaims
 from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
 from pipeline.mongo.retry import ensure_index, retrying, server_now

@@ -41,10 +41,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.config import FieldMap
+from pipeline.interfaces.sink import (
+    EPISODE,
+    PODCAST,
+    SINCE,
+    IndexOutcome,
+    SearchOutcome,
+    VectorHit,
+    VectorQuery,
+)
 from pipeline.mongo.connection import short_message
 from pipeline.mongo.retry import guarded, retrying
 from pipeline.mongo.values import get_path, id_candidates, id_to_str
-from pipeline.sink import EPISODE, PODCAST, SINCE, IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
 if TYPE_CHECKING:
     from pipeline.mongo.sink import MongoSink

@@ -44,9 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
 from pipeline.errors import TargetError
+from pipeline.interfaces.checkpoint import SinkHome
+from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery, WriteOutcome
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
@@ -66,7 +67,6 @@ from pipeline.mongo.values import (
     pages,
 )
 from pipeline.records import Chunk, DeadLetter, StoredState, VectorRecord
-from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery, WriteOutcome
 
 log = logging.getLogger(__name__)
 

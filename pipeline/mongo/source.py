@@ -20,7 +20,7 @@
   ``invalid_episode_ids`` shards selected by that type check, and are read once and
   dead-lettered by validation.
 - **Server-side filters.** The configured ``query``, the shard and the run's
-  :class:`~pipeline.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
+  :class:`~pipeline.engine.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
   are one ``$and`` filter evaluated by the server.
 - **Batched, retried reading.** A shard is fetched by one cursor (``batch_size``
   documents per round trip) as a unit: after a network fault or a step-down the
@@ -48,7 +48,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.config import FieldMap
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError, SourceError, TargetError
+from pipeline.interfaces.source import ChangePlan, Source
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
@@ -75,8 +77,6 @@ from pipeline.mongo.values import (
     to_ejson,
 )
 from pipeline.records import RawRecord, ShardSpec
-from pipeline.selection import Selection
-from pipeline.source import ChangePlan, Source
 
 log = logging.getLogger(__name__)
 

@@ -10,18 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.batching import Item, make_batches
-from pipeline.checkpoint import CheckpointStore, Holder
-from pipeline.claims import Claims
 from pipeline.config import Config
+from pipeline.engine.batching import Item, make_batches
+from pipeline.engine.claims import Claims
+from pipeline.engine.selection import Selection
+from pipeline.engine.validation import validate
+from pipeline.interfaces.checkpoint import CheckpointStore, Holder
+from pipeline.interfaces.sink import Sink
+from pipeline.interfaces.source import Source
+from pipeline.model.tokens import TokenCounter
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
 from pipeline.registry import Parts
-from pipeline.report import Counts
-from pipeline.selection import Selection
-from pipeline.sink import Sink
-from pipeline.source import Source
-from pipeline.tokens import TokenCounter
-from pipeline.validation import validate
+from pipeline.reporting.report import Counts
 
 # A dead letter left by validation is re-checked every run; one left by the model is
 # retried only when the text changes (or with --retry-failed).

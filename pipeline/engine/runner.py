@@ -27,24 +27,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import incremental
-from pipeline.checkpoint import Holder
-from pipeline.claims import Claims
 from pipeline.config import Config
-from pipeline.cost import Prices
+from pipeline.engine import incremental
+from pipeline.engine.claims import Claims
+from pipeline.engine.in_flight import InFlight
+from pipeline.engine.liveness import new_owner
+from pipeline.engine.selection import Selection
+from pipeline.engine.shard_work import Prepared, Preparer
 from pipeline.errors import PodembedError, TargetError
-from pipeline.executor import Executor
-from pipeline.in_flight import InFlight
-from pipeline.liveness import new_owner
-from pipeline.progress import Progress
+from pipeline.interfaces.checkpoint import Holder
+from pipeline.interfaces.executor import Executor
+from pipeline.interfaces.sink import WriteOutcome
+from pipeline.interfaces.source import unowned_ids
+from pipeline.model.tokens import TokenCounter
 from pipeline.records import Batch
 from pipeline.registry import Parts, open_executor, open_parts
-from pipeline.report import RunReport, check_report_dir, write_report
-from pipeline.selection import Selection
-from pipeline.shard_work import Prepared, Preparer
-from pipeline.sink import WriteOutcome
-from pipeline.source import unowned_ids
-from pipeline.tokens import TokenCounter
+from pipeline.reporting.cost import Prices
+from pipeline.reporting.progress import Progress
+from pipeline.reporting.report import RunReport, check_report_dir, write_report
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from pipeline import registry
 from pipeline.config import Config
-from pipeline.cost import Bill, Prices, device_cost_usd, make_bill, padding_ratio
-from pipeline.fingerprint import model_fingerprint
-from pipeline.precision import Resolved
+from pipeline.engine.runner import RunOptions
+from pipeline.engine.shard_work import WORK_REASONS, Preparer
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.model.precision import Resolved
+from pipeline.model.tokens import TokenCounter
 from pipeline.registry import Parts
-from pipeline.runner import RunOptions
-from pipeline.shard_work import WORK_REASONS, Preparer
-from pipeline.tokens import TokenCounter
+from pipeline.reporting.cost import Bill, Prices, device_cost_usd, make_bill, padding_ratio
 
 
 @dataclass(slots=True)

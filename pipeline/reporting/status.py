@@ -7,15 +7,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline import incremental
 from pipeline.config import Config
-from pipeline.fingerprint import model_fingerprint
+from pipeline.engine import incremental
+from pipeline.engine.selection import Selection
+from pipeline.engine.shard_work import Preparer
+from pipeline.interfaces.source import unowned_ids
+from pipeline.model.fingerprint import model_fingerprint
 from pipeline.records import StoredState
 from pipeline.registry import Parts
-from pipeline.report import read_reports
-from pipeline.selection import Selection
-from pipeline.shard_work import Preparer
-from pipeline.source import unowned_ids
+from pipeline.reporting.report import read_reports
 
 
 @dataclass(slots=True)

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError
+from pipeline.interfaces.checkpoint import SinkHome
 from pipeline.records import Chunk, DeadLetter, StoredState, VectorRecord
 
 #: Filters a sink's search may apply itself; the caller resolves the others into episode ids.

@@ -1,6 +1,6 @@
 """Search what was embedded: a question in, the nearest transcript passages out.
 
-The question is embedded by the same :class:`~pipeline.embedder.InstructorEmbedder`
+The question is embedded by the same :class:`~pipeline.model.embedder.InstructorEmbedder`
 that embedded the documents, with ``[model].query_instruction`` (INSTRUCTOR pairs a
 query instruction with the documents' one). Only vectors whose model fingerprint is the
 configured model's are compared: vectors of another model or instruction live in
@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError, ModelError
-from pipeline.fingerprint import model_fingerprint
+from pipeline.interfaces.sink import EPISODE, PODCAST, SINCE, SearchOutcome, Sink, VectorHit, VectorQuery
+from pipeline.interfaces.source import Source
+from pipeline.model.fingerprint import model_fingerprint
 from pipeline.registry import open_sink, open_source
-from pipeline.selection import Selection
-from pipeline.sink import EPISODE, PODCAST, SINCE, SearchOutcome, Sink, VectorHit, VectorQuery
-from pipeline.source import Source
 
 SNIPPET_CHARS = 240
 
@@ -141,7 +141,7 @@ class Searcher:
     def embedder(self) -> Any:
         """The model, loaded on first use (sentence-transformers costs seconds to import)."""
         if self._embedder is None:
-            from pipeline.embedder import InstructorEmbedder
+            from pipeline.model.embedder import InstructorEmbedder
 
             self._embedder = InstructorEmbedder(self.config.model)
         return self._embedder
@@ -305,8 +305,8 @@ def search(config: Config, question: str, k: int = 10, filters: Selection | None
     Example::
 
         from pipeline.config import load_config
-        from pipeline.search import search
-        from pipeline.selection import Selection
+        from pipeline.reporting.search import search
+        from pipeline.engine.selection import Selection
 
         for hit in search(load_config("configs/local.toml"), "how long should sourdough ferment?",
                           k=5, filters=Selection(podcast_ids=("pc-kitchen",))):
