@@ -350,24 +350,16 @@ def plan(
     force: bool,
 ) -> None:
     """Dry run: what would be embedded, how many tokens, estimated time and cost."""
-    from pipeline.engine.runner import RunOptions
-    from pipeline.engine.selection_check import check_selection
-    from pipeline.registry import open_parts
-    from pipeline.reporting.planning import make_plan
+    import pipeline
 
     config = _load(config_path, executor)
-    opts = RunOptions(
+    opts = pipeline.RunOptions(
         command="reindex" if force else "backfill",
         selection=_selection(episodes, podcasts, since),
         force=force,
         limit=limit,
     )
-    parts = open_parts(config, read_only=True, missing_ok=True)  # a first run's plan: nothing there yet
-    try:
-        check_selection(parts.source, opts.selection, what="plan")
-        result = make_plan(config, parts, opts)
-    finally:
-        parts.close()
+    result = pipeline.plan(config, opts)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
 
 
