@@ -159,7 +159,7 @@ def child(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from pipeline.engine.runner import RunOptions, run
-    from pipeline.registry import open_parts
+    from pipeline.parts import open_parts
     from pipeline.reporting.status import coverage
 
     source, out = Path(args.source), Path(args.out)
@@ -220,7 +220,7 @@ def mongo_child(n: int, model: str) -> int:
 
     from pipeline.config import parse_config
     from pipeline.engine.runner import RunOptions, run
-    from pipeline.registry import open_parts
+    from pipeline.parts import open_parts
     from pipeline.reporting.status import coverage
 
     ms = load_make_sample()

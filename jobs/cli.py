@@ -308,7 +308,7 @@ def ingest(
 @_guard
 def status(config_path: str | None, as_json: bool, show_dead: int, full: bool) -> None:
     """Coverage: total, current, stale, missing and dead-lettered chunks; the last runs."""
-    from pipeline.registry import open_parts
+    from pipeline.parts import open_parts
     from pipeline.reporting.status import coverage
 
     config = _load(config_path, None)

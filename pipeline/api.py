@@ -9,7 +9,7 @@ from __future__ import annotations
 from pipeline.config import Config
 from pipeline.engine.runner import RunOptions
 from pipeline.engine.selection_check import check_selection
-from pipeline.registry import open_parts
+from pipeline.parts import open_parts
 from pipeline.reporting.planning import Plan, make_plan
 from pipeline.reporting.status import Coverage, coverage
 

@@ -17,8 +17,8 @@ from pipeline.engine.runner import RunOptions, run
 from pipeline.engine.shard_work import Prepared
 from pipeline.files.source import ParquetSource
 from pipeline.model.fingerprint import model_fingerprint
+from pipeline.parts import Parts, open_parts
 from pipeline.records import BatchResult, Chunk
-from pipeline.registry import Parts, open_parts
 from pipeline.reporting.report import Counts
 from pipeline.reporting.status import coverage
 from tests.helpers import dataset_ids, make_config, sample_rows, tiny_model, write_rows

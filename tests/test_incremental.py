@@ -11,7 +11,7 @@ from pipeline.config import Config
 from pipeline.engine.runner import RunOptions, run
 from pipeline.engine.selection import Selection
 from pipeline.files.sink import read_vectors
-from pipeline.registry import open_parts
+from pipeline.parts import open_parts
 from pipeline.reporting.status import Coverage, coverage
 from tests.helpers import (
     MINILM,

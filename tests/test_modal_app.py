@@ -561,7 +561,7 @@ def test_a_job_stopped_by_sigterm_releases_its_claims_and_raises(job_env, monkey
     returned normally, so Modal took a half-done job for a finished one."""
     import signal
 
-    from pipeline.registry import open_parts
+    from pipeline.parts import open_parts
 
     tmp_path, _ = job_env
     inner = local_map(modal_app.Embedder(config_path=str(modal_app.CONFIG_PATH)).embed.local)

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.engine import incremental
 from pipeline.engine.runner import RunOptions, run
-from pipeline.registry import Parts, open_parts
+from pipeline.parts import Parts, open_parts
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     MongoEnv,
     load_chunks,

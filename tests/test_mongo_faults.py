@@ -24,7 +24,7 @@ from pymongo import MongoClient
 
 from pipeline.engine.runner import RunOptions, run
 from pipeline.errors import TargetError
-from pipeline.registry import open_executor
+from pipeline.parts import open_executor
 from tests.helpers import ROOT
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     URI_ENV,

@@ -22,7 +22,7 @@ from bson.binary import Binary, UuidRepresentation
 
 from pipeline.engine.runner import RunOptions, run
 from pipeline.engine.selection import Selection
-from pipeline.registry import open_parts, open_source
+from pipeline.parts import open_parts, open_source
 from pipeline.reporting.planning import make_plan
 from pipeline.reporting.status import coverage
 from tests.helpers import ROOT

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
+from pipeline.parts import open_parts
 from pipeline.records import text_sha256
-from pipeline.registry import open_parts
 from pipeline.reporting.status import coverage
 from tests.cli_forkserver import ForkServer
 from tests.helpers import ROOT

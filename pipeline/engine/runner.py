@@ -40,8 +40,8 @@ from pipeline.interfaces.executor import Executor
 from pipeline.interfaces.sink import WriteOutcome
 from pipeline.interfaces.source import unowned_ids
 from pipeline.model.tokens import TokenCounter
+from pipeline.parts import Parts, open_executor, open_parts
 from pipeline.records import Batch
-from pipeline.registry import Parts, open_executor, open_parts
 from pipeline.reporting.cost import Prices
 from pipeline.reporting.progress import Progress
 from pipeline.reporting.report import RunReport, check_report_dir, write_report

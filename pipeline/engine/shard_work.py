@@ -19,8 +19,8 @@ from pipeline.interfaces.checkpoint import CheckpointStore, Holder
 from pipeline.interfaces.sink import Sink
 from pipeline.interfaces.source import Source
 from pipeline.model.tokens import TokenCounter
+from pipeline.parts import Parts
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
-from pipeline.registry import Parts
 from pipeline.reporting.report import Counts
 
 # A dead letter left by validation is re-checked every run; one left by the model is

@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -38,8 +39,18 @@ import pyarrow.parquet as pq
 from pipeline.files import ann
 from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
-if TYPE_CHECKING:
-    from pipeline.files.sink import ParquetSink
+
+class ParquetSink(Protocol):
+    """What search needs of :class:`pipeline.files.sink.ParquetSink` (which imports this module)."""
+
+    root: Path
+    dimension: int
+
+    def describe(self) -> str: ...
+    def reading(self) -> AbstractContextManager[Any | None]: ...
+    def writing(self) -> AbstractContextManager[Any | None]: ...
+    def after_index(self, version: int) -> None: ...
+
 
 #: Vectors scored per matrix product: 32k x 768 float32 is 96 MiB.
 BLOCK_ROWS = 32_768

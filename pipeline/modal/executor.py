@@ -39,6 +39,7 @@ from typing import Any
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.interfaces.executor import Executor
+from pipeline.modal import trigger
 from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
 from pipeline.modal.gpu import same_gpu_type
@@ -150,8 +151,6 @@ class ModalExecutor(Executor):
     @classmethod
     def submit_ingest(cls, config: Any, episode_id: str, limit: int | None) -> tuple[dict[str, str], str]:
         """Start the deployed ``ingest_episode`` and return at once (see :class:`Executor`)."""
-        from pipeline.modal import trigger
-
         if limit is not None:
             raise ConfigError("--limit: not supported when the ingest runs on Modal")
         app = config.executor.options.app_name

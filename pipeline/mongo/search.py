@@ -36,7 +36,7 @@ support is detected.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,12 +50,23 @@ from pipeline.interfaces.sink import (
     VectorHit,
     VectorQuery,
 )
-from pipeline.mongo.connection import short_message
+from pipeline.mongo.connection import Connection, short_message
 from pipeline.mongo.retry import guarded, retrying
+from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import get_path, id_candidates, id_to_str
 
-if TYPE_CHECKING:
-    from pipeline.mongo.sink import MongoSink
+
+class MongoSink(Protocol):
+    """What search needs of :class:`pipeline.mongo.sink.MongoSink` (which imports this module)."""
+
+    options: MongoSinkOptions
+    dimension: int
+    conn: Connection
+    target: Any  # the pymongo collection holding the vectors
+    in_place: bool
+    key_field: str
+    meta: str
+
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,10 @@ from pipeline.mongo.connection import (
     hosts_of,
     short_message,
 )
-from pipeline.mongo.retry import ensure_index, is_transient, retrying
+from pipeline.mongo.retry import ensure_index, guarded, is_transient, retrying
+from pipeline.mongo.search import ensure_index as ensure_search_index
+from pipeline.mongo.search import native_filters
+from pipeline.mongo.search import search as search_vectors
 from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import (
     decode_vector,
@@ -182,8 +185,6 @@ class MongoSink(Sink):
     def iter_states(self) -> Iterator[StoredState]:
         """Every stored vector's state, streamed (metadata only)."""
         cursor = self.target.find({self.meta: {"$exists": True}}, self._projection()).batch_size(5000)
-        from pipeline.mongo.retry import guarded
-
         with guarded(self.conn, "listing stored vectors"), cursor:
             for doc in cursor:
                 state = self._state(doc)
@@ -410,21 +411,15 @@ class MongoSink(Sink):
 
     def search_filters(self, fields: FieldMap) -> frozenset[str]:
         """In place, the chunk documents hold episode, podcast and date; a vectors collection, the episode."""
-        from pipeline.mongo.search import native_filters
-
         return native_filters(self, fields)
 
     def search(self, query: VectorQuery) -> SearchOutcome:
         """``$vectorSearch`` when the server has a queryable index, else an exact scan."""
-        from pipeline.mongo.search import search
-
-        return search(self, query)
+        return search_vectors(self, query)
 
     def ensure_search_index(self, fields: FieldMap) -> IndexOutcome:
         """Create or update the Atlas Vector Search index (or say the server has none)."""
-        from pipeline.mongo.search import ensure_index
-
-        return ensure_index(self, fields)
+        return ensure_search_index(self, fields)
 
     def close(self) -> None:
         """Release the shared client."""

@@ -13,7 +13,7 @@ from pipeline.engine.shard_work import WORK_REASONS, Preparer
 from pipeline.model.fingerprint import model_fingerprint
 from pipeline.model.precision import Resolved
 from pipeline.model.tokens import TokenCounter
-from pipeline.registry import Parts
+from pipeline.parts import Parts
 from pipeline.reporting.cost import Bill, Prices, device_cost_usd, make_bill, padding_ratio
 
 

@@ -29,8 +29,9 @@ from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError, ModelError
 from pipeline.interfaces.sink import EPISODE, PODCAST, SINCE, SearchOutcome, Sink, VectorHit, VectorQuery
 from pipeline.interfaces.source import Source
+from pipeline.model.embedder import InstructorEmbedder
 from pipeline.model.fingerprint import model_fingerprint
-from pipeline.registry import open_sink, open_source
+from pipeline.parts import open_sink, open_source
 
 SNIPPET_CHARS = 240
 
@@ -141,8 +142,6 @@ class Searcher:
     def embedder(self) -> Any:
         """The model, loaded on first use (sentence-transformers costs seconds to import)."""
         if self._embedder is None:
-            from pipeline.model.embedder import InstructorEmbedder
-
             self._embedder = InstructorEmbedder(self.config.model)
         return self._embedder
 

@@ -13,8 +13,8 @@ from pipeline.engine.selection import Selection
 from pipeline.engine.shard_work import Preparer
 from pipeline.interfaces.source import unowned_ids
 from pipeline.model.fingerprint import model_fingerprint
+from pipeline.parts import Parts
 from pipeline.records import StoredState
-from pipeline.registry import Parts
 from pipeline.reporting.report import read_reports
 
 
