@@ -294,7 +294,7 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
     sink = _section("sink", raw["sink"])
     # A sink that writes onto the source's own records checks the field names agree.
     sink_cls = registry.resolve("sink", sink.kind)
-    sink_cls.check_fields(sink.options, fields_map, source.kind)
+    sink_cls.check_fields(sink.options, fields_map, source.options)
     # The checkpoint store lives with the sink unless told otherwise.
     default_checkpoint = sink_cls.default_checkpoint
     executor = _section("executor", raw.get("executor"), "local")

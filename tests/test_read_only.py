@@ -98,7 +98,8 @@ def test_the_ledger_is_opened_mode_ro(backfilled: dict[str, Any]) -> None:
     from pipeline.interfaces.checkpoint import SinkHome
 
     out = backfilled["out"]
-    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), SinkHome("x", str(out)), read_only=True)
+    home = SinkHome("x", {"folder": str(out)})
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), home, read_only=True)
     try:
         with pytest.raises(TargetError, match="read-only"):
             store.add_dead_letters("r", [])  # any write is refused before SQL

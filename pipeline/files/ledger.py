@@ -147,9 +147,9 @@ class SqliteCheckpointStore(CheckpointStore):
         ``missing_ok`` (then it reads as an empty ledger).
         """
         path = Path(options.path) if options.path else None
-        if path is None and not home.folder:
+        if path is None and not home.where.get("folder"):
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        path = path or Path(home.folder) / "state.sqlite"  # type: ignore[arg-type]
+        path = path or Path(home.where["folder"]) / "state.sqlite"  # type: ignore[arg-type]
         return cls(path, options.claim_wait_s, read_only, missing_ok)
 
     # -- liveness ------------------------------------------------------------------

@@ -147,7 +147,7 @@ class ParquetSink(Sink):
     @classmethod
     def home(cls, options: ParquetSinkOptions) -> SinkHome:
         """The output folder; the SQLite ledger defaults to ``state.sqlite`` inside it."""
-        return SinkHome(target=f"parquet:{options.path}", folder=options.path)
+        return SinkHome(target=f"parquet:{options.path}", where={"folder": options.path})
 
     def __init__(
         self, options: ParquetSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False

@@ -127,10 +127,10 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         """Connect (by default with the sink's URI and database); create indexes unless ``read_only``."""
         import dataclasses
 
-        database = options.database or home.database
+        database = options.database or home.where.get("database", "")
         if not database:
             raise ConfigError("checkpoint.database: required (the sink has no database to share)")
-        uri_env = options.uri_env or home.uri_env
+        uri_env = options.uri_env or home.where.get("uri_env", "")
         if not uri_env:
             raise ConfigError("checkpoint.uri_env: required (the sink has no MongoDB URI to share)")
         conn_opts = dataclasses.replace(options, uri_env=uri_env)

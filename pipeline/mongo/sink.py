@@ -85,14 +85,13 @@ class MongoSink(Sink):
         """The sink's database and URI; its target is ``database.collection.vector_field``."""
         return SinkHome(
             target=f"{options.database}.{options.collection}.{options.vector_field}",
-            database=options.database,
-            uri_env=options.uri_env,
+            where={"database": options.database, "uri_env": options.uri_env},
         )
 
     @classmethod
-    def check_fields(cls, options: MongoSinkOptions, fields: FieldMap, source_kind: str) -> None:
+    def check_fields(cls, options: MongoSinkOptions, fields: FieldMap, source_options: Any) -> None:
         """In place, the sink writes onto the source's documents: their field names must agree."""
-        options.check_fields(fields, source_kind, "sink")
+        options.check_fields(fields, source_options, "sink")
 
     def __init__(self, options: MongoSinkOptions, dimension: int, conn: Connection) -> None:
         self.options = options
