@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.engine import incremental
 from pipeline.engine.selection import Selection
-from pipeline.engine.shard_work import Preparer
+from pipeline.engine.shard_work import Preparer, Rule
 from pipeline.interfaces.source import unowned_ids
 from pipeline.model.fingerprint import model_fingerprint
 from pipeline.parts import Parts
@@ -122,7 +122,7 @@ def coverage(config: Config, parts: Parts, runs: int = 5, *, full: bool = True) 
         cov.exact, cov.basis_run, cov.unchanged = False, last.run_id, change.unchanged
     else:
         shards = parts.source.plan(selection)
-    preparer = Preparer.for_parts(config, parts, selection, fingerprint=fp, counter=None, run_id="status")
+    preparer = Preparer(config, parts, selection, Rule(fp, "status"))
     reasons: Counter[str] = Counter()
     for shard in shards:
         prepared = preparer.prepare(shard)
