@@ -407,7 +407,7 @@ def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -
     parts = open_parts(cfg)
     try:
         cov = coverage(cfg, parts)
-        assert parts.sink.coverage() == {cov.fingerprint: 10}
+        assert parts.sink.fingerprint_counts() == {cov.fingerprint: 10}
     finally:
         parts.close()
     assert cov.total == len(rows) + 1 and cov.invalid == 1

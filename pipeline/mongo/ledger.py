@@ -96,7 +96,7 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         db = conn.client[database]
         p = options.collection_prefix
         self.owners = db[f"{p}owners"]
-        self.claims = db[f"{p}claims"]
+        self.claim_docs = db[f"{p}claims"]
         self.runs = db[f"{p}runs"]
         self.shards = db[f"{p}shards"]
         self.dead = db[f"{p}dead_letters"]
@@ -150,7 +150,7 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         ensure_index(self.conn, self.runs, [("target", 1), ("started_at", -1)])
         ensure_index(self.conn, self.shards, [("run_id", 1)])
         ensure_index(self.conn, self.dead, [("target", 1), ("last_seen", -1)])
-        ensure_index(self.conn, self.claims, [("target", 1), ("owner", 1)])
+        ensure_index(self.conn, self.claim_docs, [("target", 1), ("owner", 1)])
         ensure_index(self.conn, self.owners, [("target", 1)])
 
     # ------------------------------------------------------------------ runs

@@ -143,7 +143,7 @@ def _list_index(sink: MongoSink) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def ensure_index(sink: MongoSink, fields: FieldMap) -> IndexOutcome:
+def ensure_vector_index(sink: MongoSink, fields: FieldMap) -> IndexOutcome:
     """Create the vector search index, or update it if its definition differs (idempotent)."""
     from pymongo.operations import SearchIndexModel
 

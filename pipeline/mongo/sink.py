@@ -56,12 +56,10 @@ from pipeline.mongo.connection import (
     short_message,
 )
 from pipeline.mongo.retry import ensure_index, guarded, is_transient, retrying
-from pipeline.mongo.search import ensure_index as ensure_search_index
-from pipeline.mongo.search import native_filters
+from pipeline.mongo.search import ensure_vector_index, native_filters
 from pipeline.mongo.search import search as search_vectors
 from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import (
-    decode_vector,
     encode_vector,
     get_path,
     id_filter,
@@ -189,25 +187,6 @@ class MongoSink(Sink):
                 state = self._state(doc)
                 if state is not None:
                     yield state
-
-    def read_vectors(self, chunk_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Stored vectors as float32 (for tests, checks and small exports)."""
-        proj = {self.key_field: 1, self.options.vector_field: 1}
-        has = {self.options.vector_field: {"$exists": True}}
-        filters = (
-            [has]
-            if chunk_ids is None
-            else [{**has, **id_filter(self.key_field, page)} for page in pages(list(chunk_ids), IN_PAGE)]
-        )
-        docs = [
-            d
-            for flt in filters
-            for d in retrying(self.conn, "reading vectors", lambda f=flt: list(self.target.find(f, proj)))
-        ]
-        return {
-            str(id_to_str(get_path(d, self.key_field))): decode_vector(get_path(d, self.options.vector_field))
-            for d in docs
-        }
 
     # ------------------------------------------------------------------ writing
     def _document(self, r: VectorRecord) -> dict[str, Any]:
@@ -392,8 +371,9 @@ class MongoSink(Sink):
                 removed += int(res.deleted_count)
         return removed
 
-    # ------------------------------------------------------------------ status helpers
-    def coverage(self) -> dict[str, int]:
+    # ------------------------------------------------------------------ search
+    # Atlas Vector Search or an exact scan, and the index: pipeline/mongo/search.py.
+    def fingerprint_counts(self) -> dict[str, int]:
         """Stored vectors per model fingerprint, counted by the server."""
         pipeline = [
             {"$match": {self.meta: {"$exists": True}}},
@@ -401,12 +381,6 @@ class MongoSink(Sink):
         ]
         rows = retrying(self.conn, "counting vectors", lambda: list(self.target.aggregate(pipeline)))
         return {str(r["_id"]): int(r["n"]) for r in rows}
-
-    # ------------------------------------------------------------------ search
-    # Atlas Vector Search or an exact scan, and the index: pipeline/mongo/search.py.
-    def fingerprint_counts(self) -> dict[str, int]:
-        """Stored vectors per model fingerprint, counted by the server."""
-        return self.coverage()
 
     def search_filters(self, fields: FieldMap) -> frozenset[str]:
         """In place, the chunk documents hold episode, podcast and date; a vectors collection, the episode."""
@@ -418,7 +392,7 @@ class MongoSink(Sink):
 
     def ensure_search_index(self, fields: FieldMap) -> IndexOutcome:
         """Create or update the Atlas Vector Search index (or say the server has none)."""
-        return ensure_search_index(self, fields)
+        return ensure_vector_index(self, fields)
 
     def close(self) -> None:
         """Release the shared client."""

@@ -34,7 +34,7 @@
   typed value read from the server, never text from a config or a document. A cursor
   sees no deletions and no update that left the field alone: the full sweep does.
 - **Ids.** ObjectId and UUID ids become their string form as chunk ids; writing back
-  matches every BSON type a string may stand for (see ``mongo_common.id_candidates``).
+  matches every BSON type a string may stand for (see ``pipeline.mongo.values.id_candidates``).
 """
 
 from __future__ import annotations
@@ -282,9 +282,7 @@ class MongoSource(Source):
         docs = retrying(
             self.conn,
             "reading the cursor's high-water mark",
-            lambda: list(
-                self.collection.find({path: {"$exists": True}}, {path: 1}).sort(path, -1).limit(1)
-            ),
+            lambda: list(self.collection.find({path: {"$exists": True}}, {path: 1}).sort(path, -1).limit(1)),
         )
         mark = get_path(docs[0], path) if docs else None
         if mark is not None and _cursor_value(mark) is None:
