@@ -44,7 +44,8 @@ def _ms(xs: list[float]) -> dict[str, float]:
 def bench_sample(config_path: str, reps: int) -> dict[str, Any]:
     """Per-query times on a backfilled config (default: the sample in data/out), and retrieval."""
     from pipeline.config import load_config
-    from pipeline.reporting.search import Question, Searcher, retrieval_check
+    from pipeline.reporting.search import Searcher
+    from tests.helpers import Question, retrieval_check
 
     config = load_config(config_path)
     questions = [Question(**q) for q in json.loads(QUESTIONS_FILE.read_text())["questions"]]

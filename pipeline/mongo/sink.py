@@ -51,7 +51,7 @@ from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQu
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
-    connect,
+    connected,
     hosts_of,
     short_message,
 )
@@ -113,15 +113,14 @@ class MongoSink(Sink):
         cls, options: MongoSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
     ) -> MongoSink:
         """Connect (failing fast if the server is down) and create indexes (unless ``read_only``)."""
-        conn = connect(options, "sink")
-        try:
+
+        def build(conn: Connection) -> MongoSink:
             sink = cls(options, dimension, conn)
             if options.create_indexes and not read_only:
                 sink._indexes()
-        except BaseException:
-            conn.close()
-            raise
-        return sink
+            return sink
+
+        return connected(options, "sink", build)
 
     def _indexes(self) -> None:
         # Only what writes and lookups need (by chunk id). No index on the metadata: status

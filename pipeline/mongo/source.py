@@ -57,7 +57,7 @@ from pipeline.mongo.connection import (
     ConnectionOptions,
     check_field,
     check_name,
-    connect,
+    connected,
     hosts_of,
 )
 from pipeline.mongo.duplicates import duplicate_ids
@@ -145,16 +145,15 @@ class MongoSource(Source):
         """Connect, check the collection exists and that documents carry the mapped fields."""
         for ours, path in fields.mapped().items():
             check_field(path, f"source.fields.{ours}")
-        conn = connect(options, "source")
-        try:
+
+        def build(conn: Connection) -> MongoSource:
             source = cls(options, fields, window_chunks, conn)
             source._check()
             if options.create_indexes:
                 source._indexes()
-        except BaseException:
-            conn.close()
-            raise
-        return source
+            return source
+
+        return connected(options, "source", build)
 
     def _check(self) -> None:
         opts = self.options

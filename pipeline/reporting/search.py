@@ -264,40 +264,6 @@ class Searcher:
             self.source.close()
 
 
-@dataclass(slots=True, frozen=True)
-class Question:
-    """A question with the podcast and episode that answer it (a retrieval check)."""
-
-    question: str
-    podcast: str
-    episode: str
-
-
-def retrieval_check(
-    searcher: Searcher, questions: list[Question], instruction: str | None = None, k: int = 5
-) -> dict[str, float]:
-    """How often the right podcast / episode comes up in the top ``k``.
-
-    ``instruction`` as in :meth:`Searcher.embed_question` (``None``: the query instruction).
-    Returns ``podcast_in_top``, ``episode_at_1`` (counts) and ``episode_mrr`` (mean
-    reciprocal rank of the right episode's best chunk, 0 when it is not in the top ``k``).
-    """
-    podcast_in_top = episode_at_1 = 0
-    reciprocal = 0.0
-    for q in questions:
-        hits = searcher.search_vector(searcher.embed_question(q.question, instruction), k)
-        podcast_in_top += any(h.podcast_id == q.podcast for h in hits)
-        episode_at_1 += bool(hits) and hits[0].episode_id == q.episode
-        rank = next((h.rank for h in hits if h.episode_id == q.episode), None)
-        reciprocal += 1.0 / rank if rank else 0.0
-    return {
-        "questions": len(questions),
-        "podcast_in_top": podcast_in_top,
-        "episode_at_1": episode_at_1,
-        "episode_mrr": round(reciprocal / max(1, len(questions)), 3),
-    }
-
-
 def search(config: Config, question: str, k: int = 10, filters: Selection | None = None) -> list[Hit]:
     """The ``k`` passages of the configured sink nearest to ``question``, best first.
 
