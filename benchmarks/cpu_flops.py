@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from pipeline.engine.batching import Item, make_batches
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.model.embedder import InstructorEmbedder
     from pipeline.model.tokens import TokenCounter
 

@@ -74,7 +74,8 @@ def child(args: argparse.Namespace) -> int:
     """One run in this fresh process; prints a JSON line with the figures."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.model.embedder import InstructorEmbedder
 
     cfg = config(Path(args.source), Path(args.out), Path(args.model), args.max_seq)

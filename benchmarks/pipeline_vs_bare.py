@@ -108,7 +108,8 @@ def precision_main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.files.sink import read_vectors
     from pipeline.model import precision
     from pipeline.model.embedder import InstructorEmbedder
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pipeline.engine.shard_work as prepare_mod
     from pipeline.engine.batching import Item, make_batches
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.files.sink import read_vectors
     from pipeline.model.embedder import InstructorEmbedder
     from pipeline.model.tokens import TokenCounter

@@ -158,7 +158,8 @@ def child(args: argparse.Namespace) -> int:
     """All phases for one size in this fresh process; one JSON line per phase."""
     from transformers import AutoTokenizer
 
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.parts import open_parts
     from pipeline.reporting.status import coverage
 
@@ -219,7 +220,8 @@ def mongo_child(n: int, model: str) -> int:
     from transformers import AutoTokenizer
 
     from pipeline.config import parse_config
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.parts import open_parts
     from pipeline.reporting.status import coverage
 

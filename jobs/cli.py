@@ -117,7 +117,8 @@ def _interrupt_signals() -> Callable[[], None]:
 
 
 def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.engine.selection_check import check_selection
 
     config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))

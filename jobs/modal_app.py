@@ -361,7 +361,8 @@ def run_job(
 
     Logs the summary and where the report is at INFO. ``map_fn`` stands in for
     ``Embedder().embed.map`` (tests run this offline)."""
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.reporting.progress import LogProgress
 
     configure_logging()

@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it.
 _PUBLIC = {
     "run": "pipeline.engine.runner",
-    "RunOptions": "pipeline.engine.runner",
+    "RunOptions": "pipeline.engine.options",
     "Selection": "pipeline.engine.selection",
     "plan": "pipeline.api",
     "status": "pipeline.api",

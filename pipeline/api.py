@@ -7,7 +7,7 @@ before returning, whatever happens.
 from __future__ import annotations
 
 from pipeline.config import Config
-from pipeline.engine.runner import RunOptions
+from pipeline.engine.options import RunOptions
 from pipeline.engine.selection_check import check_selection
 from pipeline.parts import open_parts
 from pipeline.reporting.planning import Plan, make_plan

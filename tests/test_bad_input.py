@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner, Result
 
 from jobs.cli import cli
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.validation import validate
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink

@@ -13,7 +13,8 @@ import pytest
 from pipeline.config import Config
 from pipeline.engine import incremental
 from pipeline.engine.in_flight import InFlight
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.shard_work import Prepared
 from pipeline.files.source import ParquetSource
 from pipeline.model.fingerprint import model_fingerprint

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink
 from pipeline.interfaces.checkpoint import SinkHome

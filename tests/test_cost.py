@@ -123,7 +123,7 @@ def test_readme_cost_example_is_what_the_cost_module_computes() -> None:
 
 
 def test_plan_estimates_the_same_parts_for_a_modal_run(tmp_path: Path) -> None:
-    from pipeline.engine.runner import RunOptions
+    from pipeline.engine.options import RunOptions
     from pipeline.parts import open_parts
     from pipeline.reporting.planning import make_plan
     from tests.helpers import make_config, sample_rows, write_rows

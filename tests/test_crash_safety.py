@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import FieldMap
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.selection import Selection
 from pipeline.files.source import ParquetSource, ParquetSourceOptions
 from tests.gated_local import KIND, GatedRun

@@ -332,7 +332,8 @@ def test_an_id_duplicated_after_it_was_embedded_loses_its_old_vector_to_prune(
 ) -> None:
     """Issue 19.8c: the id was dead-lettered but its old vector stayed (and was served), even
     after --prune."""
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from tests.helpers import make_config, vectors_by_id
 
     rows = sample_rows(n=20)
@@ -362,7 +363,8 @@ def test_a_large_shard_writes_what_it_embedded_every_write_every_s(
     import threading
 
     import pipeline.engine.in_flight as in_flight
-    from pipeline.engine.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.files.sink import ParquetSink
     from tests.gated_executor import MODEL, GatedExecutor, GatedOptions
     from tests.helpers import make_config, vectors_by_id

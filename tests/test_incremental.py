@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import Config
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.selection import Selection
 from pipeline.files.sink import read_vectors
 from pipeline.parts import open_parts

@@ -13,7 +13,8 @@ import pytest
 import jobs.modal_app as modal_app
 from pipeline.config import load_config
 from pipeline.engine.local import LocalExecutor, LocalOptions
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor

@@ -10,7 +10,8 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.engine import incremental
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.parts import Parts, open_parts
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     MongoEnv,

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.errors import TargetError
 from pipeline.parts import open_executor
 from tests.helpers import ROOT

@@ -20,7 +20,8 @@ import pytest
 from bson import ObjectId, Regex
 from bson.binary import Binary, UuidRepresentation
 
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.selection import Selection
 from pipeline.parts import open_parts, open_source
 from pipeline.reporting.planning import make_plan

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from bson import ObjectId
 
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.engine.selection import Selection
 from pipeline.interfaces.executor import Executor
 from pipeline.parts import open_executor

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import ModelConfig
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink
 from pipeline.model.embedder import InstructorEmbedder

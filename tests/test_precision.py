@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from pipeline.config import ModelConfig, load_config
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.model import model_cache
 from pipeline.model.embedder import InstructorEmbedder
 from pipeline.model.precision import (

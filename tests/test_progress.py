@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.errors import ConfigError
 from pipeline.reporting.progress import LogProgress
 from tests.gated_executor import MODEL, GatedExecutor, GatedOptions, register

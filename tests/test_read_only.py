@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.sink import read_vectors
 from tests.helpers import config_dict, make_config, sample_rows, tiny_model, write_rows, write_toml
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.engine.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.sink import read_vectors
 from tests.gated_local import KIND, POLL_S, GatedRun
 from tests.helpers import (

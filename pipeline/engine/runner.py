@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +31,7 @@ from pipeline.engine import incremental
 from pipeline.engine.claims import Claims
 from pipeline.engine.in_flight import InFlight
 from pipeline.engine.liveness import new_owner
+from pipeline.engine.options import RunOptions
 from pipeline.engine.selection import Selection
 from pipeline.engine.shard_work import Prepared, Preparer, Rule
 from pipeline.errors import PodembedError, TargetError
@@ -47,19 +47,6 @@ from pipeline.reporting.progress import Progress
 from pipeline.reporting.report import RunReport, check_report_dir, write_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class RunOptions:
-    """What the user asked for."""
-
-    command: str = "backfill"  # backfill | reindex | ingest
-    selection: Selection = field(default_factory=Selection)
-    force: bool = False
-    limit: int | None = None
-    retry_failed: bool = False
-    prune: bool = False
-    full: bool = False  # a full sweep: read the whole source even if it says nothing changed
 
 
 def new_run_id() -> str:

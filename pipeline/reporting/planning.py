@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline import registry
 from pipeline.config import Config
-from pipeline.engine.runner import RunOptions
+from pipeline.engine.options import RunOptions
 from pipeline.engine.shard_work import WORK_REASONS, Preparer, Rule
 from pipeline.model.fingerprint import model_fingerprint
 from pipeline.model.precision import Resolved
