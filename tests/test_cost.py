@@ -95,7 +95,7 @@ def test_a_modal_run_report_carries_the_whole_bill() -> None:
 def test_padding_ratio_and_the_copies_are_gone() -> None:
     assert padding_ratio(103, 100) == 1.03 and padding_ratio(0, 0) == 1.0
     root = Path(__file__).resolve().parents[1] / "pipeline"
-    for name in ("report.py", "planning.py", "batching.py"):
+    for name in ("reporting/report.py", "reporting/planning.py", "engine/batching.py"):
         text = (root / name).read_text()
         assert "/ 3600" not in text and "def padding_ratio" not in text, name
 
