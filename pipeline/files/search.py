@@ -40,7 +40,7 @@ from pipeline.files import ann
 from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
 
-class ParquetSink(Protocol):
+class SearchedSink(Protocol):
     """What search needs of :class:`pipeline.files.sink.ParquetSink` (which imports this module)."""
 
     root: Path
@@ -68,7 +68,7 @@ def _filter(query: VectorQuery) -> pc.Expression:
     return expr
 
 
-def fingerprint_counts(sink: ParquetSink) -> dict[str, int]:
+def fingerprint_counts(sink: SearchedSink) -> dict[str, int]:
     """Stored vectors per model fingerprint: one string column of one version."""
     with sink.reading() as ds:
         if ds is None:
@@ -136,11 +136,11 @@ class _Matrix:
     fingerprints: pa.Array
 
 
-def _matrix_dir(sink: ParquetSink, version: int) -> Path:
+def _matrix_dir(sink: SearchedSink, version: int) -> Path:
     return sink.root / SEARCH_DIR / f"v{version}"
 
 
-def _load_matrix(sink: ParquetSink, version: int) -> _Matrix | None:
+def _load_matrix(sink: SearchedSink, version: int) -> _Matrix | None:
     folder = _matrix_dir(sink, version)
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -222,7 +222,7 @@ def _search_streamed(
     return top.hits(), scanned
 
 
-def search(sink: ParquetSink, query: VectorQuery) -> SearchOutcome:
+def search(sink: SearchedSink, query: VectorQuery) -> SearchOutcome:
     """Cosine top k over one version of the table: the index of that version, else exact."""
     q = _unit_query(query)
     with sink.reading() as ds:
@@ -250,7 +250,7 @@ def search(sink: ParquetSink, query: VectorQuery) -> SearchOutcome:
 
 
 # ---------------------------------------------------------------------------- podembed index
-def write_matrix(sink: ParquetSink, ds: Any, with_ann: bool = False) -> tuple[Path, dict[str, Any] | None]:
+def write_matrix(sink: SearchedSink, ds: Any, with_ann: bool = False) -> tuple[Path, dict[str, Any] | None]:
     """Every vector of version ``ds`` as one contiguous float32 file (written, fsynced, renamed).
 
     With ``with_ann`` (and at least ``ann.MIN_ROWS`` vectors) the approximate index of the
@@ -266,7 +266,7 @@ def write_matrix(sink: ParquetSink, ds: Any, with_ann: bool = False) -> tuple[Pa
     return final, ann.build(m.matrix, final / ann.ANN_FILE, sink.root / SEARCH_DIR)
 
 
-def _write_matrix_files(sink: ParquetSink, ds: Any, final: Path) -> None:
+def _write_matrix_files(sink: SearchedSink, ds: Any, final: Path) -> None:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -296,12 +296,12 @@ def _write_matrix_files(sink: ParquetSink, ds: Any, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def has_ann(sink: ParquetSink) -> bool:
+def has_ann(sink: SearchedSink) -> bool:
     """Whether `podembed index` built an approximate index here (later runs keep it current)."""
     return (sink.root / SEARCH_DIR / ann.TRAINED_FILE).exists()
 
 
-def prune_matrices(sink: ParquetSink, keep: int) -> None:
+def prune_matrices(sink: SearchedSink, keep: int) -> None:
     """Delete the matrices and indexes of other versions (the caller holds off readers)."""
     folder = sink.root / SEARCH_DIR
     if not folder.exists():
@@ -311,7 +311,7 @@ def prune_matrices(sink: ParquetSink, keep: int) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def build_index(sink: ParquetSink) -> IndexOutcome:
+def build_index(sink: SearchedSink) -> IndexOutcome:
     """Write the exact matrix of the current version and, from ``ann.MIN_ROWS`` vectors, its ANN index."""
     with sink.writing() as ds:
         if ds is None:
