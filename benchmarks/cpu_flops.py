@@ -1,6 +1,6 @@
 """How close a CPU run comes to the machine's fp32 matmul limit.
 
-Runs ``podembed backfill`` (``pipeline.runner.run``, ``configs/local.toml``, bundled MiniLM,
+Runs ``podembed backfill`` (``pipeline.engine.runner.run``, ``configs/local.toml``, bundled MiniLM,
 fresh output folder, model loaded beforehand) on a subset of the sample corpus, counts the
 FLOPs the model executes from its shapes and the real token counts (per layer: the Q, K,
 V, O and feed-forward matmuls, 2 FLOPs per multiply-add, plus the attention's s^2 terms;
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.batching import Item, make_batches
-    from pipeline.embedder import InstructorEmbedder
-    from pipeline.runner import RunOptions, run
-    from pipeline.tokens import TokenCounter
+    from pipeline.engine.batching import Item, make_batches
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
+    from pipeline.model.embedder import InstructorEmbedder
+    from pipeline.model.tokens import TokenCounter
 
     threads = torch.get_num_threads()
     rates = {n: matmul_rate(n, torch.float32, reps=3) for n in (512, 1024, 2048, 4096)}

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline.batching import Item, make_batches
     from pipeline.config import ModelConfig
-    from pipeline.tokens import TokenCounter
+    from pipeline.engine.batching import Item, make_batches
+    from pipeline.model.tokens import TokenCounter
     from tests import synthetic_model as sm
 
     cuda = torch.cuda.is_available() and not args.tiny

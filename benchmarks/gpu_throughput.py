@@ -139,10 +139,10 @@ def make_embedder(
     The fast-path settings only go into the config and the cache key: the caller has already
     put them on ``model`` (``apply_variant``), exactly as the embedder's loader would.
     """
-    from pipeline import model_cache
     from pipeline.config import ModelConfig
-    from pipeline.embedder import InstructorEmbedder
-    from pipeline.fingerprint import resolve_model_location
+    from pipeline.model import model_cache
+    from pipeline.model.embedder import InstructorEmbedder
+    from pipeline.model.fingerprint import resolve_model_location
 
     cfg = ModelConfig(
         id="synthetic/instructor-xl-shape",
@@ -189,7 +189,7 @@ def apply_variant(model: Any, attention: str, compile: bool, seq_multiple: int, 
     """Put one variant's attention and shape/compile settings on ``model`` (undoing the last)."""
     import torch
 
-    from pipeline import encoder_shapes, t5_attention
+    from pipeline.model import encoder_shapes, t5_attention
 
     encoder_shapes.uninstall(model)
     t5_attention.uninstall(model)
@@ -625,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     import torch
 
-    from pipeline.batching import Item, make_batches
-    from pipeline.tokens import TokenCounter
+    from pipeline.engine.batching import Item, make_batches
+    from pipeline.model.tokens import TokenCounter
     from tests import synthetic_model as sm
 
     cuda = torch.cuda.is_available() and not args.tiny

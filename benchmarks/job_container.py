@@ -43,9 +43,10 @@ def child(config_path: str, n: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_config
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.modal.executor import ModalExecutor
-    from pipeline.runner import RunOptions, run
-    from pipeline.tokens import TokenCounter
+    from pipeline.model.tokens import TokenCounter
     from tests.modal_fixtures import FakeMap
 
     config = load_config(config_path)

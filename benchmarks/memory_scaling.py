@@ -4,7 +4,7 @@ Builds a tiny random T5 model with the INSTRUCTOR layout (``tests.synthetic_mode
 0.35 M parameters) so the run is fast and the figure is the pipeline's own memory, not the
 model's. Generates the corpora with ``data/make_sample.py``'s ``make_large`` (the sample's
 10-400 word spread), streamed into Parquet with ``ParquetWriter`` (row groups of 2,000),
-then runs ``pipeline.runner.run`` Parquet -> Parquet with ``configs/local.toml``'s batching
+then runs ``pipeline.engine.runner.run`` Parquet -> Parquet with ``configs/local.toml``'s batching
 in a fresh subprocess per size. The child reports ``getrusage(RUSAGE_SELF).ru_maxrss``
 after loading the model (baseline) and after the run (peak); the parent also samples the
 child's ``VmRSS`` from ``/proc`` every 0.2 s.
@@ -74,8 +74,9 @@ def child(args: argparse.Namespace) -> int:
     """One run in this fresh process; prints a JSON line with the figures."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
-    from pipeline.embedder import InstructorEmbedder
-    from pipeline.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
+    from pipeline.model.embedder import InstructorEmbedder
 
     cfg = config(Path(args.source), Path(args.out), Path(args.model), args.max_seq)
     InstructorEmbedder(cfg.model)  # load the model first: its memory is the baseline

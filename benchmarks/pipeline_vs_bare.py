@@ -3,7 +3,7 @@
 Three ways to embed the same chunks with the bundled MiniLM and INSTRUCTOR settings
 (instruction as the prompt, left out of the pooling, texts stripped, normalized):
 
-- ``podembed``: ``pipeline.runner.run`` with ``configs/local.toml``'s batching, into a
+- ``podembed``: ``pipeline.engine.runner.run`` with ``configs/local.toml``'s batching, into a
   fresh output folder each time (read, validate, count tokens, sort, batch by token
   budget, embed, write per-episode Parquet files + manifest + checkpoint: everything);
 - ``(a) one encode``: one ``SentenceTransformer.encode`` over all texts at once, which
@@ -108,10 +108,11 @@ def precision_main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline import precision
-    from pipeline.embedder import InstructorEmbedder
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.files.sink import read_vectors
-    from pipeline.runner import RunOptions, run
+    from pipeline.model import precision
+    from pipeline.model.embedder import InstructorEmbedder
 
     seq = args.seq[0]
     tmp = Path(tempfile.mkdtemp(prefix="podembed-bench-prec-"))
@@ -311,12 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    import pipeline.shard_work as prepare_mod
-    from pipeline.batching import Item, make_batches
-    from pipeline.embedder import InstructorEmbedder
+    import pipeline.engine.shard_work as prepare_mod
+    from pipeline.engine.batching import Item, make_batches
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.files.sink import read_vectors
-    from pipeline.runner import RunOptions, run
-    from pipeline.tokens import TokenCounter
+    from pipeline.model.embedder import InstructorEmbedder
+    from pipeline.model.tokens import TokenCounter
 
     tmp = Path(tempfile.mkdtemp(prefix="podembed-bench-pvb-"))
     source = make_corpus(args.n, tmp)

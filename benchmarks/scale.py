@@ -97,7 +97,7 @@ class FakeEmbedder:
     remote = False
 
     def __init__(self, model_cfg: Any, tokenizer: Any) -> None:
-        from pipeline.fingerprint import model_fingerprint
+        from pipeline.model.fingerprint import model_fingerprint
 
         self._fp = model_fingerprint(model_cfg)
         self._tok = tokenizer
@@ -118,7 +118,7 @@ class FakeEmbedder:
             yield BatchResult(batch_id=b.batch_id, chunk_ids=b.chunk_ids, vectors=v, compute_s=0.0)
 
     def usage(self) -> Any:
-        from pipeline.cost import Usage
+        from pipeline.reporting.cost import Usage
 
         return Usage(devices={}, containers=0)
 
@@ -158,9 +158,10 @@ def child(args: argparse.Namespace) -> int:
     """All phases for one size in this fresh process; one JSON line per phase."""
     from transformers import AutoTokenizer
 
-    from pipeline.registry import open_parts
-    from pipeline.runner import RunOptions, run
-    from pipeline.status import coverage
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
+    from pipeline.parts import open_parts
+    from pipeline.reporting.status import coverage
 
     source, out = Path(args.source), Path(args.out)
     cfg = _config(source, out, Path(args.model))
@@ -257,9 +258,10 @@ def mongo_child(n: int, model: str) -> int:
     from transformers import AutoTokenizer
 
     from pipeline.config import parse_config
-    from pipeline.registry import open_parts
-    from pipeline.runner import RunOptions, run
-    from pipeline.status import coverage
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
+    from pipeline.parts import open_parts
+    from pipeline.reporting.status import coverage
 
     ms = load_make_sample()
     with SecantusDBServer(storage_path=":memory:") as server:

@@ -2,7 +2,7 @@
 
 1. **Sample corpus**: the README's first command must have run (``podembed backfill``,
    vectors in ``data/out``), or pass ``--config`` for another backfilled target. Ten
-   questions, each searched ``--reps`` times through :class:`pipeline.search.Searcher`
+   questions, each searched ``--reps`` times through :class:`pipeline.reporting.search.Searcher`
    (the code under the CLI): embedding the question, the exact search, reading the
    snippets from the source; each part timed.
 2. **100k vectors**: ``--n`` random unit 384-dim float32 vectors written through the real
@@ -44,7 +44,8 @@ def _ms(xs: list[float]) -> dict[str, float]:
 def bench_sample(config_path: str, reps: int) -> dict[str, Any]:
     """Per-query times on a backfilled config (default: the sample in data/out), and retrieval."""
     from pipeline.config import load_config
-    from pipeline.search import Question, Searcher, retrieval_check
+    from pipeline.reporting.search import Searcher
+    from tests.helpers import Question, retrieval_check
 
     config = load_config(config_path)
     questions = [Question(**q) for q in json.loads(QUESTIONS_FILE.read_text())["questions"]]
@@ -125,7 +126,7 @@ def bench_synthetic(n: int, dim: int, per_episode: int, reps: int) -> dict[str, 
 
     from pipeline.config import FieldMap
     from pipeline.files.sink import ParquetSink, ParquetSinkOptions
-    from pipeline.sink import VectorQuery
+    from pipeline.interfaces.sink import VectorQuery
 
     with tempfile.TemporaryDirectory(prefix="podembed-search-") as tmp:
         out = Path(tmp) / "out"

@@ -27,8 +27,8 @@ import numpy as np
 
 from pipeline.files import search as files_search
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions
+from pipeline.interfaces.sink import VectorQuery
 from pipeline.records import VectorRecord
-from pipeline.sink import VectorQuery
 
 CENTRES = 2_000
 NOISE = 1.0

@@ -37,10 +37,10 @@ def child() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import pyarrow.parquet as pq
 
-    from pipeline.batching import Item, make_batches
     from pipeline.config import parse_config
-    from pipeline.embedder import InstructorEmbedder
-    from pipeline.tokens import TokenCounter
+    from pipeline.engine.batching import Item, make_batches
+    from pipeline.model.embedder import InstructorEmbedder
+    from pipeline.model.tokens import TokenCounter
 
     t_import = time.perf_counter()
     cfg = parse_config(tomllib.loads((ROOT / "configs" / "local.toml").read_text()))

@@ -58,7 +58,7 @@ def _progress(config: Any, command: str, recorded: Callable[[], None]) -> Any:
 
     ``recorded`` is called when the runner closes the progress, right after it recorded the
     run's outcome in the ledger."""
-    from pipeline.progress import BarProgress, LogProgress, Progress
+    from pipeline.reporting.progress import BarProgress, LogProgress, Progress
 
     inner = BarProgress(command) if sys.stderr.isatty() else LogProgress.from_config(config, command)
 
@@ -117,8 +117,9 @@ def _interrupt_signals() -> Callable[[], None]:
 
 
 def _execute(ctx: click.Context, command: str, opts_kwargs: dict[str, Any], as_json: bool) -> None:
-    from pipeline.runner import RunOptions, run
-    from pipeline.selection_check import check_selection
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
+    from pipeline.engine.selection_check import check_selection
 
     config = _load(ctx.params.get("config_path"), ctx.params.get("executor"))
     opts = RunOptions(command=command, **opts_kwargs)
@@ -180,7 +181,7 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _selection(episodes: tuple[str, ...], podcasts: tuple[str, ...], since: str | None) -> Any:
-    from pipeline.selection import parse_selection
+    from pipeline.engine.selection import parse_selection
 
     return parse_selection(episodes, podcasts, since)
 
@@ -274,8 +275,8 @@ def ingest(
 
     With the Modal executor this starts the deployed ingest_episode and prints its call id.
     """
+    from pipeline.engine.selection import parse_episode_id
     from pipeline.registry import resolve
-    from pipeline.selection import parse_episode_id
 
     episode_id = parse_episode_id(episode_id)
     config = _load(config_path, executor)
@@ -308,8 +309,8 @@ def ingest(
 @_guard
 def status(config_path: str | None, as_json: bool, show_dead: int, full: bool) -> None:
     """Coverage: total, current, stale, missing and dead-lettered chunks; the last runs."""
-    from pipeline.registry import open_parts
-    from pipeline.status import coverage
+    from pipeline.parts import open_parts
+    from pipeline.reporting.status import coverage
 
     config = _load(config_path, None)
     parts = open_parts(config, read_only=True)
@@ -350,24 +351,16 @@ def plan(
     force: bool,
 ) -> None:
     """Dry run: what would be embedded, how many tokens, estimated time and cost."""
-    from pipeline.planning import make_plan
-    from pipeline.registry import open_parts
-    from pipeline.runner import RunOptions
-    from pipeline.selection_check import check_selection
+    import pipeline
 
     config = _load(config_path, executor)
-    opts = RunOptions(
+    opts = pipeline.RunOptions(
         command="reindex" if force else "backfill",
         selection=_selection(episodes, podcasts, since),
         force=force,
         limit=limit,
     )
-    parts = open_parts(config, read_only=True, missing_ok=True)  # a first run's plan: nothing there yet
-    try:
-        check_selection(parts.source, opts.selection, what="plan")
-        result = make_plan(config, parts, opts)
-    finally:
-        parts.close()
+    result = pipeline.plan(config, opts)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
 
 
@@ -416,8 +409,8 @@ def search_cmd(
     """Find the passages nearest to QUESTION (embedded with [model].query_instruction)."""
     import time
 
-    from pipeline.search import Searcher
-    from pipeline.selection_check import check_selection
+    from pipeline.engine.selection_check import check_selection
+    from pipeline.reporting.search import Searcher
 
     config = _load(config_path, None)
     filters = _selection(episodes, podcasts, since)

@@ -49,6 +49,7 @@ from typing import Any
 import modal
 
 from pipeline.config import Config, load_config
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError
 from pipeline.modal.executor import ModalExecutor
 from pipeline.modal.gpu import GpuFault, GpuUnavailable, gpu_matches, require_cuda
@@ -56,7 +57,6 @@ from pipeline.modal.image import read_pins
 from pipeline.modal.options import EMBEDDER_CLASS, ModalOptions
 from pipeline.modal.trigger import PendingEpisodes, RateLimit, check_episode_id
 from pipeline.modal.wire import embed_payload
-from pipeline.selection import Selection
 
 try:  # in the image; the machine that deploys does not need FastAPI
     from fastapi import HTTPException, Request
@@ -165,10 +165,10 @@ def download_weights() -> str:
     """Fill the weights Volume once: ``modal run jobs/modal_app.py::download_weights``.
 
     Exactly ``model.revision`` (part of the fingerprint), and only the files the model
-    needs (``pipeline.hub.ALLOW_PATTERNS``)."""
+    needs (``pipeline.model.hub.ALLOW_PATTERNS``)."""
     if MODEL.package or MODEL.path:
         return f"{MODEL.id}: loaded from model.package/model.path, nothing to download"
-    from pipeline.hub import download_model
+    from pipeline.model.hub import download_model
 
     path = download_model(MODEL)
     weights.commit()
@@ -262,8 +262,8 @@ class Embedder:
     @modal.enter(snap=True)
     def load(self) -> None:
         """Load on CPU; this state is what the memory snapshot holds. No CUDA call here."""
-        from pipeline.embedder import InstructorEmbedder
-        from pipeline.precision import for_gpu_name
+        from pipeline.model.embedder import InstructorEmbedder
+        from pipeline.model.precision import for_gpu_name
 
         configure_logging()
         start = time.perf_counter()
@@ -271,7 +271,7 @@ class Embedder:
         # The snapshot holds the weights as the GPU will use them ("auto" on an A10G: bf16, half
         # the size of fp32); to_device() checks that decision on the real GPU.
         target = for_gpu_name(self.model_cfg.precision, OPTIONS.gpu)
-        quiet = logging.getLogger("pipeline.embedder")
+        quiet = logging.getLogger("pipeline.model.embedder")
         level, quiet.level = quiet.level, logging.ERROR  # bf16 on CPU is fine for a snapshot
         try:
             self.embedder = InstructorEmbedder(
@@ -361,8 +361,9 @@ def run_job(
 
     Logs the summary and where the report is at INFO. ``map_fn`` stands in for
     ``Embedder().embed.map`` (tests run this offline)."""
-    from pipeline.progress import LogProgress
-    from pipeline.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
+    from pipeline.reporting.progress import LogProgress
 
     configure_logging()
     config = read_config(CONFIG_PATH)

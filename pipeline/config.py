@@ -23,7 +23,7 @@ from pipeline.toml_schema import from_table
 
 DEFAULT_CONFIG = Path("configs/local.toml")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # what torch and the embedder accept
-# "auto": bf16 where the device has bf16 matrix units, else fp32 (pipeline/precision.py).
+# "auto": bf16 where the device has bf16 matrix units, else fp32 (pipeline/model/precision.py).
 Precision = Literal["auto", "fp32", "bf16", "bf16-autocast", "fp16"]
 
 
@@ -71,10 +71,10 @@ class ModelConfig:
     device: str = "auto"
     # The attention kernel. "eager" is 1.28x faster than "sdpa" for T5 on GPUs: T5's position
     # bias makes SDPA fall back to an fp32 math path (BENCHMARKS.md section 5). "fused" and
-    # "flex" (T5 only, pipeline/t5_attention.py) put the bias into a fused kernel. "auto" is
+    # "flex" (T5 only, pipeline/model/t5_attention.py) put the bias into a fused kernel. "auto" is
     # transformers' default until a GPU run has measured which is fastest.
     attention: Literal["auto", "eager", "sdpa", "fused", "flex"] = "auto"
-    # torch.compile the encoder (pipeline/encoder_shapes.py); pays off on GPUs only.
+    # torch.compile the encoder (pipeline/model/encoder_shapes.py); pays off on GPUs only.
     compile: bool = False
     # Round each batch's padded length up to this multiple (0: 16 when compile is on, else off),
     # so a compiled encoder sees few shapes and the attention mask rows stay aligned.
@@ -182,7 +182,7 @@ class IncrementalConfig:
 
 @dataclass(slots=True)
 class CostConfig:
-    """Prices, for run reports and ``plan`` estimates (formulas: ``pipeline/cost.py``).
+    """Prices, for run reports and ``plan`` estimates (formulas: ``pipeline/reporting/cost.py``).
 
     Defaults are Modal's published list prices (mid-2026): A10G $0.000306/s ($1.10/h),
     $0.0000131 per core-second, $0.00000222 per GiB-second."""
@@ -294,7 +294,7 @@ def parse_config(raw: dict[str, Any], path: str = "<memory>") -> Config:
     sink = _section("sink", raw["sink"])
     # A sink that writes onto the source's own records checks the field names agree.
     sink_cls = registry.resolve("sink", sink.kind)
-    sink_cls.check_fields(sink.options, fields_map, source.kind)
+    sink_cls.check_fields(sink.options, fields_map, source.options)
     # The checkpoint store lives with the sink unless told otherwise.
     default_checkpoint = sink_cls.default_checkpoint
     executor = _section("executor", raw.get("executor"), "local")

@@ -1,23 +1,17 @@
-"""Which class implements each kind of source, sink, checkpoint store and executor, and opening them.
+"""Which class implements each kind of source, sink, checkpoint store and executor.
 
-Adding a source means one new module and one line here. Entries are import strings
+Adding a source means one new module and one line here (opening them: ``parts``).
+This module imports nothing of the project but ``errors``: ``config`` resolves each
+kind's options through it. Entries are import strings
 so that loading a config never imports torch, modal or pymongo it does not use.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.errors import ConfigError
-
-if TYPE_CHECKING:  # config.py imports this module to resolve each kind's options
-    from pipeline.checkpoint import CheckpointStore
-    from pipeline.config import Config
-    from pipeline.executor import Executor
-    from pipeline.sink import Sink
-    from pipeline.source import Source
 
 SOURCES: dict[str, str] = {
     "parquet": "pipeline.files.source:ParquetSource",
@@ -32,7 +26,7 @@ CHECKPOINTS: dict[str, str] = {
     "mongo": "pipeline.mongo.ledger:MongoCheckpointStore",
 }
 EXECUTORS: dict[str, str] = {
-    "local": "pipeline.local:LocalExecutor",
+    "local": "pipeline.engine.local:LocalExecutor",
     "modal": "pipeline.modal.executor:ModalExecutor",
 }
 
@@ -52,70 +46,3 @@ def resolve(role: str, kind: str) -> Any:
         raise ConfigError(f"{role}.kind: unknown kind {kind!r} (choose one of: {choices})")
     module_name, _, attr = table[kind].partition(":")
     return getattr(importlib.import_module(module_name), attr)
-
-
-@dataclass(slots=True)
-class Parts:
-    """The storage side of a run (the executor is opened separately: plan and status need none)."""
-
-    source: Source
-    sink: Sink
-    checkpoint: CheckpointStore
-
-    def close(self) -> None:
-        """Close everything, ignoring nothing: a failing close is a real error."""
-        self.checkpoint.close()
-        self.sink.close()
-        self.source.close()
-
-
-def open_source(config: Config) -> Source:
-    """The configured source, opened and checked."""
-    cls = resolve("source", config.source.kind)
-    return cls.open(config.source.options, config.fields, config.batching.window_chunks)
-
-
-def open_sink(config: Config, read_only: bool = False, missing_ok: bool = False) -> Sink:
-    """The configured sink; ``read_only`` opens it without creating or changing anything.
-
-    A read-only local sink that does not exist is an error naming the path, unless
-    ``missing_ok`` (``plan`` before the first run): then it reads as empty.
-    """
-    sink_cls = resolve("sink", config.sink.kind)
-    if read_only:
-        extra = {"missing_ok": True} if missing_ok else {}
-        return sink_cls.open(config.sink.options, config.model.dimension, read_only=True, **extra)
-    return sink_cls.open(config.sink.options, config.model.dimension)
-
-
-def open_parts(config: Config, read_only: bool = False, missing_ok: bool = False) -> Parts:
-    """Open source, sink and checkpoint store; closes what was opened if a later one fails.
-
-    ``read_only`` (status, plan): the sink and the ledger must exist and are opened without
-    creating or changing anything (SQLite ``mode=ro``, no lock files, no tables).
-    """
-    source = open_source(config)
-    try:
-        sink_cls = resolve("sink", config.sink.kind)
-        sink = open_sink(config, read_only, missing_ok)
-        try:
-            cp_cls = resolve("checkpoint", config.checkpoint.kind)
-            home = sink_cls.home(config.sink.options)
-            if read_only:
-                extra = {"missing_ok": True} if missing_ok else {}
-                checkpoint = cp_cls.open(config.checkpoint.options, home, read_only=True, **extra)
-            else:
-                checkpoint = cp_cls.open(config.checkpoint.options, home)
-        except BaseException:
-            sink.close()
-            raise
-    except BaseException:
-        source.close()
-        raise
-    return Parts(source=source, sink=sink, checkpoint=checkpoint)
-
-
-def open_executor(config: Config) -> Executor:
-    """The configured executor (the model is loaded lazily, on the first batch)."""
-    cls = resolve("executor", config.executor.kind)
-    return cls.open(config.executor.options, config.model)

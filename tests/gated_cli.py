@@ -19,7 +19,7 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from pipeline.checkpoint import Holder
+from pipeline.interfaces.checkpoint import Holder
 
 ENV = "PODEMBED_TEST_GATE"
 POLL_S = 0.01
@@ -45,7 +45,7 @@ def gate(point: str) -> None:
 
 
 def _gated_take() -> None:
-    from pipeline.claims import Claims
+    from pipeline.engine.claims import Claims
 
     take = Claims.take
     counts: dict[int, int] = {}

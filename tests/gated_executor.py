@@ -20,8 +20,8 @@ import numpy as np
 
 from pipeline import registry
 from pipeline.config import ModelConfig
-from pipeline.executor import Executor
-from pipeline.fingerprint import model_fingerprint
+from pipeline.interfaces.executor import Executor
+from pipeline.model.fingerprint import model_fingerprint
 from pipeline.records import Batch, BatchResult
 
 KIND = "gated"
@@ -38,7 +38,7 @@ class GatedOptions:
 
 
 class WordTokenizer:
-    """Enough of a Hugging Face tokenizer for :class:`~pipeline.tokens.TokenCounter`."""
+    """Enough of a Hugging Face tokenizer for :class:`~pipeline.model.tokens.TokenCounter`."""
 
     def __call__(self, texts: list[str], **_: Any) -> dict[str, list[list[int]]]:
         return {"input_ids": [list(range(len(t.split()) + 2)) for t in texts]}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline import registry
 from pipeline.config import ModelConfig
-from pipeline.local import LocalExecutor, LocalOptions
+from pipeline.engine.local import LocalExecutor, LocalOptions
 from pipeline.records import Batch, BatchResult
 
 KIND = "gated-local"

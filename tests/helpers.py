@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config, parse_config
 from pipeline.files.sink import read_vectors
+from pipeline.reporting.search import Searcher
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample_chunks.parquet"
@@ -152,3 +154,37 @@ def temp_files(out: Path) -> list[Path]:
         used = {f.path.rsplit("/", 1)[-1] for frag in ds.get_fragments() for f in frag.data_files()}
         left += [p for p in (table / "data").glob("*") if p.name not in used]
     return left
+
+
+@dataclass(slots=True, frozen=True)
+class Question:
+    """A question with the podcast and episode that answer it (a retrieval check)."""
+
+    question: str
+    podcast: str
+    episode: str
+
+
+def retrieval_check(
+    searcher: Searcher, questions: list[Question], instruction: str | None = None, k: int = 5
+) -> dict[str, float]:
+    """How often the right podcast / episode comes up in the top ``k``.
+
+    ``instruction`` as in :meth:`Searcher.embed_question` (``None``: the query instruction).
+    Returns ``podcast_in_top``, ``episode_at_1`` (counts) and ``episode_mrr`` (mean
+    reciprocal rank of the right episode's best chunk, 0 when it is not in the top ``k``).
+    """
+    podcast_in_top = episode_at_1 = 0
+    reciprocal = 0.0
+    for q in questions:
+        hits = searcher.search_vector(searcher.embed_question(q.question, instruction), k)
+        podcast_in_top += any(h.podcast_id == q.podcast for h in hits)
+        episode_at_1 += bool(hits) and hits[0].episode_id == q.episode
+        rank = next((h.rank for h in hits if h.episode_id == q.episode), None)
+        reciprocal += 1.0 / rank if rank else 0.0
+    return {
+        "questions": len(questions),
+        "podcast_in_top": podcast_in_top,
+        "episode_at_1": episode_at_1,
+        "episode_mrr": round(reciprocal / max(1, len(questions)), 3),
+    }

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import Config, parse_config
+from pipeline.mongo.connection import IN_PAGE
+from pipeline.mongo.retry import retrying
+from pipeline.mongo.values import decode_vector, get_path, id_filter, id_to_str, pages
 from tests.helpers import ROOT, sample_rows
 
 URI_ENV = "PODEMBED_TEST_MONGO_URI"
@@ -285,3 +288,23 @@ def assert_unit(vectors: list[np.ndarray], dim: int) -> None:
         assert v.dtype == np.float32 and v.shape == (dim,)
         assert np.all(np.isfinite(v))
         assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
+
+
+def mongo_vectors(sink: Any, chunk_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """A MongoDB sink's stored vectors as float32, by chunk id (for checks in tests)."""
+    proj = {sink.key_field: 1, sink.options.vector_field: 1}
+    has = {sink.options.vector_field: {"$exists": True}}
+    filters = (
+        [has]
+        if chunk_ids is None
+        else [{**has, **id_filter(sink.key_field, page)} for page in pages(list(chunk_ids), IN_PAGE)]
+    )
+    docs = [
+        d
+        for flt in filters
+        for d in retrying(sink.conn, "reading vectors", lambda f=flt: list(sink.target.find(f, proj)))
+    ]
+    return {
+        str(id_to_str(get_path(d, sink.key_field))): decode_vector(get_path(d, sink.options.vector_field))
+        for d in docs
+    }

@@ -17,8 +17,8 @@ from pipeline.config import FieldMap
 from pipeline.files import ann
 from pipeline.files import search as files_search
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions
+from pipeline.interfaces.sink import VectorQuery
 from pipeline.records import VectorRecord
-from pipeline.sink import VectorQuery
 
 DIM = 64
 ROWS = 4_000

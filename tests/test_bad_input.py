@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner, Result
 
 from jobs.cli import cli
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.validation import validate
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink
 from pipeline.records import Chunk, DeadLetter, RawRecord
-from pipeline.runner import RunOptions, run
-from pipeline.validation import validate
 from tests.helpers import (
     config_dict,
     make_config,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from pipeline.batching import Item, make_batches
-from pipeline.cost import padding_ratio
+from pipeline.engine.batching import Item, make_batches
+from pipeline.reporting.cost import padding_ratio
 
 
 def _items(n: int, seed: int = 1) -> list[Item]:

@@ -10,17 +10,18 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from pipeline import incremental
 from pipeline.config import Config
+from pipeline.engine import incremental
+from pipeline.engine.in_flight import InFlight
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.shard_work import Prepared
 from pipeline.files.source import ParquetSource
-from pipeline.fingerprint import model_fingerprint
-from pipeline.in_flight import InFlight
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.parts import Parts, open_parts
 from pipeline.records import BatchResult, Chunk
-from pipeline.registry import Parts, open_parts
-from pipeline.report import Counts
-from pipeline.runner import RunOptions, run
-from pipeline.shard_work import Prepared
-from pipeline.status import coverage
+from pipeline.reporting.report import Counts
+from pipeline.reporting.status import coverage
 from tests.helpers import dataset_ids, make_config, sample_rows, tiny_model, write_rows
 
 
@@ -152,7 +153,7 @@ def test_the_removed_check_hashes_the_source_ids_once(
     src, by_file = two_files
     cfg = _config(src, tmp_path / "out", tiny_model_dir)
     assert run(cfg, RunOptions()).status == "completed"
-    monkeypatch.setattr("pipeline.source.REMOVED_PAGE", 10)  # many pages even for a small corpus
+    monkeypatch.setattr("pipeline.interfaces.source.REMOVED_PAGE", 10)  # many pages even for a small corpus
     calls: list[int] = []
     original = pc.is_in
 

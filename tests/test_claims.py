@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoint import Holder
-from pipeline.claims import Claims
+from pipeline.engine.claims import Claims
+from pipeline.engine.liveness import ProcessIdentity, current, is_dead, start_ticks
 from pipeline.files.ledger import SqliteCheckpointStore
-from pipeline.liveness import ProcessIdentity, current, is_dead, start_ticks
+from pipeline.interfaces.checkpoint import Holder
 
 
 def _store(tmp_path: Path, wait: float = 600.0) -> SqliteCheckpointStore:
@@ -196,7 +196,7 @@ def test_the_claim_wait_is_one_budget_per_run_not_per_shard(
     """Issue 19.3: with claim_wait_s = 3 an ingest of 4 shards waited 12 s (3 s per shard)."""
     import types
 
-    import pipeline.claims as claims_module
+    import pipeline.engine.claims as claims_module
 
     clock = _Clock()
     monkeypatch.setattr(claims_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))

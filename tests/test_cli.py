@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline.checkpoint import SinkHome
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink
-from pipeline.runner import RunOptions, run
+from pipeline.interfaces.checkpoint import SinkHome
 from tests.helpers import ROOT, make_config, sample_rows, tiny_model, write_rows
 
 

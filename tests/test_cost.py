@@ -1,4 +1,4 @@
-"""The bill: one module prices reports and plans, part by part (pipeline/cost.py)."""
+"""The bill: one module prices reports and plans, part by part (pipeline/reporting/cost.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import CostConfig
-from pipeline.cost import Footprint, Prices, Usage, bill_usage, device_cost_usd, make_bill, padding_ratio
-from pipeline.report import RunReport
+from pipeline.reporting.cost import (
+    Footprint,
+    Prices,
+    Usage,
+    bill_usage,
+    device_cost_usd,
+    make_bill,
+    padding_ratio,
+)
+from pipeline.reporting.report import RunReport
 
 A10G = Prices.of(CostConfig())
 MODAL = Footprint(gpu_cpu=2.0, gpu_memory_gib=12.0, job_cpu=1.0, job_memory_gib=2.0, idle_s=15.0)
@@ -87,7 +95,7 @@ def test_a_modal_run_report_carries_the_whole_bill() -> None:
 def test_padding_ratio_and_the_copies_are_gone() -> None:
     assert padding_ratio(103, 100) == 1.03 and padding_ratio(0, 0) == 1.0
     root = Path(__file__).resolve().parents[1] / "pipeline"
-    for name in ("report.py", "planning.py", "batching.py"):
+    for name in ("reporting/report.py", "reporting/planning.py", "engine/batching.py"):
         text = (root / name).read_text()
         assert "/ 3600" not in text and "def padding_ratio" not in text, name
 
@@ -115,9 +123,9 @@ def test_readme_cost_example_is_what_the_cost_module_computes() -> None:
 
 
 def test_plan_estimates_the_same_parts_for_a_modal_run(tmp_path: Path) -> None:
-    from pipeline.planning import make_plan
-    from pipeline.registry import open_parts
-    from pipeline.runner import RunOptions
+    from pipeline.engine.options import RunOptions
+    from pipeline.parts import open_parts
+    from pipeline.reporting.planning import make_plan
     from tests.helpers import make_config, sample_rows, write_rows
 
     src = write_rows(tmp_path / "in.parquet", sample_rows(episodes=3))

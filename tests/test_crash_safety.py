@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import FieldMap
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.selection import Selection
 from pipeline.files.source import ParquetSource, ParquetSourceOptions
-from pipeline.runner import RunOptions, run
-from pipeline.selection import Selection
 from tests.gated_local import KIND, GatedRun
 from tests.helpers import (
     config_dict,

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.files.sink import read_vectors
-from pipeline.fingerprint import model_fingerprint
+from pipeline.model.fingerprint import model_fingerprint
 from tests.helpers import ROOT, SAMPLE, make_config, raw_rows_in_files, vectors_by_id
 
 
@@ -61,7 +61,7 @@ def test_backfill_sample_corpus_then_rerun_skips_everything(tmp_path: Path) -> N
     assert set(table["instruction"].to_pylist()) == {"Represent the podcast transcript for retrieval:"}
 
     # Retrieval sanity on the real model: a sourdough question finds the kitchen podcast.
-    from pipeline.embedder import InstructorEmbedder
+    from pipeline.model.embedder import InstructorEmbedder
 
     q_cfg = make_config(SAMPLE, out).model
     q_cfg.instruction = q_cfg.query_instruction

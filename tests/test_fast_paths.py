@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import encoder_shapes, model_cache, t5_attention
 from pipeline.config import ModelConfig
-from pipeline.embedder import InstructorEmbedder
 from pipeline.errors import ConfigError, ModelError
+from pipeline.model import encoder_shapes, model_cache, t5_attention
+from pipeline.model.embedder import InstructorEmbedder
 from tests.synthetic_model import TINY
 
 _SENTENCE = (

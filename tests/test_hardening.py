@@ -237,8 +237,8 @@ def test_the_parquet_source_folder_skips_what_is_not_a_regular_file_and_reads_da
     import pyarrow.parquet as pq
 
     from pipeline.config import FieldMap
+    from pipeline.engine.selection import Selection
     from pipeline.files.source import ParquetSource, ParquetSourceOptions
-    from pipeline.selection import Selection
 
     rows = sample_rows(n=30)
     src = tmp_path / "src"
@@ -310,8 +310,8 @@ NOTHING_TO_EMBED = {
 @pytest.mark.parametrize("form", ["str", "utf-8 bytes"])
 def test_text_with_no_letter_or_digit_is_a_dead_letter_in_every_form(text: str, form: str) -> None:
     """Issue 19.8a: text of only punctuation, marks, format characters or unusual spaces was embedded."""
+    from pipeline.engine.validation import validate
     from pipeline.records import DeadLetter, RawRecord
-    from pipeline.validation import validate
 
     value: Any = text if form == "str" else text.encode("utf-8")
     result = validate(RawRecord({"chunk_id": "c1", "episode_id": "e1", "text": value}, "row 1"), {})
@@ -320,8 +320,8 @@ def test_text_with_no_letter_or_digit_is_a_dead_letter_in_every_form(text: str, 
 
 @pytest.mark.parametrize("text", ["ok", "42", "\u00e9", "\u4e2d", "\U0001f44d", "$", "\u0661", "a\u200b"])
 def test_text_with_one_letter_digit_or_symbol_is_embedded(text: str) -> None:
+    from pipeline.engine.validation import validate
     from pipeline.records import Chunk, RawRecord
-    from pipeline.validation import validate
 
     result = validate(RawRecord({"chunk_id": "c1", "episode_id": "e1", "text": f" {text}. "}, "row 1"), {})
     assert isinstance(result, Chunk), result
@@ -332,7 +332,8 @@ def test_an_id_duplicated_after_it_was_embedded_loses_its_old_vector_to_prune(
 ) -> None:
     """Issue 19.8c: the id was dead-lettered but its old vector stayed (and was served), even
     after --prune."""
-    from pipeline.runner import RunOptions, run
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from tests.helpers import make_config, vectors_by_id
 
     rows = sample_rows(n=20)
@@ -361,9 +362,10 @@ def test_a_large_shard_writes_what_it_embedded_every_write_every_s(
     batching.write_every_s seconds of embedding: a kill loses about that much, not more."""
     import threading
 
-    import pipeline.in_flight as in_flight
+    import pipeline.engine.in_flight as in_flight
+    from pipeline.engine.options import RunOptions
+    from pipeline.engine.runner import run
     from pipeline.files.sink import ParquetSink
-    from pipeline.runner import RunOptions, run
     from tests.gated_executor import MODEL, GatedExecutor, GatedOptions
     from tests.helpers import make_config, vectors_by_id
 

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
-from pipeline.fingerprint import model_fingerprint
-from pipeline.hub import ALLOW_PATTERNS, IGNORE_PATTERNS, download_model
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.model.hub import ALLOW_PATTERNS, IGNORE_PATTERNS, download_model
 
 XL = {"id": "hkunlp/instructor-xl", "dimension": 768}
 SHA = "ce48b213095e647a6c3536364b9fa00daf57f436"
@@ -83,7 +83,7 @@ def test_the_patterns_keep_an_instructor_layout_and_drop_other_formats() -> None
 def test_a_model_downloaded_with_the_patterns_loads_and_embeds_the_same(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    from pipeline.embedder import InstructorEmbedder
+    from pipeline.model.embedder import InstructorEmbedder
 
     root = Path(tiny_model_dir)
     files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]

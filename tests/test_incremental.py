@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from pipeline.config import Config
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.selection import Selection
 from pipeline.files.sink import read_vectors
-from pipeline.registry import open_parts
-from pipeline.runner import RunOptions, run
-from pipeline.selection import Selection
-from pipeline.status import Coverage, coverage
+from pipeline.parts import open_parts
+from pipeline.reporting.status import Coverage, coverage
 from tests.helpers import (
     MINILM,
     dataset_ids,

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.embedder import InstructorEmbedder
 from pipeline.errors import ModelError
+from pipeline.model.embedder import InstructorEmbedder
 
 GOLDEN = Path(__file__).parent / "golden" / "instructor_minilm.json"
 INSTRUCTION = "Represent the podcast transcript for retrieval:"
@@ -94,7 +94,7 @@ def test_pooling_check_refuses_a_model_that_pools_the_instruction() -> None:
     emb = _embedder()
     emb.model.set_pooling_include_prompt(True)
     try:
-        from pipeline.embedder import check_instructor_semantics
+        from pipeline.model.embedder import check_instructor_semantics
 
         with pytest.raises(ModelError, match="include_prompt"):
             check_instructor_semantics(emb.model)

@@ -12,16 +12,17 @@ import pytest
 
 import jobs.modal_app as modal_app
 from pipeline.config import load_config
-from pipeline.embedder import InstructorEmbedder
+from pipeline.engine.local import LocalExecutor, LocalOptions
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError
-from pipeline.fingerprint import model_fingerprint
-from pipeline.local import LocalExecutor, LocalOptions
 from pipeline.modal.executor import ModalExecutor
 from pipeline.modal.options import EMBEDDER_CLASS
 from pipeline.modal.wire import decode_vectors
+from pipeline.model.embedder import InstructorEmbedder
+from pipeline.model.fingerprint import model_fingerprint
 from pipeline.records import Batch
-from pipeline.runner import RunOptions, run
-from pipeline.selection import Selection
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 from tests.modal_fixtures import cpu_as_a10g, local_map, modal_minilm_config
 
@@ -182,13 +183,13 @@ def test_ingest_job_runs_one_episode_and_writes_its_report(
     monkeypatch.setattr(modal_app, "CONFIG_PATH", str(cfg))
     monkeypatch.setattr(modal_app, "REPORTS_MOUNT", str(tmp_path / "volume"))
 
-    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+    with caplog.at_level(logging.INFO, logger="pipeline.reporting.progress"):
         report = modal_app.run_job(
             "ingest", Selection(episode_ids=("pc-astro-ep02",)), map_fn=local_map(embedder_obj.embed.local)
         )
     assert report["status"] == "completed" and report["command"] == "ingest"
     # The progress lines an operator reads in `modal app logs`.
-    progress = [r.getMessage() for r in caplog.records if r.name == "pipeline.progress"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "pipeline.reporting.progress"]
     done = report["counts"]["embedded"]
     assert any(m.endswith("[shard done]") for m in progress), progress
     assert progress[-1].startswith(f"ingest: {done}/{done} chunks (100%)"), progress
@@ -334,7 +335,7 @@ def test_nothing_calls_into_cuda_before_the_snapshot(minilm_config: Path, monkey
     every CUDA query must come after the restore hook started."""
     import torch
 
-    from pipeline import model_cache
+    from pipeline.model import model_cache
 
     events: list[str] = []
 
@@ -379,10 +380,10 @@ class _FaultyEmbedder(InstructorEmbedder):
 @pytest.fixture()
 def faulty_container(minilm_config: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh GPU-class instance whose embedder injects faults; records retirements."""
-    import pipeline.embedder
+    import pipeline.model.embedder
 
     retired: list[str] = []
-    monkeypatch.setattr(pipeline.embedder, "InstructorEmbedder", _FaultyEmbedder)
+    monkeypatch.setattr(pipeline.model.embedder, "InstructorEmbedder", _FaultyEmbedder)
     monkeypatch.setattr(modal_app, "require_cuda", cpu_as_a10g)
     monkeypatch.setattr(modal_app, "retire_container", retired.append)
     return modal_app.Embedder(config_path=str(minilm_config)), retired
@@ -561,7 +562,7 @@ def test_a_job_stopped_by_sigterm_releases_its_claims_and_raises(job_env, monkey
     returned normally, so Modal took a half-done job for a finished one."""
     import signal
 
-    from pipeline.registry import open_parts
+    from pipeline.parts import open_parts
 
     tmp_path, _ = job_env
     inner = local_map(modal_app.Embedder(config_path=str(modal_app.CONFIG_PATH)).embed.local)

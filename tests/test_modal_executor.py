@@ -441,8 +441,8 @@ def test_usage_lists_devices_containers_start_up_and_failed_attempts() -> None:
 
 
 def test_failed_attempts_are_billed_from_dispatch_to_failure_bounded_by_the_timeout() -> None:
-    from pipeline.cost import Usage
     from pipeline.modal.fanout import Fanout
+    from pipeline.reporting.cost import Usage
 
     class Clock:
         t = 0.0
@@ -513,7 +513,7 @@ def test_fanout_memory_does_not_grow_with_the_number_of_batches() -> None:
 def test_the_bill_counts_every_container_started_and_the_time_around_batches() -> None:
     """Before: only containers that answered were billed, and only their compute, loads
     and boots: a failed start, a late scale-up and per-input overhead were missing."""
-    from pipeline.cost import Prices, bill_usage
+    from pipeline.reporting.cost import Prices, bill_usage
     from tests.modal_fixtures import MemoryDict
 
     roster = MemoryDict()

@@ -20,8 +20,8 @@ MINILM = {
 def test_move_to_reloads_fp32_at_the_pinned_revision_with_the_shape_settings(monkeypatch) -> None:
     """Before: the fp32 re-load (a bf16 snapshot restored where fp32 is decided) called
     _load without model.revision and dropped seq_multiple/compile."""
-    import pipeline.embedder as embedder_mod
-    from pipeline import encoder_shapes, precision
+    import pipeline.model.embedder as embedder_mod
+    from pipeline.model import encoder_shapes, precision
 
     cfg = ModelConfig(**{**MINILM, "seq_multiple": 8})  # type: ignore[arg-type]
     object.__setattr__(cfg, "revision", "0123abcd")  # a hub model pinned to a commit
@@ -53,7 +53,7 @@ def test_a_missing_tokenizer_says_run_download_weights(tmp_path: Path) -> None:
     code = (
         "from pipeline.config import ModelConfig\n"
         "from pipeline.errors import ModelError\n"
-        "from pipeline.tokens import TokenCounter\n"
+        "from pipeline.model.tokens import TokenCounter\n"
         "cfg = ModelConfig(id='hkunlp/instructor-xl', dimension=768, revision='0123abcd')\n"
         "try:\n"
         "    TokenCounter(cfg)\n"

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import incremental
 from pipeline.config import Config
-from pipeline.registry import Parts, open_parts
-from pipeline.runner import RunOptions, run
+from pipeline.engine import incremental
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.parts import Parts, open_parts
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     MongoEnv,
     load_chunks,

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.errors import TargetError
-from pipeline.registry import open_executor
-from pipeline.runner import RunOptions, run
+from pipeline.parts import open_executor
 from tests.helpers import ROOT
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     URI_ENV,

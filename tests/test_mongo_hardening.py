@@ -7,7 +7,8 @@ from pathlib import Path
 
 import bson
 
-from pipeline.runner import RunOptions, run
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     MongoEnv,
     load_chunks,

@@ -20,11 +20,12 @@ import pytest
 from bson import ObjectId, Regex
 from bson.binary import Binary, UuidRepresentation
 
-from pipeline.planning import make_plan
-from pipeline.registry import open_parts, open_source
-from pipeline.runner import RunOptions, run
-from pipeline.selection import Selection
-from pipeline.status import coverage
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.selection import Selection
+from pipeline.parts import open_parts, open_source
+from pipeline.reporting.planning import make_plan
+from pipeline.reporting.status import coverage
 from tests.helpers import ROOT
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     URI_ENV,

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from bson import ObjectId
 
-from pipeline.executor import Executor
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.engine.selection import Selection
+from pipeline.interfaces.executor import Executor
+from pipeline.parts import open_executor
 from pipeline.records import Batch, BatchResult, text_sha256
-from pipeline.registry import open_executor
-from pipeline.runner import RunOptions, run
-from pipeline.selection import Selection
 from tests.helpers import make_config, vectors_by_id, write_rows
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures
     TINY_DIM,
@@ -394,8 +395,8 @@ def test_two_runs_at_once_share_the_work_and_never_embed_a_chunk_twice(
 
 
 def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
-    from pipeline.registry import open_parts
-    from pipeline.status import coverage
+    from pipeline.parts import open_parts
+    from pipeline.reporting.status import coverage
 
     rows = subset(2)
     load_chunks(mongo, rows)
@@ -407,7 +408,7 @@ def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -
     parts = open_parts(cfg)
     try:
         cov = coverage(cfg, parts)
-        assert parts.sink.coverage() == {cov.fingerprint: 10}
+        assert parts.sink.fingerprint_counts() == {cov.fingerprint: 10}
     finally:
         parts.close()
     assert cov.total == len(rows) + 1 and cov.invalid == 1
@@ -419,7 +420,7 @@ def test_status_by_query(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -
 def test_config_errors_name_the_key(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
     from pipeline.config import parse_config
     from pipeline.errors import ConfigError, SourceError
-    from pipeline.registry import open_parts
+    from pipeline.parts import open_parts
     from tests.mongo_fixtures import mongo_raw
 
     bad = mongo_raw(mongo, tiny_model(tiny_model_dir), tmp_path)
@@ -441,7 +442,7 @@ def test_config_errors_name_the_key(mongo: MongoEnv, tiny_model_dir: str, tmp_pa
 
 
 def test_plan_is_stable_and_server_side(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
-    from pipeline.registry import open_source
+    from pipeline.parts import open_source
 
     rows = subset(5)
     load_chunks(mongo, rows)
@@ -475,7 +476,7 @@ def test_plan_is_stable_and_server_side(mongo: MongoEnv, tiny_model_dir: str, tm
 
 
 def test_since_uses_dates(mongo: MongoEnv, tiny_model_dir: str, tmp_path: Path) -> None:
-    from pipeline.registry import open_source
+    from pipeline.parts import open_source
 
     rows = subset(3)
     load_chunks(mongo, rows)

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 from pymongo import MongoClient
 
+from pipeline.parts import open_parts
 from pipeline.records import text_sha256
-from pipeline.registry import open_parts
-from pipeline.status import coverage
+from pipeline.reporting.status import coverage
 from tests.cli_forkserver import ForkServer
 from tests.helpers import ROOT
 from tests.mongo_fixtures import (  # noqa: F401 - fixtures

@@ -15,9 +15,9 @@ import pytest
 from bson import ObjectId
 from bson.binary import Binary
 
-from pipeline.checkpoint import Holder
+from pipeline.engine.liveness import current
 from pipeline.errors import ConfigError, TargetError
-from pipeline.liveness import current
+from pipeline.interfaces.checkpoint import Holder
 from pipeline.mongo.connection import redact_uri, scrub
 from pipeline.mongo.ledger import MongoCheckpointOptions, MongoCheckpointStore
 from pipeline.mongo.sink import MongoSink
@@ -25,7 +25,7 @@ from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import id_candidates, id_to_str
 from pipeline.records import Chunk, DeadLetter, VectorRecord, text_sha256
 from pipeline.toml_schema import from_table
-from tests.mongo_fixtures import URI_ENV, MongoEnv, mongo, mongo_server  # noqa: F401 - fixtures
+from tests.mongo_fixtures import URI_ENV, MongoEnv, mongo, mongo_server, mongo_vectors  # noqa: F401 - fixtures
 
 # --------------------------------------------------------------------------- secrets
 
@@ -279,10 +279,10 @@ def test_sink_writes_idempotently_and_reads_state_without_vectors(mongo: MongoEn
         states = sink.lookup(chunks)
         assert set(states) == {"a", str(oid)} and states["a"].text_sha256 == text_sha256("alpha")
         assert sorted(s.chunk_id for s in sink.iter_states()) == sorted(["a", str(oid), "7"])
-        vecs = sink.read_vectors()
+        vecs = mongo_vectors(sink)
         assert vecs[str(oid)].tolist() == [0, 1, 0, 0] and vecs["a"].dtype == np.float32
         assert mongo.db.chunks.find_one({"_id": "a"})["keep"] == 1
-        assert sink.coverage() == {"fp": 3}
+        assert sink.fingerprint_counts() == {"fp": 3}
         with pytest.raises(TargetError, match="expects 4"):
             sink.write([_record("a", "alpha", [1, 0, 0])])
         with pytest.raises(TargetError, match="non-finite"):

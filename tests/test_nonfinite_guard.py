@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import ModelConfig
-from pipeline.embedder import InstructorEmbedder
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
 from pipeline.files.sink import ParquetSink
-from pipeline.runner import RunOptions, run
+from pipeline.model.embedder import InstructorEmbedder
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 from tests.synthetic_model import TINY
 

@@ -13,10 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.errors import ConfigError, TargetError
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions, read_vectors
 from pipeline.records import Chunk, VectorRecord
-from pipeline.runner import RunOptions, run
 from tests.helpers import (
     dataset_ids,
     make_config,

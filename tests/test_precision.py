@@ -13,11 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
-from pipeline import model_cache
 from pipeline.config import ModelConfig, load_config
-from pipeline.embedder import InstructorEmbedder
-from pipeline.planning import planned_precision
-from pipeline.precision import (
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
+from pipeline.model import model_cache
+from pipeline.model.embedder import InstructorEmbedder
+from pipeline.model.precision import (
     Resolved,
     cpu_bf16_units,
     detect,
@@ -26,7 +27,7 @@ from pipeline.precision import (
     read_cpu_flags,
     resolve,
 )
-from pipeline.runner import RunOptions, run
+from pipeline.reporting.planning import planned_precision
 from tests.helpers import ROOT, make_config, sample_rows, vectors_by_id, write_rows
 from tests.synthetic_model import TINY
 

@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 
 from pipeline.config import parse_config
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.errors import ConfigError
-from pipeline.progress import LogProgress
-from pipeline.runner import RunOptions, run
+from pipeline.reporting.progress import LogProgress
 from tests.gated_executor import MODEL, GatedExecutor, GatedOptions, register
 from tests.helpers import ROOT, make_config, sample_rows, write_rows
 
@@ -242,10 +243,9 @@ def test_cli_without_a_terminal_logs_progress_lines(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     err = done.stderr
     assert "\r" not in err and "%|" not in err, "a bar was drawn without a terminal"
-    assert (
-        "INFO pipeline.progress: backfill: reading 2 shard(s) (~20 rows) to find the chunks to embed" in err
-    )
-    assert "INFO pipeline.progress: backfill: ~15 chunks to embed so far (1/2 shards read); loading" in err
+    log = "INFO pipeline.reporting.progress: backfill:"
+    assert f"{log} reading 2 shard(s) (~20 rows) to find the chunks to embed" in err
+    assert f"{log} ~15 chunks to embed so far (1/2 shards read); loading" in err
     # The writer thread may lag the embedding loop: the counts in shard lines are "so far".
     assert re.search(r"backfill: \d+/~?15 chunks \(\d+%\), .* shards 1/2 done; .* \[shard done\]", err), err
     assert re.search(r"backfill: 15/15 chunks \(100%\), .* 5 deferred; .* \[shard partly written\]", err), err
@@ -394,7 +394,7 @@ def test_ingest_of_a_small_episode_starts_with_its_true_total(
     config = make_config(source, tmp_path / "out", model=MODEL)
     logger = logging.getLogger("test.progress.ingest")
     progress = LogProgress("ingest", 30, logger=logger, clock=FakeClock(), background=False)
-    from pipeline.selection import Selection
+    from pipeline.engine.selection import Selection
 
     opts = RunOptions(command="ingest", selection=Selection(episode_ids=(episode,)))
     with caplog.at_level(logging.INFO, logger=logger.name):

@@ -18,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.sink import read_vectors
-from pipeline.runner import RunOptions, run
 from tests.helpers import config_dict, make_config, sample_rows, tiny_model, write_rows, write_toml
 
 
@@ -93,12 +94,13 @@ def test_a_wrong_sink_path_is_named_and_nothing_is_created(
 
 
 def test_the_ledger_is_opened_mode_ro(backfilled: dict[str, Any]) -> None:
-    from pipeline.checkpoint import SinkHome
     from pipeline.errors import TargetError
     from pipeline.files.ledger import SqliteCheckpointOptions, SqliteCheckpointStore
+    from pipeline.interfaces.checkpoint import SinkHome
 
     out = backfilled["out"]
-    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), SinkHome("x", str(out)), read_only=True)
+    home = SinkHome("x", {"folder": str(out)})
+    store = SqliteCheckpointStore.open(SqliteCheckpointOptions(), home, read_only=True)
     try:
         with pytest.raises(TargetError, match="read-only"):
             store.add_dead_letters("r", [])  # any write is refused before SQL

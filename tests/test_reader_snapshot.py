@@ -16,8 +16,8 @@ import pytest
 
 from pipeline.files import search as files_search
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions
+from pipeline.interfaces.sink import VectorQuery
 from pipeline.records import VectorRecord
-from pipeline.sink import VectorQuery
 
 DIM = 4
 EPISODES = 6

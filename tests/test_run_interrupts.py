@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.ledger import SqliteCheckpointStore
-from pipeline.runner import RunOptions, run
 from tests.gated_executor import MODEL, GatedExecutor, GatedOptions, register
 from tests.helpers import make_config, sample_rows, vectors_by_id, write_rows
 

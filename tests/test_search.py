@@ -24,13 +24,13 @@ from click.testing import CliRunner
 
 from jobs.cli import cli
 from pipeline.config import FieldMap, load_config
+from pipeline.engine.selection import Selection
 from pipeline.files import search as files_search
 from pipeline.files.sink import ParquetSink, ParquetSinkOptions, read_vectors
+from pipeline.interfaces.sink import VectorQuery
 from pipeline.records import VectorRecord
-from pipeline.search import Question, Searcher, retrieval_check, search
-from pipeline.selection import Selection
-from pipeline.sink import VectorQuery
-from tests.helpers import MINILM, ROOT, SAMPLE, sample_rows
+from pipeline.reporting.search import Searcher, search
+from tests.helpers import MINILM, ROOT, SAMPLE, Question, retrieval_check, sample_rows
 from tests.mongo_fixtures import load_chunks, mongo, mongo_raw, mongo_server, to_toml  # noqa: F401
 
 EPISODES = [

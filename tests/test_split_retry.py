@@ -1,11 +1,11 @@
-"""Split-and-retry, the rule both executors share (pipeline/split_retry.py)."""
+"""Split-and-retry, the rule both executors share (pipeline/engine/split_retry.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.engine.split_retry import embed_with_split_retry, halves
 from pipeline.records import Batch, BatchResult
-from pipeline.split_retry import embed_with_split_retry, halves
 
 DIM = 4
 

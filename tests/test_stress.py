@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.engine.options import RunOptions
+from pipeline.engine.runner import run
 from pipeline.files.sink import read_vectors
-from pipeline.runner import RunOptions, run
 from tests.gated_local import KIND, POLL_S, GatedRun
 from tests.helpers import (
     config_dict,

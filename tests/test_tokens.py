@@ -7,8 +7,8 @@ import threading
 import numpy as np
 
 from pipeline.config import ModelConfig
-from pipeline.embedder import InstructorEmbedder
-from pipeline.tokens import TokenCounter
+from pipeline.model.embedder import InstructorEmbedder
+from pipeline.model.tokens import TokenCounter
 
 LONG = " ".join(["the starter bubbled all night and we measured it every hour"] * 40)
 

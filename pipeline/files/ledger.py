@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.checkpoint import (
+from pipeline.errors import ConfigError, TargetError
+from pipeline.files.sqlite_db import Database
+from pipeline.interfaces.checkpoint import (
     CLAIM_WAIT_S,
     CheckpointStore,
     Holder,
@@ -30,8 +32,6 @@ from pipeline.checkpoint import (
     StoredDeadLetter,
     check_claim_wait,
 )
-from pipeline.errors import ConfigError, TargetError
-from pipeline.files.sqlite_db import Database
 from pipeline.records import DeadLetter
 
 SCHEMA = """
@@ -147,9 +147,9 @@ class SqliteCheckpointStore(CheckpointStore):
         ``missing_ok`` (then it reads as an empty ledger).
         """
         path = Path(options.path) if options.path else None
-        if path is None and not home.folder:
+        if path is None and not home.where.get("folder"):
             raise ConfigError("checkpoint.path: required when the sink has no folder")
-        path = path or Path(home.folder) / "state.sqlite"  # type: ignore[arg-type]
+        path = path or Path(home.where["folder"]) / "state.sqlite"  # type: ignore[arg-type]
         return cls(path, options.claim_wait_s, read_only, missing_ok)
 
     # -- liveness ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import TargetError
+from pipeline.files.schema import vector_schema
 
 
 def read_legacy_vectors(root: Path, columns: list[str] | None = None) -> pa.Table:
@@ -37,8 +38,6 @@ def read_legacy_vectors(root: Path, columns: list[str] | None = None) -> pa.Tabl
         table = pq.read_table(root / "vectors" / name, columns=wanted)
         tables.append(table.filter(pc.is_in(table["chunk_id"], pa.array(ids, pa.string()))))
     if not tables:
-        from pipeline.files.sink import vector_schema
-
         empty = vector_schema(1).empty_table()
         return empty if wanted is None else empty.select(wanted)
     return pa.concat_tables(tables)

@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -36,10 +37,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.files import ann
-from pipeline.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
+from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
-if TYPE_CHECKING:
-    from pipeline.files.sink import ParquetSink
+
+class SearchedSink(Protocol):
+    """What search needs of :class:`pipeline.files.sink.ParquetSink` (which imports this module)."""
+
+    root: Path
+    dimension: int
+
+    def describe(self) -> str: ...
+    def reading(self) -> AbstractContextManager[Any | None]: ...
+    def writing(self) -> AbstractContextManager[Any | None]: ...
+    def after_index(self, version: int) -> None: ...
+
 
 #: Vectors scored per matrix product: 32k x 768 float32 is 96 MiB.
 BLOCK_ROWS = 32_768
@@ -57,7 +68,7 @@ def _filter(query: VectorQuery) -> pc.Expression:
     return expr
 
 
-def fingerprint_counts(sink: ParquetSink) -> dict[str, int]:
+def fingerprint_counts(sink: SearchedSink) -> dict[str, int]:
     """Stored vectors per model fingerprint: one string column of one version."""
     with sink.reading() as ds:
         if ds is None:
@@ -125,11 +136,11 @@ class _Matrix:
     fingerprints: pa.Array
 
 
-def _matrix_dir(sink: ParquetSink, version: int) -> Path:
+def _matrix_dir(sink: SearchedSink, version: int) -> Path:
     return sink.root / SEARCH_DIR / f"v{version}"
 
 
-def _load_matrix(sink: ParquetSink, version: int) -> _Matrix | None:
+def _load_matrix(sink: SearchedSink, version: int) -> _Matrix | None:
     folder = _matrix_dir(sink, version)
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -211,7 +222,7 @@ def _search_streamed(
     return top.hits(), scanned
 
 
-def search(sink: ParquetSink, query: VectorQuery) -> SearchOutcome:
+def search(sink: SearchedSink, query: VectorQuery) -> SearchOutcome:
     """Cosine top k over one version of the table: the index of that version, else exact."""
     q = _unit_query(query)
     with sink.reading() as ds:
@@ -239,7 +250,7 @@ def search(sink: ParquetSink, query: VectorQuery) -> SearchOutcome:
 
 
 # ---------------------------------------------------------------------------- podembed index
-def write_matrix(sink: ParquetSink, ds: Any, with_ann: bool = False) -> tuple[Path, dict[str, Any] | None]:
+def write_matrix(sink: SearchedSink, ds: Any, with_ann: bool = False) -> tuple[Path, dict[str, Any] | None]:
     """Every vector of version ``ds`` as one contiguous float32 file (written, fsynced, renamed).
 
     With ``with_ann`` (and at least ``ann.MIN_ROWS`` vectors) the approximate index of the
@@ -255,7 +266,7 @@ def write_matrix(sink: ParquetSink, ds: Any, with_ann: bool = False) -> tuple[Pa
     return final, ann.build(m.matrix, final / ann.ANN_FILE, sink.root / SEARCH_DIR)
 
 
-def _write_matrix_files(sink: ParquetSink, ds: Any, final: Path) -> None:
+def _write_matrix_files(sink: SearchedSink, ds: Any, final: Path) -> None:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -285,12 +296,12 @@ def _write_matrix_files(sink: ParquetSink, ds: Any, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def has_ann(sink: ParquetSink) -> bool:
+def has_ann(sink: SearchedSink) -> bool:
     """Whether `podembed index` built an approximate index here (later runs keep it current)."""
     return (sink.root / SEARCH_DIR / ann.TRAINED_FILE).exists()
 
 
-def prune_matrices(sink: ParquetSink, keep: int) -> None:
+def prune_matrices(sink: SearchedSink, keep: int) -> None:
     """Delete the matrices and indexes of other versions (the caller holds off readers)."""
     folder = sink.root / SEARCH_DIR
     if not folder.exists():
@@ -300,7 +311,7 @@ def prune_matrices(sink: ParquetSink, keep: int) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def build_index(sink: ParquetSink) -> IndexOutcome:
+def build_index(sink: SearchedSink) -> IndexOutcome:
     """Write the exact matrix of the current version and, from ``ann.MIN_ROWS`` vectors, its ANN index."""
     with sink.writing() as ds:
         if ds is None:

@@ -49,10 +49,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.checkpoint import SinkHome
 from pipeline.errors import ConfigError, TargetError
+from pipeline.files.legacy import read_legacy_vectors
+from pipeline.files.schema import vector_schema
+from pipeline.files.search import SEARCH_DIR, build_index, has_ann, prune_matrices, write_matrix
+from pipeline.files.search import fingerprint_counts as search_counts
+from pipeline.files.search import search as exact_or_ann_search
+from pipeline.interfaces.checkpoint import SinkHome
+from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 from pipeline.records import Chunk, StoredState, VectorRecord
-from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +75,6 @@ COMPACT_AFTER_FRAGMENTS = 48
 TARGET_ROWS_PER_FRAGMENT = 262_144
 #: Re-index chunk ids once this many rows are outside the B-tree (an upsert scans them).
 REINDEX_AFTER_ROWS = 16_384
-
-
-def vector_schema(dimension: int) -> pa.Schema:
-    """The schema of the vectors table."""
-    return pa.schema(
-        [
-            pa.field("chunk_id", pa.string(), nullable=False),
-            pa.field("episode_id", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
-            pa.field("text_sha256", pa.string(), nullable=False),
-            pa.field("model_fingerprint", pa.string(), nullable=False),
-            pa.field("instruction", pa.string(), nullable=False),
-            pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
-            pa.field("run_id", pa.string(), nullable=False),
-        ]
-    )
 
 
 @dataclass(slots=True)
@@ -158,7 +147,7 @@ class ParquetSink(Sink):
     @classmethod
     def home(cls, options: ParquetSinkOptions) -> SinkHome:
         """The output folder; the SQLite ledger defaults to ``state.sqlite`` inside it."""
-        return SinkHome(target=f"parquet:{options.path}", folder=options.path)
+        return SinkHome(target=f"parquet:{options.path}", where={"folder": options.path})
 
     def __init__(
         self, options: ParquetSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
@@ -386,8 +375,6 @@ class ParquetSink(Sink):
             except BlockingIOError:
                 return
             self._ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
-            from pipeline.files.search import prune_matrices
-
             prune_matrices(self, keep=self._ds.version)
         finally:
             os.close(fd)
@@ -431,8 +418,6 @@ class ParquetSink(Sink):
         Only rows the old manifest owns are taken (exactly what the old reader returned);
         the old files are renamed, not deleted, so nothing is lost if the user wants them.
         """
-        from pipeline.files.legacy import read_legacy_vectors
-
         old = read_legacy_vectors(self.root)
         if old.num_rows:
             old = old.cast(self.schema)
@@ -466,28 +451,20 @@ class ParquetSink(Sink):
     # ------------------------------------------------------------------ search
     def fingerprint_counts(self) -> dict[str, int]:
         """Stored vectors per fingerprint, counted from one column of one version."""
-        from pipeline.files.search import fingerprint_counts
-
-        return fingerprint_counts(self)
+        return search_counts(self)
 
     def search(self, query: VectorQuery) -> SearchOutcome:
         """The ANN index when it covers this version, else exact (see pipeline/files/search.py)."""
-        from pipeline.files.search import search
-
-        return search(self, query)
+        return exact_or_ann_search(self, query)
 
     def ensure_search_index(self, fields: Any) -> IndexOutcome:
         """Build the ANN index and the exact-search matrix for the current version."""
-        from pipeline.files.search import build_index
-
         return build_index(self)
 
     def close(self) -> None:
         """Compact what this process wrote (few large files for readers), then let go."""
         if self._wrote and not self.read_only:
             self._wrote = False
-            from pipeline.files.search import SEARCH_DIR, has_ann, write_matrix
-
             had_matrix = any((self.root / SEARCH_DIR).glob("v*"))
             with self._exclusive():
                 self._maintain()
@@ -513,8 +490,6 @@ def read_vectors(path: str | os.PathLike[str], columns: list[str] | None = None)
     """
     root = Path(path)
     if _is_legacy(root):
-        from pipeline.files.legacy import read_legacy_vectors
-
         return read_legacy_vectors(root, columns)
     with reader_snapshot(root):
         ds = open_snapshot(root)

@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import FieldMap
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError, SourceError
+from pipeline.interfaces.source import ChangePlan, Source
 from pipeline.records import RawRecord, ShardSpec
-from pipeline.selection import Selection
-from pipeline.source import ChangePlan, Source
 
 log = logging.getLogger(__name__)
 

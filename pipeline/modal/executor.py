@@ -1,6 +1,6 @@
 """The Modal executor: batches fan out to up to ten GPU containers with ``.map()``.
 
-The containers run the very same :class:`~pipeline.embedder.InstructorEmbedder` as the
+The containers run the very same :class:`~pipeline.model.embedder.InstructorEmbedder` as the
 local executor (see ``jobs/modal_app.py``); this module is the client side plus the
 wire format both sides share:
 
@@ -37,17 +37,18 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pipeline.config import ModelConfig
-from pipeline.cost import Footprint, Usage
 from pipeline.errors import ConfigError
-from pipeline.executor import Executor
-from pipeline.fingerprint import model_fingerprint
+from pipeline.interfaces.executor import Executor
+from pipeline.modal import trigger
 from pipeline.modal.credentials import require_modal_credentials
 from pipeline.modal.fanout import Fanout
 from pipeline.modal.gpu import same_gpu_type
 from pipeline.modal.options import APP_MODULE, EMBEDDER_CLASS, ModalOptions, roster_name
 from pipeline.modal.stream import MapFn
-from pipeline.precision import Resolved, for_gpu_name
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.model.precision import Resolved, for_gpu_name
 from pipeline.records import Batch, BatchResult
+from pipeline.reporting.cost import Footprint, Usage
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,6 @@ class ModalExecutor(Executor):
     @classmethod
     def submit_ingest(cls, config: Any, episode_id: str, limit: int | None) -> tuple[dict[str, str], str]:
         """Start the deployed ``ingest_episode`` and return at once (see :class:`Executor`)."""
-        from pipeline.modal import trigger
-
         if limit is not None:
             raise ConfigError("--limit: not supported when the ingest runs on Modal")
         app = config.executor.options.app_name

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cost import Usage, failed_attempt_s
+from pipeline.engine.split_retry import dead_letter_reason, halves
 from pipeline.errors import PodembedError, TargetError
 from pipeline.modal.credentials import modal_error
 from pipeline.modal.gpu import gpu_matches
@@ -24,7 +24,7 @@ from pipeline.modal.options import EMBEDDER_CLASS, PAYLOAD_LIMIT_BYTES, ModalOpt
 from pipeline.modal.stream import InputStream, MapFn
 from pipeline.modal.wire import batch_payload, decode_vectors, payload_bytes
 from pipeline.records import Batch, BatchResult
-from pipeline.split_retry import dead_letter_reason, halves
+from pipeline.reporting.cost import Usage, failed_attempt_s
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 import re
 from dataclasses import dataclass
 
-from pipeline.cost import Footprint
 from pipeline.errors import ConfigError
+from pipeline.reporting.cost import Footprint
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ owned by a process known to be dead. Times come from the *server's* clock
 every ``heartbeat_s`` (default a third of ``lease_ttl_s``). A run that dies stops
 renewing: its claims expire ``lease_ttl_s`` later. A run on the *same machine* does not
 wait for that: each claim records its owner's process identity (host, boot id, PID
-namespace, PID and start time, see :mod:`pipeline.liveness`), and a claimer that finds
+namespace, PID and start time, see :mod:`pipeline.engine.liveness`), and a claimer that finds
 that process gone takes the claim over at once (after ``kill -9`` too). A resumed run
 is taken over the same way (``find_resumable``), so two runs never resume one run.
 """
@@ -25,9 +25,9 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline.checkpoint import Holder, LiveRun
+from pipeline.engine.liveness import ProcessIdentity, current, is_dead
 from pipeline.errors import TargetError
-from pipeline.liveness import ProcessIdentity, current, is_dead
+from pipeline.interfaces.checkpoint import Holder, LiveRun
 from pipeline.mongo.connection import Connection
 from pipeline.mongo.retry import retrying, server_now
 from pipeline.mongo.values import iso_text
@@ -39,14 +39,14 @@ class MongoRunClaims:
     """The live-run and claim half of :class:`~pipeline.mongo.ledger.MongoCheckpointStore`.
 
     A mixin: the store's ``__init__`` sets what it uses (``conn``, ``target``, the
-    ``owners`` and ``claims`` collections, ``ttl``, ``beat_every``, and the run's own
+    ``owners`` and ``claim_docs`` (claims) collections, ``ttl``, ``beat_every``, and the run's own
     ``_owner``/``_mine``/``_lost`` state and heartbeat thread).
     """
 
     conn: Connection
     target: str
     owners: Any
-    claims: Any
+    claim_docs: Any  # the claims collection (the core's Claims is the run's view of them)
     ttl: timedelta
     beat_every: float
 
@@ -98,19 +98,27 @@ class MongoRunClaims:
             )
             if self._mine:
                 mine = sorted(self._mine)
+                keys = [self._key(u) for u in mine]
                 res = retrying(
                     self.conn,
                     "renewing claims",
-                    lambda: self.claims.update_many(
-                        {"_id": {"$in": [self._key(u) for u in mine]}, "owner": owner},
+                    lambda: self.claim_docs.update_many(
+                        {"_id": {"$in": keys}, "owner": owner},
                         {"$set": {"expires_at": now + self.ttl}},
                     ),
                 )
                 if res.matched_count < len(mine):
                     kept = {
                         d["unit"]
-                        for d in self.claims.find(
-                            {"_id": {"$in": [self._key(u) for u in mine]}, "owner": owner}, {"unit": 1}
+                        for d in retrying(
+                            self.conn,
+                            "reading which claims this run still holds",
+                            lambda: list(
+                                self.claim_docs.find(
+                                    {"_id": {"$in": keys}, "owner": owner},
+                                    {"unit": 1},
+                                )
+                            ),
                         )
                     }
                     lost = set(mine) - kept - self._lost
@@ -151,7 +159,7 @@ class MongoRunClaims:
             retrying(
                 self.conn,
                 "releasing claims",
-                lambda: self.claims.delete_many({"target": self.target, "owner": owner}),
+                lambda: self.claim_docs.delete_many({"target": self.target, "owner": owner}),
             )
             retrying(self.conn, "unregistering the run", lambda: self.owners.delete_one({"_id": owner}))
         except TargetError as exc:
@@ -190,7 +198,9 @@ class MongoRunClaims:
         for c in retrying(
             self.conn,
             "listing claims",
-            lambda: list(self.claims.find({"target": self.target}, {"unit": 1, "owner": 1}).sort("unit", 1)),
+            lambda: list(
+                self.claim_docs.find({"target": self.target}, {"unit": 1, "owner": 1}).sort("unit", 1)
+            ),
         ):
             claims.setdefault(str(c.get("owner")), []).append(str(c.get("unit")))
         return [
@@ -206,7 +216,7 @@ class MongoRunClaims:
         ]
 
     def _forget(self, owner: str) -> None:
-        self.claims.delete_many({"target": self.target, "owner": owner})
+        self.claim_docs.delete_many({"target": self.target, "owner": owner})
         self.owners.delete_one({"_id": owner})
 
     # ------------------------------------------------------------------ claims
@@ -233,7 +243,7 @@ class MongoRunClaims:
 
         def insert() -> list[str]:
             try:
-                self.claims.insert_many(docs, ordered=False)
+                self.claim_docs.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
                 if any(e.get("code") != 11000 for e in errors):
@@ -249,7 +259,7 @@ class MongoRunClaims:
 
         key = self._key(unit)
         for _ in range(3):
-            doc = retrying(self.conn, "reading a claim", lambda: self.claims.find_one({"_id": key}))
+            doc = retrying(self.conn, "reading a claim", lambda: self.claim_docs.find_one({"_id": key}))
             if doc is None:
                 flt: dict[str, Any] = {"_id": key}  # released meanwhile: take it fresh
             elif doc.get("owner") == self._owner or not _later(doc.get("expires_at"), now):
@@ -261,7 +271,7 @@ class MongoRunClaims:
 
             def take(flt: dict[str, Any] = flt, doc: dict[str, Any] | None = doc) -> bool:
                 try:
-                    got = self.claims.find_one_and_update(
+                    got = self.claim_docs.find_one_and_update(
                         flt, {"$set": self._claim_doc(unit, now)}, upsert=doc is None
                     )
                 except DuplicateKeyError:
@@ -276,7 +286,10 @@ class MongoRunClaims:
                         doc.get("run_id") or doc.get("owner"),
                     )
                 return None
-        doc = self.claims.find_one({"_id": key}) or {}
+        doc = (
+            retrying(self.conn, "reading a claim's holder", lambda: self.claim_docs.find_one({"_id": key}))
+            or {}
+        )
         return Holder(str(doc.get("owner", "?")), str(doc.get("run_id", "")), str(doc.get("command", "")))
 
     def claim(self, units: Collection[str]) -> dict[str, Holder]:
@@ -305,7 +318,7 @@ class MongoRunClaims:
         retrying(
             self.conn,
             "releasing claims",
-            lambda: self.claims.delete_many({"_id": {"$in": keys}, "owner": owner}),
+            lambda: self.claim_docs.delete_many({"_id": {"$in": keys}, "owner": owner}),
         )
         self._mine -= set(units)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -151,9 +152,9 @@ class ConnectionOptions:
     # Total time transient faults (network, step-down) are retried before the run fails.
     retry_s: float = 60.0
 
-    def validate_connection(self, prefix: str) -> None:
-        """Check the shared keys."""
-        if not self.uri_env.strip():
+    def validate_connection(self, prefix: str, uri_required: bool = True) -> None:
+        """Check the shared keys (``uri_required=False``: an empty ``uri_env`` borrows another's)."""
+        if uri_required and not self.uri_env.strip():
             raise ConfigError(f"{prefix}.uri_env: must name an environment variable")
         if self.server_selection_timeout_ms < 100:
             raise ConfigError(f"{prefix}.server_selection_timeout_ms: must be at least 100")
@@ -254,6 +255,17 @@ def check_tls_files(uri: str, key: str, env: str) -> None:
                 f"{key}: the MongoDB URI in ${env} sets {option}={value}, which {problem}; "
                 f"fix the path in ${env} (a PEM file this user can read)"
             )
+
+
+def connected(options: ConnectionOptions, what: str, build: Callable[[Connection], T]) -> T:
+    """``build(connection)`` on a fresh checked connection, closed again if ``build`` fails
+    (the shape of every MongoDB part's ``open``: connect, construct and check, index)."""
+    conn = connect(options, what)
+    try:
+        return build(conn)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def connect(options: ConnectionOptions, what: str) -> Connection:

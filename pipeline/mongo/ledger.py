@@ -22,6 +22,7 @@ Live runs and their claims on episodes: :mod:`pipeline.mongo.claims`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pipeline.checkpoint import (
+from pipeline.errors import ConfigError
+from pipeline.interfaces.checkpoint import (
     CLAIM_WAIT_S,
     CheckpointStore,
     SinkHome,
@@ -39,9 +41,8 @@ from pipeline.checkpoint import (
     StoredDeadLetter,
     check_claim_wait,
 )
-from pipeline.errors import ConfigError
 from pipeline.mongo.claims import MongoRunClaims
-from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connect
+from pipeline.mongo.connection import IN_PAGE, Connection, ConnectionOptions, check_name, connected
 from pipeline.mongo.retry import ensure_index, retrying, server_now
 from pipeline.mongo.values import iso_text, pages, utcnow
 from pipeline.records import DeadLetter
@@ -78,10 +79,7 @@ class MongoCheckpointOptions(ConnectionOptions):
         if self.heartbeat_s < 0 or (self.heartbeat_s and self.heartbeat_s >= self.lease_ttl_s):
             raise ConfigError(f"{prefix}.heartbeat_s: must be between 0 and lease_ttl_s")
         check_claim_wait(self.claim_wait_s, f"{prefix}.claim_wait_s")
-        if self.server_selection_timeout_ms < 100:
-            raise ConfigError(f"{prefix}.server_selection_timeout_ms: must be at least 100")
-        if self.retry_s < 0:
-            raise ConfigError(f"{prefix}.retry_s: must not be negative")
+        self.validate_connection(prefix, uri_required=False)  # empty: the sink's uri_env
 
 
 class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
@@ -96,7 +94,7 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         db = conn.client[database]
         p = options.collection_prefix
         self.owners = db[f"{p}owners"]
-        self.claims = db[f"{p}claims"]
+        self.claim_docs = db[f"{p}claims"]
         self.runs = db[f"{p}runs"]
         self.shards = db[f"{p}shards"]
         self.dead = db[f"{p}dead_letters"]
@@ -125,32 +123,29 @@ class MongoCheckpointStore(MongoRunClaims, CheckpointStore):
         missing_ok: bool = False,
     ) -> MongoCheckpointStore:
         """Connect (by default with the sink's URI and database); create indexes unless ``read_only``."""
-        import dataclasses
-
-        database = options.database or home.database
+        database = options.database or home.where.get("database", "")
         if not database:
             raise ConfigError("checkpoint.database: required (the sink has no database to share)")
-        uri_env = options.uri_env or home.uri_env
+        uri_env = options.uri_env or home.where.get("uri_env", "")
         if not uri_env:
             raise ConfigError("checkpoint.uri_env: required (the sink has no MongoDB URI to share)")
         conn_opts = dataclasses.replace(options, uri_env=uri_env)
         target = options.target or home.target
-        conn = connect(conn_opts, "checkpoint")
-        try:
+
+        def build(conn: Connection) -> MongoCheckpointStore:
             store = cls(options, conn, database, target)
             if not read_only:
                 store._indexes()
-        except BaseException:
-            conn.close()
-            raise
-        return store
+            return store
+
+        return connected(conn_opts, "checkpoint", build)
 
     def _indexes(self) -> None:
         ensure_index(self.conn, self.runs, [("target", 1), ("plan_key", 1), ("started_at", -1)])
         ensure_index(self.conn, self.runs, [("target", 1), ("started_at", -1)])
         ensure_index(self.conn, self.shards, [("run_id", 1)])
         ensure_index(self.conn, self.dead, [("target", 1), ("last_seen", -1)])
-        ensure_index(self.conn, self.claims, [("target", 1), ("owner", 1)])
+        ensure_index(self.conn, self.claim_docs, [("target", 1), ("owner", 1)])
         ensure_index(self.conn, self.owners, [("target", 1)])
 
     # ------------------------------------------------------------------ runs

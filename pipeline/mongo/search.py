@@ -36,18 +36,37 @@ support is detected.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from pipeline.config import FieldMap
-from pipeline.mongo.connection import short_message
+from pipeline.interfaces.sink import (
+    EPISODE,
+    PODCAST,
+    SINCE,
+    IndexOutcome,
+    SearchOutcome,
+    VectorHit,
+    VectorQuery,
+)
+from pipeline.mongo.connection import Connection, short_message
 from pipeline.mongo.retry import guarded, retrying
+from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import get_path, id_candidates, id_to_str
-from pipeline.sink import EPISODE, PODCAST, SINCE, IndexOutcome, SearchOutcome, VectorHit, VectorQuery
 
-if TYPE_CHECKING:
-    from pipeline.mongo.sink import MongoSink
+
+class SearchedSink(Protocol):
+    """What search needs of :class:`pipeline.mongo.sink.MongoSink` (which imports this module)."""
+
+    options: MongoSinkOptions
+    dimension: int
+    conn: Connection
+    target: Any  # the pymongo collection holding the vectors
+    in_place: bool
+    key_field: str
+    meta: str
+
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +85,12 @@ class _Unsupported(Exception):
     """The server has no Atlas Search."""
 
 
-def index_name(sink: MongoSink) -> str:
+def index_name(sink: SearchedSink) -> str:
     """``podembed_<vector_field>`` (dots in a nested field path become underscores)."""
     return "podembed_" + sink.options.vector_field.replace(".", "_")
 
 
-def filter_paths(sink: MongoSink, fields: FieldMap) -> dict[str, str]:
+def filter_paths(sink: SearchedSink, fields: FieldMap) -> dict[str, str]:
     """Where each filter lives in the vector documents: ``episode``/``podcast``/``since``."""
     if not sink.in_place:
         return {EPISODE: "episode_id"}
@@ -83,11 +102,11 @@ def filter_paths(sink: MongoSink, fields: FieldMap) -> dict[str, str]:
     return paths
 
 
-def _fingerprint_path(sink: MongoSink) -> str:
+def _fingerprint_path(sink: SearchedSink) -> str:
     return f"{sink.meta}.model_fingerprint"
 
 
-def index_definition(sink: MongoSink, fields: FieldMap) -> dict[str, Any]:
+def index_definition(sink: SearchedSink, fields: FieldMap) -> dict[str, Any]:
     """The Atlas Vector Search index definition for the sink's vector field."""
     filters = [_fingerprint_path(sink), *filter_paths(sink, fields).values()]
     return {
@@ -108,7 +127,7 @@ def _is_unsupported(exc: Exception) -> bool:
     return code in UNSUPPORTED_CODES
 
 
-def _list_index(sink: MongoSink) -> dict[str, Any] | None:
+def _list_index(sink: SearchedSink) -> dict[str, Any] | None:
     """The index's description, ``None`` if absent; raises :class:`_Unsupported` without Atlas Search."""
     from pymongo.errors import OperationFailure
 
@@ -124,7 +143,7 @@ def _list_index(sink: MongoSink) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def ensure_index(sink: MongoSink, fields: FieldMap) -> IndexOutcome:
+def ensure_vector_index(sink: SearchedSink, fields: FieldMap) -> IndexOutcome:
     """Create the vector search index, or update it if its definition differs (idempotent)."""
     from pymongo.operations import SearchIndexModel
 
@@ -162,7 +181,7 @@ def ensure_index(sink: MongoSink, fields: FieldMap) -> IndexOutcome:
     return IndexOutcome(status, message, {"name": name, "type": "vectorSearch", "definition": definition})
 
 
-def _filter(sink: MongoSink, query: VectorQuery) -> dict[str, Any]:
+def _filter(sink: SearchedSink, query: VectorQuery) -> dict[str, Any]:
     """The same pre-filter for ``$vectorSearch`` and the exact scan (values are data, never syntax)."""
     paths = filter_paths(sink, query.fields)
     parts: list[dict[str, Any]] = [{_fingerprint_path(sink): {"$eq": query.fingerprint}}]
@@ -187,12 +206,12 @@ def _any_of(path: str, values: tuple[str, ...]) -> dict[str, Any]:
     return ors[0] if len(ors) == 1 else {"$or": ors}
 
 
-def _episode_path(sink: MongoSink) -> str:
+def _episode_path(sink: SearchedSink) -> str:
     # The episode as the sink recorded it: in the metadata (both modes).
     return f"{sink.meta}.episode_id"
 
 
-def search(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
+def search(sink: SearchedSink, query: VectorQuery) -> SearchOutcome:
     """Top k by cosine: ``$vectorSearch`` if an index is queryable, else an exact scan."""
     reason: str
     try:
@@ -211,7 +230,7 @@ def search(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
     return outcome
 
 
-def _vector_search(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
+def _vector_search(sink: SearchedSink, query: VectorQuery) -> SearchOutcome:
     vector = [float(x) for x in np.asarray(query.vector, dtype=np.float32).reshape(-1)]
     stage = {
         "index": index_name(sink),
@@ -238,7 +257,7 @@ def _vector_search(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
     return SearchOutcome(hits=hits, method="vectorSearch")
 
 
-def _hit(sink: MongoSink, doc: dict[str, Any], score: float) -> VectorHit:
+def _hit(sink: SearchedSink, doc: dict[str, Any], score: float) -> VectorHit:
     episode = get_path(doc, _episode_path(sink))
     return VectorHit(
         chunk_id=str(id_to_str(get_path(doc, sink.key_field))),
@@ -260,7 +279,7 @@ def _vector(value: Any, dimension: int) -> np.ndarray | None:
     return vec if vec.shape[0] == dimension else None
 
 
-def _exact(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
+def _exact(sink: SearchedSink, query: VectorQuery) -> SearchOutcome:
     q = np.asarray(query.vector, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(q))
     q = q / norm if norm > 0 else q
@@ -308,6 +327,6 @@ def _exact(sink: MongoSink, query: VectorQuery) -> SearchOutcome:
     return SearchOutcome(hits=hits, method="exact", scanned=scanned, notices=notices)
 
 
-def native_filters(sink: MongoSink, fields: FieldMap) -> frozenset[str]:
+def native_filters(sink: SearchedSink, fields: FieldMap) -> frozenset[str]:
     """The filters the vector documents can answer themselves."""
     return frozenset(filter_paths(sink, fields))

@@ -44,20 +44,22 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
 from pipeline.errors import TargetError
+from pipeline.interfaces.checkpoint import SinkHome
+from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery, WriteOutcome
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
-    connect,
+    connected,
     hosts_of,
     short_message,
 )
-from pipeline.mongo.retry import ensure_index, is_transient, retrying
+from pipeline.mongo.retry import ensure_index, guarded, is_transient, retrying
+from pipeline.mongo.search import ensure_vector_index, native_filters
+from pipeline.mongo.search import search as search_vectors
 from pipeline.mongo.sink_options import MongoSinkOptions
 from pipeline.mongo.values import (
-    decode_vector,
     encode_vector,
     get_path,
     id_filter,
@@ -66,7 +68,6 @@ from pipeline.mongo.values import (
     pages,
 )
 from pipeline.records import Chunk, DeadLetter, StoredState, VectorRecord
-from pipeline.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery, WriteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,13 @@ class MongoSink(Sink):
         """The sink's database and URI; its target is ``database.collection.vector_field``."""
         return SinkHome(
             target=f"{options.database}.{options.collection}.{options.vector_field}",
-            database=options.database,
-            uri_env=options.uri_env,
+            where={"database": options.database, "uri_env": options.uri_env},
         )
 
     @classmethod
-    def check_fields(cls, options: MongoSinkOptions, fields: FieldMap, source_kind: str) -> None:
+    def check_fields(cls, options: MongoSinkOptions, fields: FieldMap, source_options: Any) -> None:
         """In place, the sink writes onto the source's documents: their field names must agree."""
-        options.check_fields(fields, source_kind, "sink")
+        options.check_fields(fields, source_options, "sink")
 
     def __init__(self, options: MongoSinkOptions, dimension: int, conn: Connection) -> None:
         self.options = options
@@ -113,15 +113,14 @@ class MongoSink(Sink):
         cls, options: MongoSinkOptions, dimension: int, read_only: bool = False, missing_ok: bool = False
     ) -> MongoSink:
         """Connect (failing fast if the server is down) and create indexes (unless ``read_only``)."""
-        conn = connect(options, "sink")
-        try:
+
+        def build(conn: Connection) -> MongoSink:
             sink = cls(options, dimension, conn)
             if options.create_indexes and not read_only:
                 sink._indexes()
-        except BaseException:
-            conn.close()
-            raise
-        return sink
+            return sink
+
+        return connected(options, "sink", build)
 
     def _indexes(self) -> None:
         # Only what writes and lookups need (by chunk id). No index on the metadata: status
@@ -182,32 +181,11 @@ class MongoSink(Sink):
     def iter_states(self) -> Iterator[StoredState]:
         """Every stored vector's state, streamed (metadata only)."""
         cursor = self.target.find({self.meta: {"$exists": True}}, self._projection()).batch_size(5000)
-        from pipeline.mongo.retry import guarded
-
         with guarded(self.conn, "listing stored vectors"), cursor:
             for doc in cursor:
                 state = self._state(doc)
                 if state is not None:
                     yield state
-
-    def read_vectors(self, chunk_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Stored vectors as float32 (for tests, checks and small exports)."""
-        proj = {self.key_field: 1, self.options.vector_field: 1}
-        has = {self.options.vector_field: {"$exists": True}}
-        filters = (
-            [has]
-            if chunk_ids is None
-            else [{**has, **id_filter(self.key_field, page)} for page in pages(list(chunk_ids), IN_PAGE)]
-        )
-        docs = [
-            d
-            for flt in filters
-            for d in retrying(self.conn, "reading vectors", lambda f=flt: list(self.target.find(f, proj)))
-        ]
-        return {
-            str(id_to_str(get_path(d, self.key_field))): decode_vector(get_path(d, self.options.vector_field))
-            for d in docs
-        }
 
     # ------------------------------------------------------------------ writing
     def _document(self, r: VectorRecord) -> dict[str, Any]:
@@ -392,8 +370,9 @@ class MongoSink(Sink):
                 removed += int(res.deleted_count)
         return removed
 
-    # ------------------------------------------------------------------ status helpers
-    def coverage(self) -> dict[str, int]:
+    # ------------------------------------------------------------------ search
+    # Atlas Vector Search or an exact scan, and the index: pipeline/mongo/search.py.
+    def fingerprint_counts(self) -> dict[str, int]:
         """Stored vectors per model fingerprint, counted by the server."""
         pipeline = [
             {"$match": {self.meta: {"$exists": True}}},
@@ -402,29 +381,17 @@ class MongoSink(Sink):
         rows = retrying(self.conn, "counting vectors", lambda: list(self.target.aggregate(pipeline)))
         return {str(r["_id"]): int(r["n"]) for r in rows}
 
-    # ------------------------------------------------------------------ search
-    # Atlas Vector Search or an exact scan, and the index: pipeline/mongo/search.py.
-    def fingerprint_counts(self) -> dict[str, int]:
-        """Stored vectors per model fingerprint, counted by the server."""
-        return self.coverage()
-
     def search_filters(self, fields: FieldMap) -> frozenset[str]:
         """In place, the chunk documents hold episode, podcast and date; a vectors collection, the episode."""
-        from pipeline.mongo.search import native_filters
-
         return native_filters(self, fields)
 
     def search(self, query: VectorQuery) -> SearchOutcome:
         """``$vectorSearch`` when the server has a queryable index, else an exact scan."""
-        from pipeline.mongo.search import search
-
-        return search(self, query)
+        return search_vectors(self, query)
 
     def ensure_search_index(self, fields: FieldMap) -> IndexOutcome:
         """Create or update the Atlas Vector Search index (or say the server has none)."""
-        from pipeline.mongo.search import ensure_index
-
-        return ensure_index(self, fields)
+        return ensure_vector_index(self, fields)
 
     def close(self) -> None:
         """Release the shared client."""

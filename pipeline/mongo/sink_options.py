@@ -69,9 +69,11 @@ class MongoSinkOptions(ConnectionOptions):
         if self.write_batch < 1:
             raise ConfigError(f"{prefix}.write_batch: must be at least 1")
 
-    def check_fields(self, fields: FieldMap, source_kind: str, prefix: str) -> None:
-        """Writing onto the chunk documents the source reads: both must name the same fields."""
-        if source_kind != "mongo":
+    def check_fields(self, fields: FieldMap, source_options: object, prefix: str) -> None:
+        """Writing onto the chunk documents the source reads: both must name the same fields.
+
+        Only a MongoDB source (its options are connection options) reads those documents."""
+        if not isinstance(source_options, ConnectionOptions):
             return
         for ours, key in (("chunk_id", "id_field"), ("text", "text_field")):
             if getattr(fields, ours) != getattr(self, key):

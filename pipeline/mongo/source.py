@@ -20,7 +20,7 @@
   ``invalid_episode_ids`` shards selected by that type check, and are read once and
   dead-lettered by validation.
 - **Server-side filters.** The configured ``query``, the shard and the run's
-  :class:`~pipeline.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
+  :class:`~pipeline.engine.selection.Selection` (``--episode``, ``--podcast``, ``--since``)
   are one ``$and`` filter evaluated by the server.
 - **Batched, retried reading.** A shard is fetched by one cursor (``batch_size``
   documents per round trip) as a unit: after a network fault or a step-down the
@@ -34,7 +34,7 @@
   typed value read from the server, never text from a config or a document. A cursor
   sees no deletions and no update that left the field alone: the full sweep does.
 - **Ids.** ObjectId and UUID ids become their string form as chunk ids; writing back
-  matches every BSON type a string may stand for (see ``mongo_common.id_candidates``).
+  matches every BSON type a string may stand for (see ``pipeline.mongo.values.id_candidates``).
 """
 
 from __future__ import annotations
@@ -48,14 +48,16 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.config import FieldMap
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError, SourceError, TargetError
+from pipeline.interfaces.source import ChangePlan, Source
 from pipeline.mongo.connection import (
     IN_PAGE,
     Connection,
     ConnectionOptions,
     check_field,
     check_name,
-    connect,
+    connected,
     hosts_of,
 )
 from pipeline.mongo.duplicates import duplicate_ids
@@ -75,8 +77,6 @@ from pipeline.mongo.values import (
     to_ejson,
 )
 from pipeline.records import RawRecord, ShardSpec
-from pipeline.selection import Selection
-from pipeline.source import ChangePlan, Source
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +145,15 @@ class MongoSource(Source):
         """Connect, check the collection exists and that documents carry the mapped fields."""
         for ours, path in fields.mapped().items():
             check_field(path, f"source.fields.{ours}")
-        conn = connect(options, "source")
-        try:
+
+        def build(conn: Connection) -> MongoSource:
             source = cls(options, fields, window_chunks, conn)
             source._check()
             if options.create_indexes:
                 source._indexes()
-        except BaseException:
-            conn.close()
-            raise
-        return source
+            return source
+
+        return connected(options, "source", build)
 
     def _check(self) -> None:
         opts = self.options
@@ -282,9 +281,7 @@ class MongoSource(Source):
         docs = retrying(
             self.conn,
             "reading the cursor's high-water mark",
-            lambda: list(
-                self.collection.find({path: {"$exists": True}}, {path: 1}).sort(path, -1).limit(1)
-            ),
+            lambda: list(self.collection.find({path: {"$exists": True}}, {path: 1}).sort(path, -1).limit(1)),
         )
         mark = get_path(docs[0], path) if docs else None
         if mark is not None and _cursor_value(mark) is None:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Collection
 
-from pipeline.checkpoint import CheckpointStore, Holder
+from pipeline.interfaces.checkpoint import CheckpointStore, Holder
 
 log = logging.getLogger(__name__)
 

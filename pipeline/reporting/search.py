@@ -1,6 +1,6 @@
 """Search what was embedded: a question in, the nearest transcript passages out.
 
-The question is embedded by the same :class:`~pipeline.embedder.InstructorEmbedder`
+The question is embedded by the same :class:`~pipeline.model.embedder.InstructorEmbedder`
 that embedded the documents, with ``[model].query_instruction`` (INSTRUCTOR pairs a
 query instruction with the documents' one). Only vectors whose model fingerprint is the
 configured model's are compared: vectors of another model or instruction live in
@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError, ModelError
-from pipeline.fingerprint import model_fingerprint
-from pipeline.registry import open_sink, open_source
-from pipeline.selection import Selection
-from pipeline.sink import EPISODE, PODCAST, SINCE, SearchOutcome, Sink, VectorHit, VectorQuery
-from pipeline.source import Source
+from pipeline.interfaces.sink import EPISODE, PODCAST, SINCE, SearchOutcome, Sink, VectorHit, VectorQuery
+from pipeline.interfaces.source import Source
+from pipeline.model.embedder import InstructorEmbedder
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.parts import open_sink, open_source
 
 SNIPPET_CHARS = 240
 
@@ -141,8 +142,6 @@ class Searcher:
     def embedder(self) -> Any:
         """The model, loaded on first use (sentence-transformers costs seconds to import)."""
         if self._embedder is None:
-            from pipeline.embedder import InstructorEmbedder
-
             self._embedder = InstructorEmbedder(self.config.model)
         return self._embedder
 
@@ -265,48 +264,14 @@ class Searcher:
             self.source.close()
 
 
-@dataclass(slots=True, frozen=True)
-class Question:
-    """A question with the podcast and episode that answer it (a retrieval check)."""
-
-    question: str
-    podcast: str
-    episode: str
-
-
-def retrieval_check(
-    searcher: Searcher, questions: list[Question], instruction: str | None = None, k: int = 5
-) -> dict[str, float]:
-    """How often the right podcast / episode comes up in the top ``k``.
-
-    ``instruction`` as in :meth:`Searcher.embed_question` (``None``: the query instruction).
-    Returns ``podcast_in_top``, ``episode_at_1`` (counts) and ``episode_mrr`` (mean
-    reciprocal rank of the right episode's best chunk, 0 when it is not in the top ``k``).
-    """
-    podcast_in_top = episode_at_1 = 0
-    reciprocal = 0.0
-    for q in questions:
-        hits = searcher.search_vector(searcher.embed_question(q.question, instruction), k)
-        podcast_in_top += any(h.podcast_id == q.podcast for h in hits)
-        episode_at_1 += bool(hits) and hits[0].episode_id == q.episode
-        rank = next((h.rank for h in hits if h.episode_id == q.episode), None)
-        reciprocal += 1.0 / rank if rank else 0.0
-    return {
-        "questions": len(questions),
-        "podcast_in_top": podcast_in_top,
-        "episode_at_1": episode_at_1,
-        "episode_mrr": round(reciprocal / max(1, len(questions)), 3),
-    }
-
-
 def search(config: Config, question: str, k: int = 10, filters: Selection | None = None) -> list[Hit]:
     """The ``k`` passages of the configured sink nearest to ``question``, best first.
 
     Example::
 
         from pipeline.config import load_config
-        from pipeline.search import search
-        from pipeline.selection import Selection
+        from pipeline.reporting.search import search
+        from pipeline.engine.selection import Selection
 
         for hit in search(load_config("configs/local.toml"), "how long should sourdough ferment?",
                           k=5, filters=Selection(podcast_ids=("pc-kitchen",))):

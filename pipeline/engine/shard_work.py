@@ -8,20 +8,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from pipeline.batching import Item, make_batches
-from pipeline.checkpoint import CheckpointStore, Holder
-from pipeline.claims import Claims
 from pipeline.config import Config
+from pipeline.engine.batching import Item, make_batches
+from pipeline.engine.claims import Claims
+from pipeline.engine.selection import Selection
+from pipeline.engine.validation import validate
+from pipeline.interfaces.checkpoint import Holder
+from pipeline.model.tokens import TokenCounter
+from pipeline.parts import Parts
 from pipeline.records import Batch, Chunk, DeadLetter, ShardSpec, StoredState
-from pipeline.registry import Parts
-from pipeline.report import Counts
-from pipeline.selection import Selection
-from pipeline.sink import Sink
-from pipeline.source import Source
-from pipeline.tokens import TokenCounter
-from pipeline.validation import validate
+from pipeline.reporting.report import Counts
 
 # A dead letter left by validation is re-checked every run; one left by the model is
 # retried only when the text changes (or with --retry-failed).
@@ -56,24 +53,42 @@ class Decision:
     reason: str  # new | changed | other_model | moved | forced | current | failed_before
 
 
-def decide(
-    chunk: Chunk,
-    state: StoredState | None,
-    fingerprint: str,
-    force: bool,
-    run_id: str,
-) -> Decision:
-    """The incremental rule: new, changed text, or another model's vector means work."""
-    if force:
+@dataclass(slots=True, frozen=True)
+class Rule:
+    """What the embed-or-skip decision depends on besides the chunk: the run's model and flags."""
+
+    fingerprint: str
+    run_id: str
+    force: bool = False
+    retry_failed: bool = False
+
+
+def decide(chunk: Chunk, state: StoredState | None, failure: DeadLetter | None, rule: Rule) -> Decision:
+    """The incremental rule, whole: new, changed text, or another model's vector means work,
+    unless the model already failed on this very text (``--retry-failed`` tries again)."""
+    decision = _stored_decision(chunk, state, rule)
+    if (
+        decision.needs_work
+        and failure is not None
+        and failure.field == MODEL_FAILURE_FIELD
+        and failure.text_sha256 == chunk.sha256
+        and not rule.retry_failed
+    ):
+        return Decision(False, "failed_before")
+    return decision
+
+
+def _stored_decision(chunk: Chunk, state: StoredState | None, rule: Rule) -> Decision:
+    if rule.force:
         # A forced run resumed after a crash skips what this very run already wrote.
-        if state and state.run_id == run_id and state.text_sha256 == chunk.sha256:
+        if state and state.run_id == rule.run_id and state.text_sha256 == chunk.sha256:
             return Decision(False, "current")
         return Decision(True, "forced")
     if state is None:
         return Decision(True, "new")
     if state.text_sha256 != chunk.sha256:
         return Decision(True, "changed")
-    if state.model_fingerprint != fingerprint:
+    if state.model_fingerprint != rule.fingerprint:
         return Decision(True, "other_model")
     if state.episode_id is not None and state.episode_id != chunk.episode_id:
         # Same text, new episode: the stored vector's episode (and its file) must follow.
@@ -82,96 +97,49 @@ def decide(
 
 
 class Preparer:
-    """Turns shards into :class:`Prepared` work for one run."""
+    """Turns shards into :class:`Prepared` work for one run (runs, ``plan`` and ``status``)."""
 
     def __init__(
         self,
         config: Config,
-        source: Source,
-        sink: Sink,
-        checkpoint: CheckpointStore,
-        counter: TokenCounter | Callable[[], TokenCounter] | None,
-        fingerprint: str,
+        parts: Parts,
         selection: Selection,
-        run_id: str,
+        rule: Rule,
         *,
-        force: bool = False,
-        retry_failed: bool = False,
+        counter: Callable[[], TokenCounter] | None = None,
         limit: int | None = None,
-        duplicates: dict[str, int] | Callable[[], dict[str, int]] | None = None,
         claims: Claims | None = None,
         on_decided: Callable[[Prepared], None] | None = None,
     ) -> None:
+        """``counter``: a factory that defers loading the tokenizer (or the model) until a shard
+        needs it, so a run with nothing to embed starts and ends in seconds; ``None`` when no
+        batches are wanted (``status``). ``claims``: runs claim each shard's episodes before
+        deciding (plan and status do not). ``on_decided`` is told each shard's decisions before
+        its tokens are counted (the model may load then)."""
         self.config = config
-        self.source = source
-        self.sink = sink
-        self.checkpoint = checkpoint
-        # A factory defers loading the tokenizer (or the model) until a shard needs it:
-        # a run with nothing to embed then starts and ends in seconds.
-        self._counter: Any = counter
-        self.fingerprint = fingerprint
+        self.parts = parts
         self.selection = selection
-        self.run_id = run_id
-        self.force = force
-        self.retry_failed = retry_failed
+        self.rule = rule
+        self._make_counter = counter
+        self._counter: TokenCounter | None = None
         self.remaining = limit
-        # A factory defers reading the source's ids until a shard is read: a night with
-        # nothing changed reads no id column at all.
-        self._duplicates: Any = duplicates if duplicates is not None else {}
-        # Runs claim each shard's episodes before deciding (plan and status do not).
         self.claims = claims
-        # Told each shard's decisions before its tokens are counted (the model may load then).
         self.on_decided = on_decided
-
-    @classmethod
-    def for_parts(
-        cls,
-        config: Config,
-        parts: Parts,
-        selection: Selection,
-        *,
-        fingerprint: str,
-        counter: TokenCounter | Callable[[], TokenCounter] | None,
-        run_id: str,
-        force: bool = False,
-        retry_failed: bool = False,
-        limit: int | None = None,
-        claims: Claims | None = None,
-        on_decided: Callable[[Prepared], None] | None = None,
-    ) -> Preparer:
-        """A preparer over opened parts (runs, ``plan`` and ``status`` all build it here).
-
-        ``counter`` is ``None`` when no batches are wanted (``status``), or a factory that
-        defers loading the tokenizer until a shard needs it.
-        """
-        return cls(
-            config,
-            parts.source,
-            parts.sink,
-            parts.checkpoint,
-            counter,
-            fingerprint,
-            selection,
-            run_id,
-            force=force,
-            retry_failed=retry_failed,
-            limit=limit,
-            duplicates=lambda: parts.source.duplicate_ids(selection),
-            claims=claims,
-            on_decided=on_decided,
-        )
+        # Read on first use: a night with nothing changed reads no id column at all.
+        self._duplicates: dict[str, int] | None = None
 
     @property
     def duplicates(self) -> dict[str, int]:
         """Chunk ids found more than once in the source, read on first use."""
-        if callable(self._duplicates):
-            self._duplicates = self._duplicates()
+        if self._duplicates is None:
+            self._duplicates = self.parts.source.duplicate_ids(self.selection)
         return self._duplicates
 
     def counter(self) -> TokenCounter:
         """The token counter, created on first use."""
-        if not isinstance(self._counter, TokenCounter):
-            self._counter = self._counter()
+        if self._counter is None:
+            assert self._make_counter is not None, "a preparer without a counter makes no batches"
+            self._counter = self._make_counter()
         return self._counter
 
     def prepare(self, shard: ShardSpec) -> Prepared:
@@ -179,7 +147,7 @@ class Preparer:
         counts = Counts()
         valid: list[Chunk] = []
         dead: list[DeadLetter] = []
-        for record in self.source.read(shard, self.selection):
+        for record in self.parts.source.read(shard, self.selection):
             counts.seen += 1
             result = validate(record, self.duplicates)
             if isinstance(result, DeadLetter):
@@ -198,24 +166,16 @@ class Preparer:
                 dead = [d for d in dead if d.episode_id not in left]
                 counts.claimed_elsewhere = counts.seen - len(valid) - len(dead)
         counts.dead_lettered = len(dead)
-        states = self.sink.lookup(valid) if valid else {}
-        failures = self.checkpoint.dead_letters([c.chunk_id for c in valid]) if valid else {}
+        states = self.parts.sink.lookup(valid) if valid else {}
+        failures = self.parts.checkpoint.dead_letters([c.chunk_id for c in valid]) if valid else {}
         todo: list[Chunk] = []
         previously_failed: set[str] = set()
         reasons: Counter[str] = Counter()
         for chunk in valid:
-            decision = decide(chunk, states.get(chunk.chunk_id), self.fingerprint, self.force, self.run_id)
             failure = failures.get(chunk.chunk_id)
             if failure is not None:
                 previously_failed.add(chunk.chunk_id)
-            if (
-                decision.needs_work
-                and failure is not None
-                and failure.field == MODEL_FAILURE_FIELD
-                and failure.text_sha256 == chunk.sha256
-                and not self.retry_failed
-            ):
-                decision = Decision(False, "failed_before")
+            decision = decide(chunk, states.get(chunk.chunk_id), failure, self.rule)
             reasons[decision.reason] += 1
             if not decision.needs_work:
                 if decision.reason == "failed_before":
@@ -246,7 +206,7 @@ class Preparer:
         )
         if self.on_decided is not None:
             self.on_decided(prepared)
-        if todo and self._counter is not None:
+        if todo and self._make_counter is not None:
             stripped = [c.text.strip() for c in todo]
             token_counts = self.counter().count(stripped)
             items = [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.errors import ConfigError
@@ -46,12 +46,14 @@ class SourceSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class SinkHome:
-    """Where a sink keeps its vectors, so that a checkpoint store can live beside them."""
+    """Where a sink keeps its vectors, so that a checkpoint store can live beside them.
+
+    ``where`` is opaque to the core: a sink puts in what a ledger of its own technology
+    reads (the file sink a ``folder``; the MongoDB sink a ``database`` and ``uri_env``).
+    """
 
     target: str  # a stable name for the sink's data: one ledger serves one target
-    folder: str = ""  # a local folder (file sinks)
-    database: str = ""  # a MongoDB database (MongoDB sinks)
-    uri_env: str = ""  # the environment variable holding that database's URI
+    where: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)

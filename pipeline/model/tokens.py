@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.fingerprint import resolve_model_location
+from pipeline.model.fingerprint import resolve_model_location
 
 
 def missing_model_files(cfg: ModelConfig, location: str, what: str, exc: BaseException) -> str:

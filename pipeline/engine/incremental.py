@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.checkpoint import CheckpointStore, SourceSnapshot
 from pipeline.config import Config
-from pipeline.source import ChangePlan, Source
+from pipeline.interfaces.checkpoint import CheckpointStore, SourceSnapshot
+from pipeline.interfaces.source import ChangePlan, Source
 
 
 @dataclass(slots=True)

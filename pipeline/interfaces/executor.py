@@ -7,9 +7,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from pipeline.config import ModelConfig
-from pipeline.cost import Footprint, Usage
-from pipeline.precision import Resolved, detect
+from pipeline.model.embedder import resolve_device
+from pipeline.model.precision import Resolved, detect
 from pipeline.records import Batch, BatchResult
+from pipeline.reporting.cost import Footprint, Usage
 
 
 class Executor(ABC):
@@ -31,8 +32,6 @@ class Executor(ABC):
     def planned_precision(cls, options: Any, model: ModelConfig) -> Resolved:
         """The precision a run would compute in, decided without loading the model (for ``plan``):
         in-process, for this machine's device."""
-        from pipeline.embedder import resolve_device
-
         return detect(model.precision, resolve_device(model.device))
 
     @classmethod

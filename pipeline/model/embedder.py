@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import model_cache, precision, t5_attention
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.fingerprint import model_fingerprint, resolve_model_location
+from pipeline.model import model_cache, precision, t5_attention
+from pipeline.model.fingerprint import model_fingerprint, resolve_model_location
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _load(location: str, max_seq_length: int, attention: str = "auto", revision:
 def _with_shapes(model: Any, cfg: ModelConfig) -> Any:
     """``model.compile`` / ``model.seq_multiple``: bounded batch shapes, compiled or not."""
     if cfg.compile or cfg.seq_multiple:
-        from pipeline import encoder_shapes
+        from pipeline.model import encoder_shapes
 
         encoder_shapes.install(model, cfg.seq_multiple, cfg.compile)
     return model

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.checkpoint import SinkHome
 from pipeline.config import FieldMap
 from pipeline.errors import ConfigError
+from pipeline.interfaces.checkpoint import SinkHome
 from pipeline.records import Chunk, DeadLetter, StoredState, VectorRecord
 
 #: Filters a sink's search may apply itself; the caller resolves the others into episode ids.
@@ -104,8 +104,11 @@ class Sink(ABC):
         """Where this sink's data lives (without opening it): the checkpoint store's default home."""
 
     @classmethod  # noqa: B027 - optional hook
-    def check_fields(cls, options: Any, fields: FieldMap, source_kind: str) -> None:
-        """Check the source's field names against the sink's (a sink writing onto source records)."""
+    def check_fields(cls, options: Any, fields: FieldMap, source_options: Any) -> None:
+        """Check the source's field names against the sink's (a sink writing onto source records).
+
+        ``source_options``: the source's parsed options; a sink recognises a source of its own
+        technology by their type."""
 
     @abstractmethod
     def describe(self) -> str:

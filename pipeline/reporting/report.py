@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.cost import Bill, Prices, Usage, bill_usage, device_cost_usd, padding_ratio
+from pipeline.engine.liveness import TMP_MARK, stale_temp_files
 from pipeline.errors import ConfigError, TargetError
-from pipeline.liveness import TMP_MARK, stale_temp_files
+from pipeline.reporting.cost import Bill, Prices, Usage, bill_usage, device_cost_usd, padding_ratio
 
 
 @dataclass(slots=True)

@@ -23,43 +23,30 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import incremental
-from pipeline.checkpoint import Holder
-from pipeline.claims import Claims
 from pipeline.config import Config
-from pipeline.cost import Prices
+from pipeline.engine import incremental
+from pipeline.engine.claims import Claims
+from pipeline.engine.in_flight import InFlight
+from pipeline.engine.liveness import new_owner
+from pipeline.engine.options import RunOptions
+from pipeline.engine.selection import Selection
+from pipeline.engine.shard_work import Prepared, Preparer, Rule
 from pipeline.errors import PodembedError, TargetError
-from pipeline.executor import Executor
-from pipeline.in_flight import InFlight
-from pipeline.liveness import new_owner
-from pipeline.progress import Progress
-from pipeline.records import Batch
-from pipeline.registry import Parts, open_executor, open_parts
-from pipeline.report import RunReport, check_report_dir, write_report
-from pipeline.selection import Selection
-from pipeline.shard_work import Prepared, Preparer
-from pipeline.sink import WriteOutcome
-from pipeline.source import unowned_ids
-from pipeline.tokens import TokenCounter
+from pipeline.interfaces.checkpoint import Holder
+from pipeline.interfaces.executor import Executor
+from pipeline.interfaces.sink import WriteOutcome
+from pipeline.interfaces.source import unowned_ids
+from pipeline.model.tokens import TokenCounter
+from pipeline.parts import Parts, open_executor, open_parts
+from pipeline.records import Batch, BatchResult
+from pipeline.reporting.cost import Prices
+from pipeline.reporting.progress import Progress
+from pipeline.reporting.report import RunReport, check_report_dir, write_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class RunOptions:
-    """What the user asked for."""
-
-    command: str = "backfill"  # backfill | reindex | ingest
-    selection: Selection = field(default_factory=Selection)
-    force: bool = False
-    limit: int | None = None
-    retry_failed: bool = False
-    prune: bool = False
-    full: bool = False  # a full sweep: read the whole source even if it says nothing changed
 
 
 def new_run_id() -> str:
@@ -94,6 +81,7 @@ class Runner:
         self._error: BaseException | None = None
         self._claims: Claims | None = None
         self._taken_back: set[str] = set()  # episodes left to another run, then taken back
+        self._first_out: float | None = None  # when the first batch went out: the rate's clock
 
     # ------------------------------------------------------------------ stages
     def _reader(self, preparer: Preparer, shards: list[Any], out: queue.Queue[Any]) -> None:
@@ -236,7 +224,7 @@ class Runner:
         checkpoint.register(new_owner(), opts.command, report.selection)
         try:
             parts.sink.recover()  # what a killed run left half-done (under the sink's own write lock)
-            self._run_locked(report, fingerprint, started)
+            self._execute(report, fingerprint, started)
         except BaseException:
             self._unregister(report)
             raise
@@ -247,7 +235,30 @@ class Runner:
             raise self._error
         return report
 
-    def _run_locked(self, report: RunReport, fingerprint: str, started: float) -> None:
+    def _execute(self, report: RunReport, fingerprint: str, started: float) -> None:
+        """Plan the sweep, embed what it finds, then account for the run (whatever happened)."""
+        sweep, change, todo = self._begin(report, fingerprint)
+        status = "failed"
+        # A backfill leaves episodes other runs hold to them; ingest and reindex wait.
+        self._claims = Claims(self.parts.checkpoint, wait=self.opts.command != "backfill", stop=self._stop)
+        try:
+            preparer = self._preparer(fingerprint, report.run_id)
+            status = self._pipeline(preparer, todo, report, fingerprint, report.run_id)
+            if status == "completed" and self.opts.selection.is_everything:
+                self._removed(report, sweep, change)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except BaseException as exc:
+            self._fail(exc)
+            status = "failed"
+        finally:
+            self._finish(report, status, started, sweep)
+
+    def _begin(
+        self, report: RunReport, fingerprint: str
+    ) -> tuple[incremental.Sweep, incremental.ChangePlan, list[Any]]:
+        """Choose the sweep, resume the run that compared with the same snapshot, record the start;
+        returns the sweep, its change plan and the shards still to do."""
         cfg, opts, parts = self.config, self.opts, self.parts
         checkpoint = parts.checkpoint
         sweep = incremental.choose(
@@ -274,9 +285,8 @@ class Runner:
         if resumed is not None:
             report.run_id, report.resumed = resumed, True
             done = checkpoint.done_shards(resumed)
-        run_id = report.run_id
         checkpoint.start_run(
-            run_id,
+            report.run_id,
             key,
             opts.command,
             {
@@ -291,66 +301,59 @@ class Runner:
         report.shards_skipped_done = sum(s.shard_id in done for s in shards)
         todo = [s for s in shards if s.shard_id not in done]
         self.progress.planned(len(todo), sum(s.estimated_chunks for s in todo), opts.limit)
-        status = "failed"
-        # A backfill leaves episodes other runs hold to them; ingest and reindex wait.
-        self._claims = Claims(checkpoint, wait=opts.command != "backfill", stop=self._stop)
-        try:
+        return sweep, change, todo
 
-            def counter() -> TokenCounter:
-                # Deferred: a run with nothing to embed never loads the tokenizer or model.
-                self.progress.loading("the tokenizer" if self.executor.remote else "the model")
-                try:
-                    return TokenCounter(cfg.model, self.executor.tokenizer())
-                finally:
-                    self.progress.loaded()
+    def _preparer(self, fingerprint: str, run_id: str) -> Preparer:
+        cfg, opts = self.config, self.opts
 
-            preparer = Preparer.for_parts(
-                cfg,
-                parts,
-                opts.selection,
-                fingerprint=fingerprint,
-                counter=counter,
-                run_id=run_id,
-                force=opts.force,
-                retry_failed=opts.retry_failed,
-                limit=opts.limit,
-                claims=self._claims,
-                on_decided=self.progress.shard_decided,
-            )
-            status = self._pipeline(preparer, todo, report, fingerprint, run_id)
-            if status == "completed" and opts.selection.is_everything:
-                self._removed(report, sweep, change)
-        except KeyboardInterrupt:
-            status = "interrupted"
-        except BaseException as exc:
-            self._fail(exc)
-            status = "failed"
-        finally:
-            report.status = status
-            if self._error is not None:
-                report.error = _describe(self._error)
-            report.wall_s = time.perf_counter() - started
-            report.claim_wait_s = self._claims.waited_s
-            report.finished_at = datetime.now(UTC).isoformat()
-            report.finalize(self.executor.usage(), Prices.of(cfg.cost))
+        def counter() -> TokenCounter:
+            # Deferred: a run with nothing to embed never loads the tokenizer or model.
+            self.progress.loading("the tokenizer" if self.executor.remote else "the model")
             try:
-                write_report(report, cfg.report.dir)
-            except TargetError as exc:
-                # Disk full: the ledger must not say completed when the run could not finish.
-                report.status = "failed"
-                report.error = f"{report.error}; {exc}" if report.error else str(exc)
-            try:
-                checkpoint.finish_run(run_id, report.status, report.to_dict())
-                if self._saw_everything(report):
-                    # Only now: a crashed or partial run must never mark the source as seen.
-                    pending = report.counts.removed - report.counts.pruned
-                    incremental.record(checkpoint, sweep, run_id, pending)
-            except PodembedError as exc:
-                # A full disk under the ledger: the run's own error stays the first one told.
-                # The run is left unfinished in the ledger, so the next one resumes it.
-                self._also_failed(report, exc)
+                return TokenCounter(cfg.model, self.executor.tokenizer())
             finally:
-                self.progress.close(report.status)
+                self.progress.loaded()
+
+        rule = Rule(fingerprint, run_id, force=opts.force, retry_failed=opts.retry_failed)
+        return Preparer(
+            cfg,
+            self.parts,
+            opts.selection,
+            rule,
+            counter=counter,
+            limit=opts.limit,
+            claims=self._claims,
+            on_decided=self.progress.shard_decided,
+        )
+
+    def _finish(self, report: RunReport, status: str, started: float, sweep: incremental.Sweep) -> None:
+        """Write the report and close the run in the ledger; a failure here never hides the run's."""
+        cfg, checkpoint = self.config, self.parts.checkpoint
+        report.status = status
+        if self._error is not None:
+            report.error = _describe(self._error)
+        report.wall_s = time.perf_counter() - started
+        report.claim_wait_s = self._claims.waited_s if self._claims else 0.0
+        report.finished_at = datetime.now(UTC).isoformat()
+        report.finalize(self.executor.usage(), Prices.of(cfg.cost))
+        try:
+            write_report(report, cfg.report.dir)
+        except TargetError as exc:
+            # Disk full: the ledger must not say completed when the run could not finish.
+            report.status = "failed"
+            report.error = f"{report.error}; {exc}" if report.error else str(exc)
+        try:
+            checkpoint.finish_run(report.run_id, report.status, report.to_dict())
+            if self._saw_everything(report):
+                # Only now: a crashed or partial run must never mark the source as seen.
+                pending = report.counts.removed - report.counts.pruned
+                incremental.record(checkpoint, sweep, report.run_id, pending)
+        except PodembedError as exc:
+            # A full disk under the ledger: the run's own error stays the first one told.
+            # The run is left unfinished in the ledger, so the next one resumes it.
+            self._also_failed(report, exc)
+        finally:
+            self.progress.close(report.status)
 
     def _unregister(self, report: RunReport) -> None:
         """Leave the live runs; a failure here (a full disk) never hides the run's own error."""
@@ -368,8 +371,8 @@ class Runner:
     def _pipeline(
         self, preparer: Preparer, shards: list[Any], report: RunReport, fingerprint: str, run_id: str
     ) -> str:
-        depth = self.config.batching.queue_depth
-        prepared_q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        """Reader thread -> executor -> writer thread; returns how the embedding ended."""
+        prepared_q: queue.Queue[Any] = queue.Queue(maxsize=self.config.batching.queue_depth)
         # One finished shard at most waits for the writer: embedded but unwritten work is what
         # a kill loses, so it stays bounded (the shard being written, one waiting, one embedding).
         write_q: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -380,69 +383,21 @@ class Runner:
             target=self._writer, args=(write_q, report), name="podembed-writer", daemon=True
         )
         in_flight: dict[str, InFlight] = {}
-        first_out: float | None = None
-
-        def batches() -> Iterator[Batch]:
-            nonlocal first_out
-            while not self._stop.is_set():
-                try:
-                    item = prepared_q.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if item is None:
-                    return
-                prepared: Prepared = item
-                with self._lock:
-                    report.tokens += prepared.tokens
-                    report.padded_tokens += prepared.padded_tokens
-                    report.batches += len(prepared.batches)
-                flight = InFlight(prepared, remaining=len(prepared.batches))
-                self.progress.shard_prepared(prepared)
-                if not prepared.batches:
-                    self._put(write_q, flight)
-                    continue
-                for batch in prepared.batches:
-                    in_flight[batch.batch_id] = flight
-                for batch in prepared.batches:
-                    if self._stop.is_set():
-                        return
-                    if first_out is None:
-                        first_out = time.perf_counter()  # the rate's clock: model loaded, work flowing
-                    self.progress.dispatched(batch)
-                    yield batch
-
+        self._first_out = None
         reader.start()
         writer.start()
         status = "completed"
         embed_start = time.perf_counter()
         try:
-            for result in self.executor.embed(batches()):
-                flight = in_flight.pop(result.batch_id, None)
-                if flight is None:
-                    log.warning("result for unknown or repeated batch %s ignored", result.batch_id)
-                    continue
-                flight.absorb(result, fingerprint, run_id, self.config.model.instruction)
-                self.progress.settled(result)
-                report.batches_answered += 1
-                report.device_s += result.compute_s + result.load_s
-                report.model_load_s += result.load_s
-                report.fp32_retries += result.fp32_retries
-                if result.precision:
-                    report.precision, report.precision_reason = result.precision, result.precision_reason
-                flight.remaining -= 1
-                if flight.remaining == 0:
-                    self._put(write_q, flight)
-                elif not self._stop.is_set() and flight.due(self.config.batching.write_every_s):
-                    # Bounds what a kill loses, in time. A blocking put: the writer drains
-                    # until it sees the end, so the part is never dropped.
-                    write_q.put(flight.split())
+            for result in self.executor.embed(self._dispatch(prepared_q, write_q, in_flight, report)):
+                self._route(result, in_flight, write_q, report, fingerprint, run_id)
                 if self._stop.is_set():
                     break
         except KeyboardInterrupt:
             status = "interrupted"
             self._flush_partial(in_flight, write_q)
         finally:
-            report.embed_s = time.perf_counter() - (first_out or embed_start)
+            report.embed_s = time.perf_counter() - (self._first_out or embed_start)
             if status != "interrupted":
                 # Partial shards (stopped by an error) still write what they computed.
                 self._flush_partial(in_flight, write_q)
@@ -457,6 +412,66 @@ class Runner:
         if self._error is not None:
             raise self._error
         return status
+
+    def _dispatch(
+        self,
+        prepared_q: queue.Queue[Any],
+        write_q: queue.Queue[Any],
+        in_flight: dict[str, InFlight],
+        report: RunReport,
+    ) -> Iterator[Batch]:
+        """The executor's input: each prepared shard's batches, remembered as in flight."""
+        while not self._stop.is_set():
+            try:
+                item = prepared_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            prepared: Prepared = item
+            with self._lock:
+                report.tokens += prepared.tokens
+                report.padded_tokens += prepared.padded_tokens
+                report.batches += len(prepared.batches)
+            flight = InFlight(prepared, remaining=len(prepared.batches))
+            self.progress.shard_prepared(prepared)
+            if not prepared.batches:
+                self._put(write_q, flight)
+                continue
+            for batch in prepared.batches:
+                in_flight[batch.batch_id] = flight
+            for batch in prepared.batches:
+                if self._stop.is_set():
+                    return
+                if self._first_out is None:
+                    self._first_out = time.perf_counter()  # the rate's clock: model loaded, work flowing
+                self.progress.dispatched(batch)
+                yield batch
+
+    def _route(
+        self,
+        result: BatchResult,
+        in_flight: dict[str, InFlight],
+        write_q: queue.Queue[Any],
+        report: RunReport,
+        fingerprint: str,
+        run_id: str,
+    ) -> None:
+        """One result into its shard; the shard to the writer when complete (or due a write)."""
+        flight = in_flight.pop(result.batch_id, None)
+        if flight is None:
+            log.warning("result for unknown or repeated batch %s ignored", result.batch_id)
+            return
+        flight.absorb(result, fingerprint, run_id, self.config.model.instruction)
+        self.progress.settled(result)
+        _account(report, result)
+        flight.remaining -= 1
+        if flight.remaining == 0:
+            self._put(write_q, flight)
+        elif not self._stop.is_set() and flight.due(self.config.batching.write_every_s):
+            # Bounds what a kill loses, in time. A blocking put: the writer drains
+            # until it sees the end, so the part is never dropped.
+            write_q.put(flight.split())
 
     def _flush_partial(self, in_flight: dict[str, InFlight], write_q: queue.Queue[Any]) -> None:
         """Hand what is already embedded to the writer; those shards stay not-done."""
@@ -501,6 +516,16 @@ class Runner:
         report.counts.removed = len(removed)
         if self.opts.prune and removed:
             report.counts.pruned = sink.delete(removed)
+
+
+def _account(report: RunReport, result: BatchResult) -> None:
+    """A result's timings and precision into the run's report."""
+    report.batches_answered += 1
+    report.device_s += result.compute_s + result.load_s
+    report.model_load_s += result.load_s
+    report.fp32_retries += result.fp32_retries
+    if result.precision:
+        report.precision, report.precision_reason = result.precision, result.precision_reason
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.config import FieldMap
+from pipeline.engine.selection import Selection
 from pipeline.records import RawRecord, ShardSpec, StoredState
-from pipeline.selection import Selection
 
 
 @dataclass(slots=True)

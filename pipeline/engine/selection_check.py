@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 
+from pipeline.engine.selection import Selection
 from pipeline.errors import ConfigError
-from pipeline.selection import Selection
-from pipeline.source import Source
+from pipeline.interfaces.source import Source
 
 SUGGESTIONS = 3
 

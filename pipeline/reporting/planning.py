@@ -8,13 +8,13 @@ from typing import Any
 
 from pipeline import registry
 from pipeline.config import Config
-from pipeline.cost import Bill, Prices, device_cost_usd, make_bill, padding_ratio
-from pipeline.fingerprint import model_fingerprint
-from pipeline.precision import Resolved
-from pipeline.registry import Parts
-from pipeline.runner import RunOptions
-from pipeline.shard_work import WORK_REASONS, Preparer
-from pipeline.tokens import TokenCounter
+from pipeline.engine.options import RunOptions
+from pipeline.engine.shard_work import WORK_REASONS, Preparer, Rule
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.model.precision import Resolved
+from pipeline.model.tokens import TokenCounter
+from pipeline.parts import Parts
+from pipeline.reporting.cost import Bill, Prices, device_cost_usd, make_bill, padding_ratio
 
 
 @dataclass(slots=True)
@@ -103,17 +103,8 @@ def make_plan(config: Config, parts: Parts, opts: RunOptions, counter: TokenCoun
     fp = model_fingerprint(config.model)
     counter = counter or TokenCounter(config.model)
     plan = Plan(command=opts.command, selection=opts.selection.describe(), fingerprint=fp)
-    preparer = Preparer.for_parts(
-        config,
-        parts,
-        opts.selection,
-        fingerprint=fp,
-        counter=counter,
-        run_id="plan",
-        force=opts.force,
-        retry_failed=opts.retry_failed,
-        limit=opts.limit,
-    )
+    rule = Rule(fp, "plan", force=opts.force, retry_failed=opts.retry_failed)
+    preparer = Preparer(config, parts, opts.selection, rule, counter=lambda: counter, limit=opts.limit)
     reasons: Counter[str] = Counter()
     shards = parts.source.plan(opts.selection)
     plan.shards = len(shards)

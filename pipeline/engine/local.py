@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ModelConfig
-from pipeline.cost import Usage
-from pipeline.embedder import InstructorEmbedder
-from pipeline.executor import Executor
-from pipeline.fingerprint import model_fingerprint
+from pipeline.engine.split_retry import embed_with_split_retry
+from pipeline.interfaces.executor import Executor
+from pipeline.model.embedder import InstructorEmbedder
+from pipeline.model.fingerprint import model_fingerprint
 from pipeline.records import Batch, BatchResult
-from pipeline.split_retry import embed_with_split_retry
+from pipeline.reporting.cost import Usage
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline import incremental
 from pipeline.config import Config
-from pipeline.fingerprint import model_fingerprint
+from pipeline.engine import incremental
+from pipeline.engine.selection import Selection
+from pipeline.engine.shard_work import Preparer, Rule
+from pipeline.interfaces.source import unowned_ids
+from pipeline.model.fingerprint import model_fingerprint
+from pipeline.parts import Parts
 from pipeline.records import StoredState
-from pipeline.registry import Parts
-from pipeline.report import read_reports
-from pipeline.selection import Selection
-from pipeline.shard_work import Preparer
-from pipeline.source import unowned_ids
+from pipeline.reporting.report import read_reports
 
 
 @dataclass(slots=True)
@@ -122,7 +122,7 @@ def coverage(config: Config, parts: Parts, runs: int = 5, *, full: bool = True) 
         cov.exact, cov.basis_run, cov.unchanged = False, last.run_id, change.unchanged
     else:
         shards = parts.source.plan(selection)
-    preparer = Preparer.for_parts(config, parts, selection, fingerprint=fp, counter=None, run_id="status")
+    preparer = Preparer(config, parts, selection, Rule(fp, "status"))
     reasons: Counter[str] = Counter()
     for shard in shards:
         prepared = preparer.prepare(shard)

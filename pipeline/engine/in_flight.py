@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from time import monotonic
 
+from pipeline.engine.shard_work import MODEL_FAILURE_FIELD, Prepared
 from pipeline.records import BatchResult, DeadLetter, VectorRecord
-from pipeline.report import Counts
-from pipeline.shard_work import MODEL_FAILURE_FIELD, Prepared
+from pipeline.reporting.report import Counts
 
 
 @dataclass(slots=True)

@@ -33,8 +33,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.config import Config
+    from pipeline.engine.shard_work import Prepared
     from pipeline.records import Batch, BatchResult
-    from pipeline.shard_work import Prepared
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The run: claiming episodes, preparing and validating chunks, batching, embedding, writing."""

@@ -1,0 +1,1 @@
+"""The interfaces every technology implements: source, sink, checkpoint store, executor."""
