@@ -200,7 +200,7 @@ def child(args: argparse.Namespace) -> int:
         import numpy as np
 
         from pipeline.files.search import build_index, search
-        from pipeline.sink import VectorQuery
+        from pipeline.interfaces.sink import VectorQuery
 
         parts = open_parts(cfg)
         try:

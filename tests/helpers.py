@@ -65,7 +65,9 @@ def make_config(
 
 
 def vectors_by_id(out: Path) -> dict[str, np.ndarray]:
-    """chunk_id -> vector from a Parquet sink (asserting one row per chunk)."""
+    """chunk_id -> vector from a Parquet sink (asserting one row per chunk); {} when a run wrote none."""
+    if not (out / "vectors.lance").exists():
+        return {}
     table = read_vectors(out)
     ids = table["chunk_id"].to_pylist()
     assert len(ids) == len(set(ids)), "a chunk has more than one vector"

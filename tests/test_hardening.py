@@ -345,13 +345,21 @@ def test_an_id_duplicated_after_it_was_embedded_loses_its_old_vector_to_prune(
     # Another file now holds a second record with that id (another episode, another text).
     write_rows(src / "b.parquet", [{**rows[12], "chunk_id": twin, "text": "A different text."}])
 
+    # An incremental night reads only the new file: its record is dead-lettered, and the old
+    # vector (which answers for neither record now) is removed, so search never serves it.
     report = run(cfg, RunOptions(prune=True))
 
     assert report.status == "completed", report.error
-    assert report.counts.dead_lettered == 2  # both records with the id
+    assert report.counts.dead_lettered == 1
     assert report.counts.removed == 1 and report.counts.pruned == 1
     vectors = vectors_by_id(tmp_path / "out")
     assert twin not in vectors and len(vectors) == 19
+
+    # The full sweep reads the unchanged file too: both records with the id are dead letters.
+    report = run(cfg, RunOptions(full=True))
+    assert report.status == "completed", report.error
+    assert report.counts.dead_lettered == 2
+    assert twin not in vectors_by_id(tmp_path / "out")
 
 
 def test_a_large_shard_writes_what_it_embedded_every_write_every_s(

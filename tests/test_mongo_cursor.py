@@ -120,6 +120,7 @@ def test_a_crashed_run_does_not_advance_the_high_water_mark(
             raise OSError("network gone")
 
         parts.sink.write = boom  # type: ignore[method-assign]
+        parts.sink.write_all = boom  # type: ignore[method-assign]  # the runner's writer calls this
 
     assert run(cfg, RunOptions(), on_parts=crash_on_write).status == "failed"
     snap = _snapshot(cfg)
