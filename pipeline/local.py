@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,9 +12,10 @@ import numpy as np
 
 from pipeline.config import ModelConfig
 from pipeline.cost import Usage
-from pipeline.embedder import InstructorEmbedder
+from pipeline.embedder import EmbedOutput, InstructorEmbedder, Launched, Prepared
 from pipeline.executor import Executor
 from pipeline.fingerprint import model_fingerprint
+from pipeline.overlap import overlapped
 from pipeline.records import Batch, BatchResult
 from pipeline.split_retry import embed_with_split_retry
 
@@ -67,9 +69,29 @@ class LocalExecutor(Executor):
         return self.embedder.tokenizer
 
     def embed(self, batches: Iterable[Batch]) -> Iterator[BatchResult]:
-        """Embed each batch in order; failures become results, never exceptions."""
-        for batch in batches:
-            result = embed_with_split_retry(batch, self._embed_once, self.model_cfg.dimension)
+        """Embed each batch in order; failures become results, never exceptions.
+
+        The next batch is tokenized (and copied to the GPU) on a worker thread while this
+        one runs, and its forward pass is queued before this one's vectors are read back
+        (``pipeline.overlap``). A batch whose overlapped steps fail runs again on the
+        synchronous path, with its split retry.
+        """
+        items = iter(batches)
+        first = next(items, None)
+        if first is None:
+            return  # nothing to embed: the model is not even loaded
+        embedder = self.embedder  # loaded here, on the caller's thread, before any overlap
+
+        def launch(batch: Batch, prepared: Prepared) -> Launched:
+            return embedder.launch(prepared)
+
+        def finish(batch: Batch, launched: Launched) -> BatchResult:
+            return self._result(batch, embedder.finish(launched))
+
+        def fallback(batch: Batch) -> BatchResult:
+            return embed_with_split_retry(batch, self._embed_once, self.model_cfg.dimension)
+
+        for result in overlapped(itertools.chain([first], items), lambda b: embedder.prepare(b.texts), launch, finish, fallback):
             result.load_s, self._pending_load_s = self._pending_load_s, 0.0
             self._served += 1
             yield result
@@ -89,6 +111,10 @@ class LocalExecutor(Executor):
                 vectors=np.zeros((len(batch.chunk_ids), self.model_cfg.dimension), np.float32),
                 error=f"embedding failed: {type(exc).__name__}: {exc}",
             )
+        return self._result(batch, out)
+
+    def _result(self, batch: Batch, out: EmbedOutput) -> BatchResult:
+        embedder = self.embedder
         return BatchResult(
             batch_id=batch.batch_id,
             chunk_ids=batch.chunk_ids,

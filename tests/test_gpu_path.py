@@ -19,6 +19,9 @@ import pytest
 from pipeline import model_cache
 from pipeline.config import ModelConfig
 from pipeline.embedder import InstructorEmbedder
+from pipeline.local import LocalExecutor, LocalOptions
+from pipeline.overlap import overlapped
+from pipeline.records import Batch
 from pipeline.tokens import TokenCounter
 from tests.synthetic_model import TINY
 
@@ -76,3 +79,93 @@ def test_every_sdpa_mask_has_a_unit_last_stride(
     assert seen, "the fused path must go through scaled_dot_product_attention"
     bad = [(shape, stride) for shape, stride in seen if stride[-1] != 1]
     assert not bad, f"masks CUDA's fused kernels refuse (shape, stride): {bad[:3]}"
+
+
+def _batches(texts: list[str], size: int) -> list[Batch]:
+    out = []
+    for n, i in enumerate(range(0, len(texts), size)):
+        part = texts[i : i + size]
+        ids = [f"c{n}-{j}" for j in range(len(part))]
+        out.append(Batch(f"b{n}", ids, part, [1] * len(part), len(part)))
+    return out
+
+
+def test_next_batch_is_tokenized_while_the_current_one_runs(
+    tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_cache.clear()
+    cfg = _cfg(tiny_model_dir)
+    batches = _batches(_texts(12, seed=5), 4)
+    expected = InstructorEmbedder(cfg).embed(
+        [t for b in batches for t in b.texts]
+    ).vectors  # one synchronous call: the reference vectors
+    executor = LocalExecutor(LocalOptions(), cfg)
+    model = executor.embedder.model
+    second_tokenized = threading.Event()
+    marker = batches[1].texts[0].strip()
+    real_preprocess, real_forward = model.preprocess, model.forward
+
+    def spy_preprocess(inputs: Any, *args: Any, **kw: Any) -> Any:
+        if marker in list(inputs):
+            second_tokenized.set()
+        return real_preprocess(inputs, *args, **kw)
+
+    overlapped_forward: list[bool] = []
+
+    def slow_forward(features: Any, *args: Any, **kw: Any) -> Any:
+        if not overlapped_forward:
+            # The slow fake encoder: batch 0's forward pass holds until batch 1 is tokenized.
+            # Sequential code never tokenizes batch 1 here, so the wait runs out (False).
+            overlapped_forward.append(second_tokenized.wait(timeout=30))
+        return real_forward(features, *args, **kw)
+
+    monkeypatch.setattr(model, "preprocess", spy_preprocess)
+    monkeypatch.setattr(model, "forward", slow_forward)
+    try:
+        results = list(executor.embed(iter(batches)))
+    finally:
+        model_cache.clear()
+    assert overlapped_forward == [True], "batch 1 was not tokenized during batch 0's forward pass"
+    assert [r.batch_id for r in results] == [b.batch_id for b in batches]
+    assert all(not r.error and not r.failed and r.compute_s > 0 for r in results)
+    got = np.concatenate([r.vectors for r in results])
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_overlap_hands_back_results_while_the_reader_waits_for_them() -> None:
+    # A reader that needs the first result before it yields the next batch (a window that
+    # waits for the writer) must not deadlock: finished results go out while it waits.
+    first_result_seen = threading.Event()
+
+    def items() -> Any:
+        yield 1
+        assert first_result_seen.wait(timeout=30), "the first result was held back"
+        yield 2
+
+    results = []
+    for r in overlapped(items(), lambda x: x * 10, lambda x, p: p + 1, lambda x, lt: lt, lambda x: -x):
+        results.append(r)
+        first_result_seen.set()
+    assert results == [11, 21]
+
+
+def test_overlap_falls_back_per_item_and_reraises_a_broken_reader() -> None:
+    def prepare(x: int) -> int:
+        if x == 2:
+            raise RuntimeError("tokenizer crashed")
+        return x
+
+    def launch(x: int, p: int) -> int:
+        if x == 3:
+            raise RuntimeError("CUDA out of memory")
+        return p
+
+    got = list(overlapped([1, 2, 3, 4], prepare, launch, lambda x, lt: lt, lambda x: -x))
+    assert got == [1, -2, -3, 4]
+
+    def broken() -> Any:
+        yield 1
+        raise OSError("source went away")
+
+    with pytest.raises(OSError, match="source went away"):
+        list(overlapped(broken(), lambda x: x, lambda x, p: p, lambda x, lt: lt, lambda x: -x))
