@@ -76,6 +76,11 @@ class ModelConfig:
     attention: Literal["auto", "eager", "sdpa", "fused", "flex"] = "auto"
     # torch.compile the encoder (pipeline/encoder_shapes.py); pays off on GPUs only.
     compile: bool = False
+    # A run compiles only when it plans at least this many chunks (pipeline/compile_cache.py):
+    # a per-episode ingest never waits for a compile.
+    compile_min_chunks: int = 20000
+    # Where compiled artefacts are kept between processes; "" = $HF_HOME/podembed-compile.
+    compile_cache: str = ""
     # Round each batch's padded length up to this multiple (0: 16 when compile is on, else off),
     # so a compiled encoder sees few shapes and the attention mask rows stay aligned.
     seq_multiple: int = 0
@@ -108,6 +113,8 @@ class ModelConfig:
                 f'{prefix}.device: {self.device!r} is not a device podembed can use; choose "auto" '
                 '(the GPU when there is one), "cpu", "cuda", "cuda:N" or "mps"'
             )
+        if self.compile_min_chunks < 0:
+            raise ConfigError(f"{prefix}.compile_min_chunks: must be 0 or more")
         if self.seq_multiple < 0 or self.seq_multiple > self.max_seq_length:
             raise ConfigError(
                 f"{prefix}.seq_multiple: must be between 0 (off) and max_seq_length "

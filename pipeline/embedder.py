@@ -200,6 +200,8 @@ class InstructorEmbedder:
         self._fp32: Any = None
         self._stream: Any = None  # CUDA side stream for host-to-device copies (prepare)
         self._last_done = 0.0  # when the last finished batch's vectors were ready
+        self._compile_cache: Any = None  # the mega-cache file, once looked for (compile only)
+        self.compile_cache_loaded = False
 
     def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
         cfg = self.cfg
@@ -342,6 +344,8 @@ class InstructorEmbedder:
         event, so the caller can launch the next batch before :meth:`finish` reads this one.
         """
         start = time.perf_counter()
+        if self.cfg.compile and self._compile_cache is None:
+            self._load_compiled()
         if not prepared.texts:
             empty = np.zeros((0, self.cfg.dimension), dtype=np.float32)
             return Launched(prepared, empty, None, start, time.perf_counter())
@@ -404,6 +408,23 @@ class InstructorEmbedder:
             bad = _bad_rows(vectors)
             compute_s += time.perf_counter() - retry_start
         return EmbedOutput(vectors=vectors, failed=bad, compute_s=compute_s, fp32_retries=retries)
+
+    def _load_compiled(self) -> None:
+        from pipeline import compile_cache
+
+        folder = compile_cache.directory(self.cfg.compile_cache)
+        self._compile_cache = False
+        if folder is not None:
+            self._compile_cache = folder / compile_cache.artefact_name(self.cfg.attention)
+            self.compile_cache_loaded = compile_cache.load(self._compile_cache)
+
+    def save_compiled(self) -> int:
+        """Keep this process's compiled kernels for the next one (``model.compile`` only)."""
+        if not self.cfg.compile or not self._compile_cache:
+            return 0
+        from pipeline import compile_cache
+
+        return compile_cache.save(self._compile_cache)
 
     def _prompt(self, prompt: str | None) -> str | None:
         return self.cfg.instruction if prompt is None else (prompt or None)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from pipeline.compile_cache import decide
 from pipeline.config import ModelConfig
 from pipeline.cost import Usage
 from pipeline.embedder import EmbedOutput, InstructorEmbedder, Launched, Prepared
@@ -40,6 +41,7 @@ class LocalExecutor(Executor):
         self._embedder: InstructorEmbedder | None = None
         self._pending_load_s = 0.0
         self._served = 0
+        self._planned_chunks: int | None = None
         self.device_label = "cpu" if model.device in ("cpu", "auto") else model.device
 
     @classmethod
@@ -55,10 +57,24 @@ class LocalExecutor(Executor):
                 import torch
 
                 torch.set_num_threads(self.options.threads)
-            self._embedder = InstructorEmbedder(self.model_cfg)
+            cfg = self.model_cfg
+            compile = decide(cfg.compile, self._planned_chunks, cfg.compile_min_chunks)
+            if compile != cfg.compile:
+                log.info(
+                    "model.compile: off for this run (%s chunks planned, fewer than "
+                    "model.compile_min_chunks = %d)",
+                    self._planned_chunks,
+                    cfg.compile_min_chunks,
+                )
+                cfg = replace(cfg, compile=False)
+            self._embedder = InstructorEmbedder(cfg)
             self._pending_load_s = self._embedder.load_s
             self.device_label = self._embedder.device
         return self._embedder
+
+    def expect(self, chunks: int) -> None:
+        """Compile only for a run big enough to repay it (before the model loads)."""
+        self._planned_chunks = chunks
 
     def fingerprint(self) -> str:
         """Computed from the config alone; equal to the loaded embedder's."""
@@ -91,10 +107,17 @@ class LocalExecutor(Executor):
         def fallback(batch: Batch) -> BatchResult:
             return embed_with_split_retry(batch, self._embed_once, self.model_cfg.dimension)
 
-        for result in overlapped(itertools.chain([first], items), lambda b: embedder.prepare(b.texts), launch, finish, fallback):
+        def prepare(batch: Batch) -> Prepared:
+            return embedder.prepare(batch.texts)
+
+        # On a GPU, launch only queues work: read batch n back after queueing batch n+1.
+        queued = embedder.device.startswith("cuda")
+        chained = itertools.chain([first], items)
+        for result in overlapped(chained, prepare, launch, finish, fallback, defer_finish=queued):
             result.load_s, self._pending_load_s = self._pending_load_s, 0.0
             self._served += 1
             yield result
+        embedder.save_compiled()
 
     def usage(self) -> Usage:
         """This process answered every batch, on its own device."""

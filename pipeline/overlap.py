@@ -49,10 +49,16 @@ def overlapped(
     launch: Callable[[T, Any], Any],
     finish: Callable[[T, Any], R],
     fallback: Callable[[T], R],
+    defer_finish: bool = True,
 ) -> Iterator[R]:
     """Yield ``finish(item, launch(item, prepare(item)))`` for each item, in order, with
     ``prepare`` of the next item running on a worker thread during ``launch`` of this one
-    and ``finish`` of this one after ``launch`` of the next."""
+    and ``finish`` of this one after ``launch`` of the next.
+
+    ``defer_finish=False`` finishes each item right after its own launch: for a device
+    whose ``launch`` already computes (a CPU), waiting for the next launch would only hold
+    a finished result back.
+    """
     ready: queue.Queue[Any] = queue.Queue(maxsize=1)  # one prepared batch waits, at most
     stop = threading.Event()
 
@@ -108,6 +114,9 @@ def overlapped(
             if pending is not None:
                 yield _settle(pending, finish, fallback)
             pending = (item, launched)
+            if not defer_finish:
+                yield _settle(pending, finish, fallback)
+                pending = None
         if pending is not None:
             yield _settle(pending, finish, fallback)
     finally:

@@ -224,6 +224,8 @@ class Runner:
         report.shards_skipped_done = sum(s.shard_id in done for s in shards)
         todo = [s for s in shards if s.shard_id not in done]
         self.progress.planned(len(todo), sum(s.estimated_chunks for s in todo), opts.limit)
+        planned_chunks = sum(s.estimated_chunks for s in todo)
+        self.executor.expect(min(planned_chunks, opts.limit) if opts.limit else planned_chunks)
         status = "failed"
         # A backfill leaves episodes other runs hold to them; ingest and reindex wait.
         self._claims = Claims(checkpoint, wait=opts.command != "backfill", stop=self._stop)

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -25,10 +24,11 @@ from pipeline.records import Batch
 from pipeline.tokens import TokenCounter
 from tests.synthetic_model import TINY
 
-_WORDS = (
+_SENTENCE = (
     "the guest explained how they priced the first batch of candles and why the winter market "
     "paid for the whole year while the host kept asking about suppliers shipping and taxes"
-).split()
+)
+_WORDS = _SENTENCE.split(" ")
 
 
 def _cfg(path: str, **kw: Any) -> ModelConfig:
@@ -69,8 +69,8 @@ def test_every_sdpa_mask_has_a_unit_last_stride(
     counts = [c.tokens for c in counter.count(texts)]
     # Unpadded batches (one text, or texts of one length) at lengths that are and are not a
     # multiple of the kernel's alignment, and padded batches of mixed lengths.
-    aligned = [t for t, n in zip(texts, counts) if n % 16 == 0]
-    unaligned = [t for t, n in zip(texts, counts) if n % 16 != 0]
+    aligned = [t for t, n in zip(texts, counts, strict=True) if n % 16 == 0]
+    unaligned = [t for t, n in zip(texts, counts, strict=True) if n % 16 != 0]
     assert aligned and unaligned, "the sample must hold both kinds of length"
     seen = _spy_sdpa(monkeypatch)
     for batch in ([aligned[0]], [aligned[0]] * 3, [unaligned[0]], texts[:7], texts):
@@ -96,9 +96,9 @@ def test_next_batch_is_tokenized_while_the_current_one_runs(
     model_cache.clear()
     cfg = _cfg(tiny_model_dir)
     batches = _batches(_texts(12, seed=5), 4)
-    expected = InstructorEmbedder(cfg).embed(
-        [t for b in batches for t in b.texts]
-    ).vectors  # one synchronous call: the reference vectors
+    expected = (
+        InstructorEmbedder(cfg).embed([t for b in batches for t in b.texts]).vectors
+    )  # one synchronous call: the reference vectors
     executor = LocalExecutor(LocalOptions(), cfg)
     model = executor.embedder.model
     second_tokenized = threading.Event()
@@ -169,3 +169,30 @@ def test_overlap_falls_back_per_item_and_reraises_a_broken_reader() -> None:
 
     with pytest.raises(OSError, match="source went away"):
         list(overlapped(broken(), lambda x: x, lambda x, p: p, lambda x, lt: lt, lambda x: -x))
+
+
+def test_overlap_defers_reading_back_only_where_launch_queues() -> None:
+    events: list[str] = []
+    second_queued = threading.Event()
+
+    def items() -> Any:
+        yield 1
+        yield 2
+        second_queued.set()  # asked for a third item: item 2 is prepared and queued
+
+    def launch(x: int, p: int) -> int:
+        if x == 1:
+            assert second_queued.wait(timeout=30)
+        events.append(f"launch {x}")
+        return p
+
+    def finish(x: int, lt: int) -> int:
+        events.append(f"finish {x}")
+        return lt
+
+    list(overlapped(items(), lambda x: x, launch, finish, lambda x: -x, defer_finish=True))
+    assert events == ["launch 1", "launch 2", "finish 1", "finish 2"]
+    events.clear()
+    second_queued.clear()
+    list(overlapped(items(), lambda x: x, launch, finish, lambda x: -x, defer_finish=False))
+    assert events == ["launch 1", "finish 1", "launch 2", "finish 2"]
