@@ -196,3 +196,51 @@ def test_overlap_defers_reading_back_only_where_launch_queues() -> None:
     second_queued.clear()
     list(overlapped(items(), lambda x: x, launch, finish, lambda x: -x, defer_finish=False))
     assert events == ["launch 1", "finish 1", "launch 2", "finish 2"]
+
+
+@pytest.mark.parametrize(("attention", "kernel"), [("fused", "sdpa"), ("eager", "eager")])
+def test_gpu_check_reports_what_ran(tiny_model_dir: str, attention: str, kernel: str) -> None:
+    from pipeline.gpu_check import format_report, run_check
+
+    model_cache.clear()
+    check = run_check(_cfg(tiny_model_dir, attention=attention), token_budget=2048, repeats=2)
+    assert check.device == "cpu" and check.precision
+    assert check.attention_kernel.startswith(kernel), check.attention_kernel
+    assert check.batch_rows > 1 and check.batch_tokens > 0
+    assert check.tokens_per_second > 0 and check.tflops > 0
+    # MFU against the A10G's ~70 TFLOP/s, not the A10's 125.
+    assert check.mfu_vs_a10g == pytest.approx(check.tflops * 1e12 / 70e12)
+    assert 0 < check.suggested_tokens_per_second <= check.tokens_per_second
+    text = format_report(check)
+    assert f"tokens_per_second = {check.suggested_tokens_per_second}" in text
+    assert "A10G" in text and check.attention_kernel in text
+
+
+def test_flex_in_a_compiled_layer_runs_outside_the_graph(tiny_model_dir: str) -> None:
+    """``flex`` + ``model.compile``: the layer graphs end at the attention call (the kernel is
+    compiled on its own), and the vectors still equal eager fp32."""
+    import torch
+
+    from pipeline import encoder_shapes
+
+    graphs: list[str] = []
+
+    def recording_backend(gm: Any, example_inputs: Any) -> Any:
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model_cache.clear()
+    try:
+        emb = InstructorEmbedder(_cfg(tiny_model_dir, attention="flex"))
+        encoder_shapes.install(emb.model, 16, compile=True, backend=recording_backend)
+        ref = InstructorEmbedder(_cfg(tiny_model_dir, attention="eager"))
+        texts = _texts(9, seed=11)
+        for batch in (texts[:4], texts[4:], texts[3:4]):
+            got = emb.embed(batch).vectors
+            assert np.abs(got - ref.embed(batch).vectors).max() <= 1e-5
+    finally:
+        torch._dynamo.reset()
+        model_cache.clear()  # the cached flex model carries compiled layers
+    assert graphs, "the layers were not compiled"
+    assert not any("flex_attention" in code for code in graphs), "FlexAttention traced into a layer graph"
