@@ -174,8 +174,10 @@ class CostConfig:
     hourly_usd: float = 1.10  # the GPU (or, for a local run, the machine)
     cpu_core_usd_per_s: float = 0.0000131  # cores reserved by GPU and job containers
     memory_gib_usd_per_s: float = 0.00000222  # memory reserved by GPU and job containers
-    # Used by `plan` when no earlier run has measured the speed on this target.
-    tokens_per_second: float = 4000.0
+    # Used by `plan` when no earlier run has measured the speed on this target. The default is
+    # the A10G ESTIMATE (docs/gpu.md: ~70 TFLOP/s bf16, not the A10's 125); `modal run
+    # jobs/modal_app.py::gpu_check` measures the real figure.
+    tokens_per_second: float = 14000.0
     devices: int = 1
     # `plan`: start-up of one GPU container, model load included (the old system measured 13.6 s).
     cold_start_s: float = 15.0

@@ -50,6 +50,7 @@ def overlapped(
     finish: Callable[[T, Any], R],
     fallback: Callable[[T], R],
     defer_finish: bool = True,
+    depth: int = 4,
 ) -> Iterator[R]:
     """Yield ``finish(item, launch(item, prepare(item)))`` for each item, in order, with
     ``prepare`` of the next item running on a worker thread during ``launch`` of this one
@@ -58,8 +59,12 @@ def overlapped(
     ``defer_finish=False`` finishes each item right after its own launch: for a device
     whose ``launch`` already computes (a CPU), waiting for the next launch would only hold
     a finished result back.
+
+    Up to ``depth`` prepared items wait: tokenizing costs per text and the device per token,
+    so batches of many short texts take longer to prepare than to run; a few batches
+    prepared ahead during the long ones cover them (a queue of one left an H200 idle there).
     """
-    ready: queue.Queue[Any] = queue.Queue(maxsize=1)  # one prepared batch waits, at most
+    ready: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
     def put(entry: Any) -> bool:

@@ -244,3 +244,12 @@ def test_flex_in_a_compiled_layer_runs_outside_the_graph(tiny_model_dir: str) ->
         model_cache.clear()  # the cached flex model carries compiled layers
     assert graphs, "the layers were not compiled"
     assert not any("flex_attention" in code for code in graphs), "FlexAttention traced into a layer graph"
+
+
+def test_modal_gpu_check_is_one_gpu_function_with_a_writable_weights_volume() -> None:
+    import jobs.modal_app as modal_app
+
+    spec = modal_app.app._local_state.functions["gpu_check"]._spec  # private: fine in a test
+    assert modal_app.OPTIONS.gpu in str(spec.gpus)
+    # Writable (not .read_only(), as the Embedder mounts it): the check saves the compile cache.
+    assert spec.volumes[modal_app.HF_HOME]._read_only is False
