@@ -115,7 +115,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     def plan(cfg: Any, subset: list[str]) -> list[Any]:
         counts = TokenCounter(cfg, model.tokenizer).count(subset)
         items = [Item(f"c{i:06d}", s, c.tokens) for i, (s, c) in enumerate(zip(subset, counts, strict=True))]
-        return make_batches(items, args.budget, 256, "b")
+        return make_batches(items, args.budget, args.max_batch_size, "b")
 
     return {
         "cuda": cuda,
@@ -282,7 +282,7 @@ def main_run(args: argparse.Namespace) -> int:
     try:
         from pipeline.gpu_check import format_report, run_check
 
-        check = run_check(vcfg, args.budget, 256, repeats=5, device=device)
+        check = run_check(vcfg, args.budget, args.max_batch_size, repeats=5, device=device)
         result["gpu_check"] = check.as_dict()
         (out_dir / "gpu_check.txt").write_text(format_report(check) + "\n")
         log("gpu_check:\n" + format_report(check))
@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-texts", type=int, default=2000)
     p.add_argument("--ref-texts", type=int, default=1000)
     p.add_argument("--budget", type=int, default=65536)
+    p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument(
         "--variants", nargs="+", default=["eager", "fused", "flex", "fused+compile", "flex+compile"]
     )
