@@ -253,3 +253,24 @@ def test_modal_gpu_check_is_one_gpu_function_with_a_writable_weights_volume() ->
     assert modal_app.OPTIONS.gpu in str(spec.gpus)
     # Writable (not .read_only(), as the Embedder mounts it): the check saves the compile cache.
     assert spec.volumes[modal_app.HF_HOME]._read_only is False
+
+
+def test_a_small_run_does_not_compile(tiny_model_dir: str) -> None:
+    """``model.compile`` applies only to runs of at least ``model.compile_min_chunks``."""
+    from pipeline import compile_cache, encoder_shapes
+
+    assert compile_cache.decide(True, None) and not compile_cache.decide(False, 10**9)
+    assert not compile_cache.decide(True, 99, 100) and compile_cache.decide(True, 100, 100)
+    cfg = _cfg(tiny_model_dir, compile=True, compile_min_chunks=100)
+    model_cache.clear()
+    try:
+        small = LocalExecutor(LocalOptions(), cfg)
+        small.expect(40)  # a per-episode ingest
+        assert small.embedder.cfg.compile is False
+        assert encoder_shapes.installed(small.embedder.model) is None
+        big = LocalExecutor(LocalOptions(), cfg)
+        big.expect(5000)  # a backfill
+        shapes = encoder_shapes.installed(big.embedder.model)
+        assert big.embedder.cfg.compile is True and shapes is not None and shapes.compiled
+    finally:
+        model_cache.clear()  # the cached model carries layers marked for compile
