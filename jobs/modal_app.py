@@ -339,6 +339,36 @@ class Embedder:
             raise
 
 
+@app.function(
+    image=image,
+    volumes={HF_HOME: weights},  # writable: the compile cache is kept here for later containers
+    env=OFFLINE,
+    gpu=OPTIONS.gpu,
+    cpu=OPTIONS.gpu_cpu,
+    memory=OPTIONS.gpu_memory_mib,
+    timeout=1800,
+)
+def gpu_check() -> str:
+    """The operator's pre-flight: ``modal run jobs/modal_app.py::gpu_check``.
+
+    One GPU container embeds one batch of the configured token budget and prints the GPU,
+    versions, precision, attention kernel, tokens/s, MFU against the A10G's ~70 TFLOP/s, and
+    the ``[cost] tokens_per_second`` to configure (the measuring is ``pipeline.model.gpu_check``)."""
+    from pipeline.model.gpu_check import format_report, run_check
+
+    configure_logging()
+    check = run_check(MODEL, CONFIG.batching.token_budget, CONFIG.batching.max_batch_size)
+    if MODEL.compile:
+        from pipeline.model import compile_cache
+
+        folder = compile_cache.directory(MODEL.compile_cache)
+        if folder is not None and compile_cache.save(folder / compile_cache.artefact_name(MODEL.attention)):
+            weights.commit()  # later containers of this deployment load it instead of compiling
+    text = format_report(check)
+    print(text)
+    return text
+
+
 # ----------------------------------------------------------------------------------------
 # 6. Jobs: the ordinary runner in a CPU container, with the Modal executor fanning out to
 #    Embedder. The ledger (MongoDB in production) records each run with its report, where

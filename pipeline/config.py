@@ -76,6 +76,11 @@ class ModelConfig:
     attention: Literal["auto", "eager", "sdpa", "fused", "flex"] = "auto"
     # torch.compile the encoder (pipeline/model/encoder_shapes.py); pays off on GPUs only.
     compile: bool = False
+    # A run compiles only when it plans at least this many chunks (pipeline/model/compile_cache.py):
+    # a per-episode ingest never waits for a compile.
+    compile_min_chunks: int = 20000
+    # Where compiled artefacts are kept between processes; "" = $HF_HOME/podembed-compile.
+    compile_cache: str = ""
     # Round each batch's padded length up to this multiple (0: 16 when compile is on, else off),
     # so a compiled encoder sees few shapes and the attention mask rows stay aligned.
     seq_multiple: int = 0
@@ -108,6 +113,8 @@ class ModelConfig:
                 f'{prefix}.device: {self.device!r} is not a device podembed can use; choose "auto" '
                 '(the GPU when there is one), "cpu", "cuda", "cuda:N" or "mps"'
             )
+        if self.compile_min_chunks < 0:
+            raise ConfigError(f"{prefix}.compile_min_chunks: must be 0 or more")
         if self.seq_multiple < 0 or self.seq_multiple > self.max_seq_length:
             raise ConfigError(
                 f"{prefix}.seq_multiple: must be between 0 (off) and max_seq_length "
@@ -191,8 +198,10 @@ class CostConfig:
     hourly_usd: float = 1.10  # the GPU (or, for a local run, the machine)
     cpu_core_usd_per_s: float = 0.0000131  # cores reserved by GPU and job containers
     memory_gib_usd_per_s: float = 0.00000222  # memory reserved by GPU and job containers
-    # Used by `plan` when no earlier run has measured the speed on this target.
-    tokens_per_second: float = 4000.0
+    # Used by `plan` when no earlier run has measured the speed on this target. The default is
+    # the A10G ESTIMATE (docs/gpu.md: ~70 TFLOP/s bf16, not the A10's 125); `modal run
+    # jobs/modal_app.py::gpu_check` measures the real figure.
+    tokens_per_second: float = 14000.0
     devices: int = 1
     # `plan`: start-up of one GPU container, model load included (the old system measured 13.6 s).
     cold_start_s: float = 15.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -53,6 +54,12 @@ class GatedLocalExecutor(LocalExecutor):
     def __init__(self, options: GatedLocalOptions, model: ModelConfig) -> None:
         super().__init__(options, model)
         self.gate = Path(options.gate) if options.gate else None
+        # Results the runner has taken and come back from. The local executor prepares the
+        # next batches on a worker thread while one runs; the gate holds batch i until the
+        # runner is done with batch i - 1, so "blocked before batch i" keeps meaning "batches
+        # before i are settled", as the tests read it.
+        self._settled = 0
+        self._progress = threading.Condition()
 
     @classmethod
     def open(cls, options: GatedLocalOptions, model: ModelConfig) -> GatedLocalExecutor:
@@ -62,6 +69,8 @@ class GatedLocalExecutor(LocalExecutor):
     def _gated(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         for i, batch in enumerate(batches):
             if self.gate is not None:
+                with self._progress:
+                    self._progress.wait_for(lambda n=i: self._settled >= n)
                 (self.gate / f"waiting-{i}").touch()
                 _wait_for(self.gate / f"go-{i}", self.gate / "open")
             yield batch
@@ -73,6 +82,9 @@ class GatedLocalExecutor(LocalExecutor):
                 with (self.gate / "embedded.log").open("a") as fh:
                     fh.write(f"{len(result.chunk_ids)}\n")
             yield result
+            with self._progress:
+                self._settled += 1
+                self._progress.notify_all()
 
     def close(self) -> None:
         """With ``hold-close`` in the gate: say so and wait (the run is recorded by now)."""

@@ -134,7 +134,9 @@ def test_compile_stops_compiling_after_the_first_shapes(tiny_model_dir: str) -> 
         assert np.abs(got - ref.embed(batch).vectors).max() <= 1e-5
     assert all(length % 16 == 0 for length in shapes.lengths)
     assert len(shapes.shapes - seen) >= 3, "the later batches must bring new shapes"
-    assert len(graphs) == compiled <= 4, f"recompiled for new shapes: {graphs}"
+    # Each layer's graph breaks at the attention call (t5_attention: the kernel reads the
+    # aligned mask outside the graph), so a layer is two graphs: 8 for layer 0 and the rest.
+    assert len(graphs) == compiled <= 8, f"recompiled for new shapes: {graphs}"
     torch._dynamo.reset()
     model_cache.clear()  # the cached fused model now carries compiled layers
 

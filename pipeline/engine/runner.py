@@ -301,6 +301,8 @@ class Runner:
         report.shards_skipped_done = sum(s.shard_id in done for s in shards)
         todo = [s for s in shards if s.shard_id not in done]
         self.progress.planned(len(todo), sum(s.estimated_chunks for s in todo), opts.limit)
+        planned_chunks = sum(s.estimated_chunks for s in todo)
+        self.executor.expect(min(planned_chunks, opts.limit) if opts.limit else planned_chunks)
         return sweep, change, todo
 
     def _preparer(self, fingerprint: str, run_id: str) -> Preparer:

@@ -77,5 +77,9 @@ class Executor(ABC):
         attempts (billed but not in any batch's timings). Read after ``embed``."""
         return Usage()
 
+    def expect(self, chunks: int) -> None:  # noqa: B027 - optional hook
+        """The run's planned size, before its first batch (an executor that can compile
+        decides by it: ``pipeline.model.compile_cache.decide``)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release devices and remote handles."""

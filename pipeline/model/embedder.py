@@ -45,6 +45,30 @@ class EmbedOutput:
     fp32_retries: int = 0
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A batch after the host work: stripped texts, and token tensors on (or on their way to)
+    the device. ``features`` is None where the installed sentence-transformers has no
+    ``preprocess`` (launch then falls back to ``encode``)."""
+
+    texts: list[str]
+    prompt: str | None
+    features: dict[str, Any] | None = None
+    ready: Any = None  # CUDA event: the copy to the device is done
+    tokenize_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Launched:
+    """A batch whose forward pass is queued: ``vectors`` are valid once ``done`` fires."""
+
+    prepared: Prepared
+    vectors: Any  # a numpy array, or a (pinned) host tensor being filled
+    done: Any  # CUDA event, or None when ``vectors`` are ready
+    start: float
+    end: float = 0.0  # when ``vectors`` were ready (``done`` None), for compute_s
+
+
 def resolve_device(device: str) -> str:
     """``auto`` means the GPU when there is one."""
     if device != "auto":
@@ -174,6 +198,10 @@ class InstructorEmbedder:
             )
         self.fingerprint = model_fingerprint(cfg)
         self._fp32: Any = None
+        self._stream: Any = None  # CUDA side stream for host-to-device copies (prepare)
+        self._last_done = 0.0  # when the last finished batch's vectors were ready
+        self._compile_cache: Any = None  # the mega-cache file, once looked for (compile only)
+        self.compile_cache_loaded = False
 
     def _cache_key(self, device: str, precision: str) -> tuple[Any, ...]:
         cfg = self.cfg
@@ -213,6 +241,7 @@ class InstructorEmbedder:
             model_cache.rekey(self._key, new_key)
         self._key, self.device, self.precision = new_key, device, resolved
         self._fp32 = None  # a fallback copy loaded for the old device stays behind
+        self._stream = None
         check_instructor_semantics(self.model)
 
     @property
@@ -271,30 +300,151 @@ class InstructorEmbedder:
         ``instruction`` overrides the documents' instruction (``""``: none at all); only
         search uses it, through :meth:`embed_queries`: stored vectors always carry the
         configured one, which is what their fingerprint says.
+
+        The same three steps as :meth:`prepare`, :meth:`launch` and :meth:`finish`, which an
+        executor calls separately to tokenize the next batch while this one runs.
         """
-        if not texts:
-            return EmbedOutput(np.zeros((0, self.cfg.dimension), dtype=np.float32))
+        return self.finish(self.launch(self.prepare(texts, instruction)))
+
+    def prepare(self, texts: list[str], instruction: str | None = None) -> Prepared:
+        """Host work before a forward pass: strip, tokenize, and start the copy to the device.
+
+        Thread-safe against :meth:`launch` of another batch (executors call it on a worker
+        thread). On CUDA the token tensors are pinned and copied on a side stream, so the copy
+        overlaps the forward pass running on the default stream.
+        """
         stripped = [t.strip() for t in texts]
         prompt = None if instruction is None else instruction.strip()
+        prepared = Prepared(stripped, prompt)
+        if not texts or not hasattr(self.model, "preprocess"):
+            return prepared  # sentence-transformers < 6: launch() goes through encode()
+        import torch
+
         start = time.perf_counter()
+        features = self.model.preprocess(stripped, prompt=self._prompt(prompt))
+        if self.device.startswith("cuda"):
+            stream = self._copy_stream()
+            with torch.cuda.stream(stream):
+                for key, value in features.items():
+                    if isinstance(value, torch.Tensor):
+                        features[key] = value.pin_memory().to(self.device, non_blocking=True)
+            prepared.ready = torch.cuda.Event()
+            prepared.ready.record(stream)
+        else:
+            for key, value in features.items():
+                if isinstance(value, torch.Tensor):
+                    features[key] = value.to(self.device)
+        prepared.features = features
+        prepared.tokenize_s = time.perf_counter() - start
+        return prepared
+
+    def launch(self, prepared: Prepared) -> Launched:
+        """Start the forward pass and the copy of the vectors back; returns before they arrive.
+
+        On CUDA nothing here waits for the GPU: the vectors land in pinned host memory behind an
+        event, so the caller can launch the next batch before :meth:`finish` reads this one.
+        """
+        start = time.perf_counter()
+        if self.cfg.compile and self._compile_cache is None:
+            self._load_compiled()
+        if not prepared.texts:
+            empty = np.zeros((0, self.cfg.dimension), dtype=np.float32)
+            return Launched(prepared, empty, None, start, time.perf_counter())
         p = self.precision
-        vectors = self._encode(
-            self.model,
-            stripped,
-            reduced_precision=p.reduced,
-            autocast=p.dtype if p.autocast else "",
-            prompt=prompt,
-        )
+        if prepared.features is None:
+            vectors = self._encode(
+                self.model, prepared.texts, p.reduced, p.dtype if p.autocast else "", prepared.prompt
+            )
+            return Launched(prepared, vectors, None, start, time.perf_counter())
+        import torch
+
+        amp: Any = contextlib.nullcontext()
+        if p.autocast:
+            amp = torch.autocast(self.device.split(":", 1)[0], dtype=_dtype(p.dtype))
+        features = prepared.features
+        with torch.inference_mode(), amp:
+            if prepared.ready is not None:
+                current = torch.cuda.current_stream()
+                current.wait_event(prepared.ready)
+                for value in features.values():
+                    if isinstance(value, torch.Tensor) and value.is_cuda:
+                        value.record_stream(current)  # made on the side stream, used on this one
+            out = self.model(dict(features))["sentence_embedding"]
+            if self.cfg.normalize:
+                # As sentence-transformers' encode: normalized in the compute dtype first.
+                out = torch.nn.functional.normalize(out, p=2, dim=1)
+            if out.is_cuda:
+                host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                host.copy_(out, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+                return Launched(prepared, host, done, start)
+        return Launched(prepared, out, None, start, time.perf_counter())
+
+    def finish(self, launched: Launched) -> EmbedOutput:
+        """Wait for the vectors of a launched batch; check them; re-run it in fp32 if needed."""
+        prepared = launched.prepared
+        if launched.done is not None:
+            launched.done.synchronize()
+            # Queued behind the previous batch: only the time since that one finished is this
+            # batch's, or device time (and cost) would count the overlap twice.
+            end = time.perf_counter()
+            compute_s = end - max(launched.start, self._last_done)
+        else:
+            end = launched.end
+            compute_s = end - launched.start
+        self._last_done = end
+        vectors = launched.vectors
+        if not isinstance(vectors, np.ndarray):
+            vectors = self._to_numpy(vectors)
+        p = self.precision
         retries = 0
         bad = _bad_rows(vectors)
         if bad and p.reduced:
             # Reduced precision overflows on some inputs (T5 in fp16 does); fp32 is the fallback.
             log.warning("%d non-finite or zero vectors in %s; re-running batch in fp32", len(bad), p.label)
-            vectors = self._encode(self._fp32_model(), stripped, prompt=prompt)
+            retry_start = time.perf_counter()
+            vectors = self._encode(self._fp32_model(), prepared.texts, prompt=prepared.prompt)
             retries = 1
             bad = _bad_rows(vectors)
-        compute_s = time.perf_counter() - start
+            compute_s += time.perf_counter() - retry_start
         return EmbedOutput(vectors=vectors, failed=bad, compute_s=compute_s, fp32_retries=retries)
+
+    def _load_compiled(self) -> None:
+        from pipeline.model import compile_cache
+
+        folder = compile_cache.directory(self.cfg.compile_cache)
+        self._compile_cache = False
+        if folder is not None:
+            self._compile_cache = folder / compile_cache.artefact_name(self.cfg.attention)
+            self.compile_cache_loaded = compile_cache.load(self._compile_cache)
+
+    def save_compiled(self) -> int:
+        """Keep this process's compiled kernels for the next one (``model.compile`` only)."""
+        if not self.cfg.compile or not self._compile_cache:
+            return 0
+        from pipeline.model import compile_cache
+
+        return compile_cache.save(self._compile_cache)
+
+    def _prompt(self, prompt: str | None) -> str | None:
+        return self.cfg.instruction if prompt is None else (prompt or None)
+
+    def _to_numpy(self, vectors: Any) -> np.ndarray:
+        out = np.ascontiguousarray(vectors.float().numpy(), dtype=np.float32)
+        if self.cfg.normalize and self.precision.reduced:
+            # Normalized in bf16/fp16, norms are off by up to ~3e-3: normalize again in fp32.
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(norms > 0, out / norms, out).astype(np.float32)
+        return out
+
+    def _copy_stream(self) -> Any:
+        import torch
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.device)
+        return self._stream
 
     def embed_queries(self, questions: list[str], instruction: str | None = None) -> np.ndarray:
         """Embed search questions with ``[model].query_instruction``.

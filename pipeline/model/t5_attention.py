@@ -13,9 +13,11 @@ modules (the model and its weights stay transformers'):
     CUDA it is pinned to the memory-efficient kernel so a silent fall-back to the fp32 math
     path is impossible (an unsupported shape raises instead).
 ``flex``
-    FlexAttention: a ``score_mod`` adds the (heads x s x s) bias and a block mask skips the
-    padded keys, so no batch-sized mask exists. Fused by ``torch.compile`` (on CUDA the
-    kernel is compiled on first use; on CPU it runs unfused, for tests).
+    FlexAttention: a ``score_mod`` adds the bias from a (heads x relative position) table of
+    a few KB and hides the padded keys, so no mask tensor exists at all. On CUDA the kernel
+    is ``torch.compile(flex_attention)`` on its own, compiled once per process; a compiled
+    layer (``model.compile``) breaks its graph around it (inside a compiled layer Inductor
+    hit an assertion on torch 2.11). On CPU it runs uncompiled, for tests.
 
 Both compute exactly what eager attention computes (T5 does not scale q.k); the tests
 check that to 1e-5 in fp32.
@@ -86,6 +88,7 @@ def _classes() -> dict[str, type]:
     # Built on first use: importing transformers at module import would slow the CLI's start.
     if _CLASSES:
         return _CLASSES
+    import torch
     from transformers.models.t5.modeling_t5 import T5Attention
 
     class PatchedT5Attention(T5Attention):
@@ -130,20 +133,30 @@ def _classes() -> dict[str, type]:
             return _sdpa_mask(_bias(self, q), mask, q)
 
         def attend(self, q: Any, k: Any, v: Any, position_bias: Any) -> Any:
+            if torch.compiler.is_compiling():
+                # Inside a compiled layer Inductor cannot prove the mask's rows aligned (the
+                # length is dynamic), so it padded a copy of the whole batch-sized mask in every
+                # layer: 0.48 s of 3.35 s of kernel time on an H200. Outside the graph the
+                # memory-efficient kernel reads the aligned mask as it is.
+                return _COMPILED_FLEX["sdpa_outside"](q, k, v, position_bias)
             return _sdpa(q, k, v, position_bias)
 
     class FlexT5Attention(PatchedT5Attention):
-        """Through FlexAttention with the bias in a score_mod and padded keys in a block mask."""
+        """Through FlexAttention: bias and key padding both in the score_mod, no mask tensor."""
 
         podembed_mode = "flex"
 
         def build_mask(self, q: Any, mask: Any) -> Any:
-            return (_bias(self, q)[0], _flex_block_mask(mask, q))
+            return (_relative_table(self, q), _key_keep(mask, q))
 
         def attend(self, q: Any, k: Any, v: Any, position_bias: Any) -> Any:
-            bias, block_mask = position_bias
-            return _flex(q, k, v, bias, block_mask)
+            table, keep = position_bias
+            return _flex(q, k, v, table, keep)
 
+    # Dynamo graph-breaks at a disabled function: a compiled layer leaves FlexAttention to the
+    # kernel compiled on its own (see _flex_kernel).
+    _COMPILED_FLEX["outside"] = torch.compiler.disable(_flex_impl)
+    _COMPILED_FLEX["sdpa_outside"] = torch.compiler.disable(_sdpa)
     _CLASSES.update(fused=FusedT5Attention, flex=FlexT5Attention)
     return _CLASSES
 
@@ -172,7 +185,10 @@ def _bias(module: Any, q: Any) -> Any:
         bias = module.compute_bias(s, s, device=q.device)
     else:  # T5 gives layers without the embedding a zero bias when layer 0 did not pass one
         bias = torch.zeros((1, module.n_heads, s, s), device=q.device, dtype=q.dtype)
-    return bias.to(q.dtype)
+    # compute_bias returns a permuted view (stride(-1) == heads). CUDA's fused SDPA kernels
+    # need stride(-1) == 1 ("No available kernel"); the CPU accepts any stride, so only the
+    # layout test (tests/test_gpu_path.py) sees this off a GPU.
+    return bias.to(q.dtype).contiguous()
 
 
 def _key_keep(mask: Any, q: Any) -> Any:
@@ -226,35 +242,81 @@ def _sdpa(q: Any, k: Any, v: Any, attn_mask: Any) -> Any:
     return scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
 
 
-def _flex_block_mask(mask: Any, q: Any) -> Any:
-    """A FlexAttention block mask that hides the padded keys (None when nothing is padded)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+#: Relative positions kept in the FlexAttention table: ``kv - q`` in ``[-span + 1, span - 1]``.
+#: A fixed span keeps the score_mod's index arithmetic free of the batch's length, so one
+#: compiled kernel (dynamic in batch and length) serves every batch up to this length.
+_TABLE_SPAN = 512
 
-    keep = _key_keep(mask, q)
-    if keep is None:
-        return None
-    batch, s = q.shape[0], q.shape[-2]
 
-    def keep_key(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        return keep[b, kv_idx]
+def _relative_table(module: Any, q: Any) -> Any:
+    """T5's bias as (heads, 2 * span - 1) fp32, indexed by ``kv - q + span - 1``.
 
-    return create_block_mask(keep_key, batch, None, s, s, device=q.device)
+    The bias depends only on ``kv - q``: a table of a few KB that the kernel keeps in cache,
+    instead of a (heads, s, s) tensor read for every score.
+    """
+    import torch
+
+    s = q.shape[-2]
+    span = max(_TABLE_SPAN, s)
+    if not module.has_relative_attention_bias:
+        return torch.zeros((module.n_heads, 2 * span - 1), device=q.device, dtype=torch.float32)
+    relative = torch.arange(-(span - 1), span, device=q.device)
+    buckets = module._relative_position_bucket(
+        relative,
+        bidirectional=not module.is_decoder,
+        num_buckets=module.relative_attention_num_buckets,
+        max_distance=module.relative_attention_max_distance,
+    )
+    # Rounded through the compute dtype first: eager T5 adds the bias in that dtype.
+    table = module.relative_attention_bias(buckets).to(q.dtype).float()
+    return table.t().contiguous()
 
 
 _COMPILED_FLEX: dict[str, Any] = {}
 
 
-def _flex(q: Any, k: Any, v: Any, bias: Any, block_mask: Any) -> Any:
-    import torch
+def _flex_kernel(device_type: str) -> Any:
+    """``flex_attention`` compiled on its own (once per process) on CUDA; plain elsewhere.
+
+    Uncompiled, FlexAttention materialises the scores. Compiled inside a compiled T5 layer it
+    hit an Inductor assertion on torch 2.11 (simd.py ``can_fuse``), so a compiled layer breaks
+    its graph around :func:`_flex` and this separately compiled kernel runs there.
+    """
     from torch.nn.attention.flex_attention import flex_attention
 
-    def add_bias(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        return score + bias[h, q_idx, kv_idx]
+    if device_type != "cuda":
+        return flex_attention
+    fn = _COMPILED_FLEX.get(device_type)
+    if fn is None:
+        import torch
 
-    fn = flex_attention
-    if q.device.type == "cuda" and not torch.compiler.is_compiling():
-        # Uncompiled, FlexAttention materialises the scores: compile the kernel once.
-        fn = _COMPILED_FLEX.get("cuda")
-        if fn is None:
-            fn = _COMPILED_FLEX["cuda"] = torch.compile(flex_attention)  # sizes turn dynamic
-    return fn(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=1.0)
+        fn = _COMPILED_FLEX[device_type] = torch.compile(flex_attention, dynamic=True)
+    return fn
+
+
+def _flex_impl(q: Any, k: Any, v: Any, table: Any, keep: Any) -> Any:
+    import torch
+
+    offset = (table.shape[-1] - 1) // 2
+    if keep is None:
+
+        def add_bias(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+            return score + table[h, kv_idx - q_idx + offset]
+
+    else:
+
+        def add_bias(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+            # Padded keys in the score_mod, not a block mask: no per-batch mask to build, and
+            # sorted batches have ~5% padding, so skipping their blocks would save little.
+            return torch.where(keep[b, kv_idx], score + table[h, kv_idx - q_idx + offset], -float("inf"))
+
+    return _flex_kernel(q.device.type)(q, k, v, score_mod=add_bias, scale=1.0)
+
+
+def _flex(q: Any, k: Any, v: Any, table: Any, keep: Any) -> Any:
+    import torch
+
+    if torch.compiler.is_compiling():
+        # Inside a compiled layer: break the graph here (the wrapper is built in _classes()).
+        return _COMPILED_FLEX["outside"](q, k, v, table, keep)
+    return _flex_impl(q, k, v, table, keep)

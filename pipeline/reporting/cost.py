@@ -1,6 +1,6 @@
 """Every cost formula of podembed, and the padding ratio, in one place.
 
-Run reports (:mod:`pipeline.report`) and ``plan`` estimates (:mod:`pipeline.planning`)
+Run reports (:mod:`pipeline.reporting.report`) and ``plan`` estimates (:mod:`pipeline.reporting.planning`)
 both price time with these functions, so a measured night and its forecast are always
 comparable, part by part.
 
