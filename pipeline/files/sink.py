@@ -56,6 +56,7 @@ from pipeline.files.search import SEARCH_DIR, build_index, has_ann, prune_matric
 from pipeline.files.search import fingerprint_counts as search_counts
 from pipeline.files.search import search as exact_or_ann_search
 from pipeline.interfaces.checkpoint import SinkHome
+from pipeline.memory import release_free_memory
 from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
 from pipeline.records import Chunk, StoredState, VectorRecord
 
@@ -358,6 +359,7 @@ class ParquetSink(Sink):
         self._ds = _lance().dataset(str(self.table_path))
         self._since_compaction = 0
         self._cleanup()
+        release_free_memory()  # compaction's buffers: give the pages back (pipeline/memory.py)
 
     def _cleanup(self) -> None:
         """Delete files no current version uses, unless a reader holds a snapshot now.
