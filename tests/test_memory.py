@@ -42,7 +42,8 @@ CHILD = textwrap.dedent(
 
 def _arenas(mode: str) -> int:
     env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_ARENA_MAX from the caller's environment
-    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, env=env, check=True)
+    cmd = [sys.executable, "-c", CHILD, mode]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return int(out.stdout.strip())
 
 

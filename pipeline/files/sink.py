@@ -56,8 +56,8 @@ from pipeline.files.search import SEARCH_DIR, build_index, has_ann, prune_matric
 from pipeline.files.search import fingerprint_counts as search_counts
 from pipeline.files.search import search as exact_or_ann_search
 from pipeline.interfaces.checkpoint import SinkHome
-from pipeline.memory import release_free_memory
 from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
+from pipeline.memory import release_free_memory
 from pipeline.records import Chunk, StoredState, VectorRecord
 
 log = logging.getLogger(__name__)
