@@ -353,7 +353,12 @@ class ParquetSink(Sink):
         ds = self._ds
         if ds is None:
             return
-        ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
+        # Binary copy moves the encoded pages as they are instead of decoding every row and
+        # encoding it again: compaction's peak memory halves (measured: 639 -> 310 MiB when
+        # merging into a 270k-row fragment). Lance falls back to re-encoding when it must.
+        ds.optimize.compact_files(
+            target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT, compaction_mode="try_binary_copy"
+        )
         ds = _lance().dataset(str(self.table_path))
         ds.optimize.optimize_indices()
         self._ds = _lance().dataset(str(self.table_path))
