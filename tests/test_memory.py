@@ -53,3 +53,33 @@ def test_arenas_capped_for_threads_started_after_the_limit() -> None:
     # grows with them); with it, at most two heaps serve every thread.
     assert _arenas("free") > 2
     assert _arenas("limit") <= 2
+
+
+def test_absorbed_vectors_do_not_keep_the_batch_array_alive() -> None:
+    """A record holds its own row, not a view: the executor's per-batch array is freed as
+    soon as the batch is absorbed, not when the shard is written (issue 18.3)."""
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from pipeline.engine.in_flight import InFlight
+    from pipeline.engine.shard_work import Prepared
+    from pipeline.records import BatchResult, Chunk, ShardSpec
+    from pipeline.reporting.report import Counts
+
+    chunks = {f"c{i}": Chunk(f"c{i}", "ep", f"text {i}", sha256=f"{i:064d}") for i in range(4)}
+    flight = InFlight(
+        prepared=Prepared(ShardSpec("s", {}), chunks, [], [], Counts()),
+        remaining=1,
+    )
+    vectors = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)
+    freed = weakref.ref(vectors)
+    result = BatchResult(batch_id="b", chunk_ids=list(chunks), vectors=vectors)
+    flight.absorb(result, fingerprint="fp", run_id="r", instruction="")
+    del vectors, result
+    gc.collect()
+    assert freed() is None, "a record's embedding still refers to the whole batch's array"
+    assert [r.embedding.tolist() for r in flight.records] == [
+        list(map(float, range(i * 8, i * 8 + 8))) for i in range(4)
+    ]
