@@ -73,7 +73,8 @@ def test_absorbed_vectors_do_not_keep_the_batch_array_alive() -> None:
         prepared=Prepared(ShardSpec("s", {}), chunks, [], [], Counts()),
         remaining=1,
     )
-    vectors = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)
+    vectors = np.empty((4, 8), dtype=np.float32)  # owns its memory (a reshape would be a view)
+    vectors[:] = np.arange(4 * 8).reshape(4, 8)
     freed = weakref.ref(vectors)
     result = BatchResult(batch_id="b", chunk_ids=list(chunks), vectors=vectors)
     flight.absorb(result, fingerprint="fp", run_id="r", instruction="")
