@@ -117,6 +117,9 @@ class FakeEmbedder:
             v /= np.linalg.norm(v, axis=1, keepdims=True)
             yield BatchResult(batch_id=b.batch_id, chunk_ids=b.chunk_ids, vectors=v, compute_s=0.0)
 
+    def expect(self, chunks: int) -> None:
+        pass
+
     def usage(self) -> Any:
         from pipeline.reporting.cost import Usage
 

@@ -536,6 +536,9 @@ for _command in cli.commands.values():
 
 def main() -> None:
     """Console-script entry point."""
+    from pipeline.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # first, before any library starts its threads
     cli(prog_name="podembed")
 
 

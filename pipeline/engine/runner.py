@@ -39,6 +39,7 @@ from pipeline.interfaces.checkpoint import Holder
 from pipeline.interfaces.executor import Executor
 from pipeline.interfaces.sink import WriteOutcome
 from pipeline.interfaces.source import unowned_ids
+from pipeline.memory import limit_malloc_arenas
 from pipeline.model.tokens import TokenCounter
 from pipeline.parts import Parts, open_executor, open_parts
 from pipeline.records import Batch, BatchResult
@@ -545,6 +546,7 @@ def run(
     on_parts: Callable[[Parts], None] | None = None,
 ) -> RunReport:
     """Open everything the config names, run ``opts``, close everything; returns the report."""
+    limit_malloc_arenas()  # before the sink's and tokenizer's thread pools start (pipeline/memory.py)
     parts = open_parts(config)
     try:
         if on_parts is not None:

@@ -57,6 +57,7 @@ from pipeline.files.search import fingerprint_counts as search_counts
 from pipeline.files.search import search as exact_or_ann_search
 from pipeline.interfaces.checkpoint import SinkHome
 from pipeline.interfaces.sink import IndexOutcome, SearchOutcome, Sink, VectorQuery
+from pipeline.memory import release_free_memory
 from pipeline.records import Chunk, StoredState, VectorRecord
 
 log = logging.getLogger(__name__)
@@ -352,12 +353,18 @@ class ParquetSink(Sink):
         ds = self._ds
         if ds is None:
             return
-        ds.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
+        # Binary copy moves the encoded pages as they are instead of decoding every row and
+        # encoding it again: compaction's peak memory halves (measured: 639 -> 310 MiB when
+        # merging into a 270k-row fragment). Lance falls back to re-encoding when it must.
+        ds.optimize.compact_files(
+            target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT, compaction_mode="try_binary_copy"
+        )
         ds = _lance().dataset(str(self.table_path))
         ds.optimize.optimize_indices()
         self._ds = _lance().dataset(str(self.table_path))
         self._since_compaction = 0
         self._cleanup()
+        release_free_memory()  # compaction's buffers: give the pages back (pipeline/memory.py)
 
     def _cleanup(self) -> None:
         """Delete files no current version uses, unless a reader holds a snapshot now.
