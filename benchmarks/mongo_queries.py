@@ -21,8 +21,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SKIP = {"lsid", "$db", "$clusterTime", "txnNumber", "$readPreference", "documents", "updates", "deletes",
-        "cursor", "autocommit", "startTransaction", "writeConcern", "readConcern", "ordered", "comment"}
+SKIP = {
+    "lsid",
+    "$db",
+    "$clusterTime",
+    "txnNumber",
+    "$readPreference",
+    "documents",
+    "updates",
+    "deletes",
+    "cursor",
+    "autocommit",
+    "startTransaction",
+    "writeConcern",
+    "readConcern",
+    "ordered",
+    "comment",
+}
 
 
 def shape(v: Any, depth: int = 0) -> Any:
@@ -31,15 +46,18 @@ def shape(v: Any, depth: int = 0) -> Any:
         return {k: shape(x, depth + 1) for k, x in v.items() if depth or k not in SKIP}
     if isinstance(v, list | tuple):
         if len(v) > 3:
-            return f"[{len(v)}x {type(v[0]).__name__}]" if not isinstance(v[0], dict) else [shape(v[0], depth + 1), f"...{len(v)}"]
+            return (
+                f"[{len(v)}x {type(v[0]).__name__}]"
+                if not isinstance(v[0], dict)
+                else [shape(v[0], depth + 1), f"...{len(v)}"]
+            )
         return [shape(x, depth + 1) for x in v]
     return type(v).__name__
 
 
 def child(n: int, model: str) -> None:
-    from pymongo import monitoring
-
     import scale
+    from pymongo import monitoring
 
     stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
     started: dict[int, str] = {}
@@ -52,6 +70,9 @@ def child(n: int, model: str) -> None:
             if name == "getMore":
                 key = f"getMore {cmd.get('collection')}"
             else:
+                ops = cmd.get("deletes") or cmd.get("updates")
+                if ops:  # writes: the first statement's filter stands for the batch
+                    body = {**body, "q": ops[0].get("q"), "ops": f"{len(ops)} statements"}
                 key = json.dumps(shape(body), sort_keys=True)[:400]
             started[e.request_id] = key
 
@@ -73,8 +94,16 @@ def child(n: int, model: str) -> None:
         if isinstance(line, str) and line.startswith("{"):
             ph = json.loads(line)["phase"]
             top = sorted(stats.items(), key=lambda kv: -kv[1][1])
-            real_print(json.dumps({"queries": ph, "total_s": round(sum(v[1] for v in stats.values()), 3),
-                                   "top": [[c, k, v[0], round(v[1], 3)] for (c, k), v in top[:25]]}), flush=True)
+            real_print(
+                json.dumps(
+                    {
+                        "queries": ph,
+                        "total_s": round(sum(v[1] for v in stats.values()), 3),
+                        "top": [[c, k, v[0], round(v[1], 3)] for (c, k), v in top[:25]],
+                    }
+                ),
+                flush=True,
+            )
             stats.clear()
 
     scale.print = hooked  # type: ignore[attr-defined]
