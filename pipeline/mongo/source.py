@@ -13,8 +13,9 @@
   canonical extended JSON (``{"$oid": ...}``), so ObjectId, integer or string keys all
   round-trip exactly while the locator stays plain JSON.
 - **Data is never a query.** Only episode values of an id type (string, integer,
-  ObjectId, binary) go into a shard's filter, matched literally with ``$in`` and a
-  server-side type check (so an array holding an episode id does not match it). Documents
+  ObjectId, binary) go into a shard's filter, matched literally with ``$in``; a shard's
+  read sends that ``$in`` alone (one indexed predicate on any server) and drops, on the
+  client, a document whose episode field is an array holding one of its episodes. Documents
   whose episode id is anything else (missing, an object such as ``{"$gt": ""}``, an
   array, a BSON regex, a number with a fraction) are planned apart, into
   ``invalid_episode_ids`` shards selected by that type check, and are read once and
