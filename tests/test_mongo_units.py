@@ -305,3 +305,34 @@ def test_collection_sink_deletes_vector_documents(mongo: MongoEnv) -> None:
         assert mongo.db.chunks.count_documents({}) == 2
     finally:
         sink.close()
+
+
+def test_an_episode_shard_is_read_through_the_episode_index(mongo: MongoEnv) -> None:
+    """A shard read is one indexed ``$in`` (the test server's planner scans the whole
+    collection for an ``$and``/``$expr`` filter: a backfill of n/window shards was O(n²));
+    a document whose episode field is an array holding the shard's episode still is not
+    read by that shard (it belongs to the invalid-episode-id shard)."""
+    from pipeline.config import FieldMap
+    from pipeline.engine.selection import Selection
+    from pipeline.mongo.source import MongoSource, MongoSourceOptions
+
+    docs = [{"_id": f"c{i:03d}", "episode_id": f"e{i // 10}", "text": f"chunk {i}"} for i in range(60)]
+    docs.append({"_id": "evil", "episode_id": ["e1", "e2"], "text": "array episode"})
+    mongo.db["chunks"].insert_many(docs)
+    opts = from_table(
+        MongoSourceOptions, {"uri_env": URI_ENV, "database": mongo.database, "collection": "chunks"}, "source"
+    )
+    source = MongoSource.open(opts, FieldMap(chunk_id="_id"), window_chunks=25)
+    try:
+        shards = [s for s in source.plan(Selection()) if "episodes" in s.locator]
+        assert len(shards) == 3
+        read: list[str] = []
+        for shard in shards:
+            flt = source._read_filter(shard, Selection())
+            plan = source.collection.find(flt).explain()["queryPlanner"]["winningPlan"]
+            assert plan.get("inputStage", {}).get("stage") == "IXSCAN", plan
+            assert plan["inputStage"]["indexName"].startswith("episode_id"), plan
+            read += [r.fields["chunk_id"] for r in source.read(shard, Selection())]
+        assert sorted(read) == [d["_id"] for d in docs[:60]]  # each once, never the array document
+    finally:
+        source.close()

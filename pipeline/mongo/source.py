@@ -13,8 +13,9 @@
   canonical extended JSON (``{"$oid": ...}``), so ObjectId, integer or string keys all
   round-trip exactly while the locator stays plain JSON.
 - **Data is never a query.** Only episode values of an id type (string, integer,
-  ObjectId, binary) go into a shard's filter, matched literally with ``$in`` and a
-  server-side type check (so an array holding an episode id does not match it). Documents
+  ObjectId, binary) go into a shard's filter, matched literally with ``$in``; a shard's
+  read sends that ``$in`` alone (one indexed predicate on any server) and drops, on the
+  client, a document whose episode field is an array holding one of its episodes. Documents
   whose episode id is anything else (missing, an object such as ``{"$gt": ""}``, an
   array, a BSON regex, a number with a fraction) are planned apart, into
   ``invalid_episode_ids`` shards selected by that type check, and are read once and
@@ -73,6 +74,7 @@ from pipeline.mongo.values import (
     is_id_value,
     lacks_id_type,
     literal_in,
+    literal_values,
     pages,
     to_ejson,
 )
@@ -257,10 +259,23 @@ class MongoSource(Source):
             # else did not come from plan() and is refused rather than run as a query.
             raise SourceError(f"shard locator: episode value not usable in a query ({exc})") from None
 
+    def _episodes_in(self, values: list[Any]) -> dict[str, Any]:
+        """``{episode: {"$in": values}}`` alone: one indexed predicate, so that every server
+        (the test server's planner included, which gives up on ``$and``/``$expr``) reads a
+        shard through the episode index. The type check that :meth:`_episodes_filter`
+        makes on the server is made by :meth:`read` on the documents instead."""
+        try:
+            return {self.mapping["episode_id"]: {"$in": literal_values(values)}}
+        except ValueError as exc:
+            # Plans only ever hold id-typed episode values; a locator that holds anything
+            # else did not come from plan() and is refused rather than run as a query.
+            raise SourceError(f"shard locator: episode value not usable in a query ({exc})") from None
+
     def _shard_filter(self, locator: dict[str, Any]) -> dict[str, Any]:
         parts = []
         if "episodes" in locator:
-            parts.append(self._episodes_filter([from_ejson(v) for v in locator["episodes"]]))
+            # Without the server-side type check (read() makes it): see _episodes_in.
+            parts.append(self._episodes_in([from_ejson(v) for v in locator["episodes"]]))
         elif locator.get("invalid_episode_ids"):
             parts.append(lacks_id_type(self.mapping["episode_id"]))
         parts.append(self._range_filter(locator))
@@ -451,7 +466,7 @@ class MongoSource(Source):
         which the run holds in memory anyway) so that a transient fault simply retries
         the query: no record is ever yielded twice or skipped.
         """
-        flt = and_filter(self._base_filter(selection), self._shard_filter(shard.locator))
+        flt = self._read_filter(shard, selection)
         o = self.options
         docs = retrying(
             self.conn,
@@ -459,8 +474,19 @@ class MongoSource(Source):
             lambda: list(self.collection.find(flt, self.projection).sort("_id", 1).batch_size(o.batch_size)),
         )
         where = f"{o.database}.{o.collection}"
+        by_episode = "episodes" in shard.locator
+        episode_path = self.mapping["episode_id"]
         for doc in docs:
+            # An array holding one of the shard's episodes matches $in; such a document is
+            # planned into (and dead-lettered by) the invalid-episode-id shard, not here.
+            if by_episode and not is_id_value(get_path(doc, episode_path)):
+                continue
             yield self._record(doc, where)
+
+    def _read_filter(self, shard: ShardSpec, selection: Selection) -> dict[str, Any]:
+        """The server-side filter of one shard's read: a lone ``$in`` on the episode field
+        for a plain episode shard, so that it runs off the episode index."""
+        return and_filter(self._base_filter(selection), self._shard_filter(shard.locator))
 
     def _record(self, doc: dict[str, Any], where: str) -> RawRecord:
         fields = {ours: get_path(doc, path) for ours, path in self.mapping.items()}

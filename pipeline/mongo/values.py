@@ -124,11 +124,20 @@ def literal_in(path: str, values: Iterable[Any]) -> dict[str, Any]:
     Raises :class:`ValueError` for any other value: it would be read as an operator,
     a pattern or an element match.
     """
+    return {"$and": [{path: {"$in": literal_values(values)}}, has_id_type(path)]}
+
+
+def literal_values(values: Iterable[Any]) -> list[Any]:
+    """``values`` as a list, each checked to be of :data:`ID_TYPES` (safe inside ``$in``).
+
+    Raises :class:`ValueError` for any other value: it would be read as an operator,
+    a pattern or an element match.
+    """
     kept = list(values)
     for v in kept:
         if not is_id_value(v):
             raise ValueError(f"{type(v).__name__} value {v!r:.80} cannot be matched literally")
-    return {"$and": [{path: {"$in": kept}}, has_id_type(path)]}
+    return kept
 
 
 def one_id_filter(field: str, chunk_id: str) -> dict[str, Any]:
