@@ -104,13 +104,13 @@ def test_readme_cost_example_is_what_the_cost_module_computes() -> None:
     """The worked example (a 100k-chunk night, docs/operations.md) is this module's output."""
     readme = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
     bill = bill_usage(
-        compute_s=2140.0,
+        compute_s=1450.0,
         load_s=100.0,
         job_s=300.0,
         usage=Usage(containers=10, boot_s=40.0, footprint=MODAL),
         prices=A10G,
     )
-    old = device_cost_usd(2140.0 + 100.0, 1.10)
+    old = device_cost_usd(1450.0 + 100.0, 1.10)
     for figure in (
         f"${old:.2f}",
         f"${bill.total_usd:.2f}",
